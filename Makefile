@@ -1,0 +1,35 @@
+# `make demo` runs the end-to-end demo, `make test` the three-mode test suite.
+# Both create .venv and install the package with what they need on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: demo test test-tf test-jax test-legacy clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/keras-attention demo $(DEMO_ARGS)
+
+# Keras 3 on TensorFlow, Keras 3 on JAX, then tf_keras (TF_USE_LEGACY_KERAS=1).
+test: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests
+	KERAS_BACKEND=jax $(PYTEST) tests
+	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests
+
+test-tf: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST) tests $(ARGS)
+test-jax: $(STAMP)
+	KERAS_BACKEND=jax $(PYTEST) tests $(ARGS)
+test-legacy: $(STAMP)
+	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info keras_attention_demo

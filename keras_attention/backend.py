@@ -1,0 +1,128 @@
+"""The one place that knows there are two Kerases.
+
+Keras 3 is the default; `TF_USE_LEGACY_KERAS=1` (what tensorflow-model-
+optimization needs) selects `tf_keras`. The choice is read once, when this
+module is first imported, from the same variable TensorFlow itself reads, so
+`tf.keras` and `keras_attention` always agree. Nothing here imports tfmot: its
+import sets `TF_USE_LEGACY_KERAS` as a side effect, which would make the result
+depend on import order.
+
+Layers import `keras` and `ops` from here. Under Keras 3 `ops` is `keras.ops`
+(so the layers run on the TensorFlow and JAX backends); under tf_keras it is a
+small shim over TensorFlow with the same signatures and semantics.
+"""
+
+import os
+
+_LEGACY_VALUES = ("1", "true", "yes")
+
+IS_LEGACY = os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in _LEGACY_VALUES
+
+if IS_LEGACY:
+    import tensorflow as _tf
+    import tf_keras as keras
+
+    class _LegacyOps:
+        """The subset of `keras.ops` the layers use, on TensorFlow, for tf_keras."""
+
+        cast = staticmethod(_tf.cast)
+        convert_to_tensor = staticmethod(_tf.convert_to_tensor)
+        sigmoid = staticmethod(_tf.sigmoid)
+        relu = staticmethod(_tf.nn.relu)
+        exp = staticmethod(_tf.exp)
+        log = staticmethod(_tf.math.log)
+        sqrt = staticmethod(_tf.sqrt)
+        floor = staticmethod(_tf.floor)
+        ceil = staticmethod(_tf.math.ceil)
+        abs = staticmethod(_tf.abs)
+        minimum = staticmethod(_tf.minimum)
+        maximum = staticmethod(_tf.maximum)
+        where = staticmethod(_tf.where)
+        shape = staticmethod(_tf.shape)
+        reshape = staticmethod(_tf.reshape)
+        zeros_like = staticmethod(_tf.zeros_like)
+        ones_like = staticmethod(_tf.ones_like)
+        logical_and = staticmethod(_tf.logical_and)
+        sum = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_sum(x, axis, keepdims))
+        mean = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_mean(x, axis, keepdims))
+        max = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_max(x, axis, keepdims))
+        min = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_min(x, axis, keepdims))
+        concatenate = staticmethod(lambda xs, axis=0: _tf.concat(xs, axis))
+        stack = staticmethod(lambda xs, axis=0: _tf.stack(xs, axis))
+        transpose = staticmethod(lambda x, axes=None: _tf.transpose(x, axes))
+        expand_dims = staticmethod(_tf.expand_dims)
+        squeeze = staticmethod(lambda x, axis=None: _tf.squeeze(x, axis))
+        clip = staticmethod(lambda x, lo, hi: _tf.clip_by_value(x, lo, hi))
+        arange = staticmethod(lambda *args, dtype="int32": _tf.range(*args, dtype=dtype))
+        take = staticmethod(lambda x, indices, axis=None: _tf.gather(x, indices, axis=axis))
+        take_along_axis = staticmethod(
+            lambda x, indices, axis=None: _tf.experimental.numpy.take_along_axis(x, indices, axis)
+        )
+        one_hot = staticmethod(lambda x, num_classes, axis=-1: _tf.one_hot(x, num_classes, axis=axis))
+        tile = staticmethod(_tf.tile)
+        broadcast_to = staticmethod(_tf.broadcast_to)
+        repeat = staticmethod(lambda x, repeats, axis=None: _tf.repeat(x, repeats, axis=axis))
+
+        @staticmethod
+        def hard_sigmoid(x):
+            # Keras 3's (and PyTorch's) definition; tf_keras' own is 0.2x+0.5.
+            return _tf.nn.relu6(x + 3.0) / 6.0
+
+        @staticmethod
+        def image_data_format():
+            return keras.backend.image_data_format()
+
+    ops = _LegacyOps()
+    BACKEND = "tensorflow"
+else:
+    import keras
+    from keras import ops
+
+    BACKEND = keras.backend.backend()
+
+KERAS_VERSION = keras.__version__
+
+
+def image_data_format():
+    """The global default data format of the active Keras."""
+    if IS_LEGACY:
+        return keras.backend.image_data_format()
+    return keras.config.image_data_format()
+
+
+def global_dtype_policy_name():
+    """Name of the global mixed-precision policy of the active Keras."""
+    if IS_LEGACY:
+        return keras.mixed_precision.global_policy().name
+    return keras.config.dtype_policy().name
+
+
+def set_global_dtype_policy(name):
+    """Sets the global mixed-precision policy of the active Keras."""
+    keras.mixed_precision.set_global_policy(name)
+
+
+def register(cls):
+    """Registers a class under the package name, so saved models reload safely."""
+    return keras.saving.register_keras_serializable(package="keras_attention")(cls)
+
+
+def require_tensorflow(feature):
+    """Raises a clear error when a TensorFlow-only feature runs on another backend."""
+    if BACKEND != "tensorflow":
+        raise RuntimeError(
+            f"{feature} needs the TensorFlow backend, but Keras is running on "
+            f"{BACKEND!r}. Set KERAS_BACKEND=tensorflow (or TF_USE_LEGACY_KERAS=1) "
+            "before importing keras_attention."
+        )
+
+
+def require_legacy_keras(feature):
+    """Raises a clear error when a tf_keras-only feature runs under Keras 3."""
+    if not IS_LEGACY:
+        raise RuntimeError(
+            f"{feature} needs tf_keras: tensorflow-model-optimization only supports "
+            "Keras 2. Set the environment variable TF_USE_LEGACY_KERAS=1 before "
+            "Python imports tensorflow, keras or keras_attention (e.g. "
+            "`TF_USE_LEGACY_KERAS=1 python train.py`), and install the [qat] extra."
+        )

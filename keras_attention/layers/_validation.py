@@ -1,0 +1,75 @@
+"""Argument and shape checks shared by the attention layers.
+
+Every error names the layer, what it got and what it expects.
+"""
+
+from keras_attention.backend import image_data_format, ops
+
+GATES = ("sigmoid", "hard_sigmoid")
+POOLINGS = ("avg", "max")
+
+
+def check_choice(layer_name, arg, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{layer_name}: unknown `{arg}` {value!r}; expected one of {list(allowed)}.")
+    return value
+
+
+def normalize_pooling(layer_name, pooling):
+    if isinstance(pooling, str):
+        pooling = (pooling,)
+    pooling = tuple(pooling)
+    if not pooling or len(set(pooling)) != len(pooling):
+        raise ValueError(
+            f"{layer_name}: `pooling` must be a non-empty selection of {list(POOLINGS)} "
+            f"without repeats; got {pooling!r}."
+        )
+    for kind in pooling:
+        check_choice(layer_name, "pooling", kind, POOLINGS)
+    return pooling
+
+
+def normalize_data_format(layer_name, data_format):
+    data_format = data_format or image_data_format()
+    return check_choice(layer_name, "data_format", data_format, ("channels_last", "channels_first"))
+
+
+def check_odd_kernel_size(layer_name, kernel_size):
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(
+            f"{layer_name}: `kernel_size` must be a positive odd integer (so the map keeps "
+            f"its size with 'same' padding); got {kernel_size!r}."
+        )
+    return kernel_size
+
+
+def check_positive_int(layer_name, arg, value, allow_none=False):
+    if value is None and allow_none:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{layer_name}: `{arg}` must be a positive integer; got {value!r}.")
+    return value
+
+
+def channels_of(layer_name, input_shape, data_format):
+    """Checks a 4-D feature-map shape and returns its (known) channel count."""
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4:
+        expected = "(batch, height, width, channels)" if data_format == "channels_last" else "(batch, channels, height, width)"
+        raise ValueError(
+            f"{layer_name}: expected a 4-D input {expected} ({data_format}); "
+            f"got shape {input_shape} of rank {len(input_shape)}."
+        )
+    channels = input_shape[-1] if data_format == "channels_last" else input_shape[1]
+    if channels is None:
+        raise ValueError(
+            f"{layer_name}: the channel dimension of the input must be known when the layer "
+            f"is built ({data_format}); got shape {input_shape}."
+        )
+    return int(channels)
+
+
+def apply_gate(logits, gate, scale):
+    """The gate non-linearity, times `scale` (2 when the layer starts as the identity)."""
+    gated = ops.sigmoid(logits) if gate == "sigmoid" else ops.hard_sigmoid(logits)
+    return gated * scale if scale != 1.0 else gated

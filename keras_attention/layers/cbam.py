@@ -1,0 +1,115 @@
+"""The CBAM block: channel attention and spatial attention."""
+
+from keras_attention.backend import keras, ops, register
+from keras_attention.layers import _validation as v
+from keras_attention.layers.channel import ChannelAttention
+from keras_attention.layers.spatial import SpatialAttention
+
+ARRANGEMENTS = ("channel_first", "spatial_first", "parallel")
+
+
+@register
+class CBAM(keras.layers.Layer):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018).
+
+    `F' = M_c(F) * F`, then `F'' = M_s(F') * F'` (the paper's default,
+    "channel_first"). The arrangement ablation of the paper's Table 3 is also
+    available: "spatial_first" applies the spatial gate first, "parallel"
+    computes both gates from `F` and applies both, `F * M_c(F) * M_s(F)`.
+
+    Args:
+        reduction: channel-MLP reduction ratio (16).
+        kernel_size: spatial-attention convolution size (7).
+        arrangement: "channel_first", "spatial_first" or "parallel".
+        min_channels, pooling, use_bias: of the channel attention (see
+            `ChannelAttention`).
+        spatial_pooling, use_batchnorm: of the spatial attention (see
+            `SpatialAttention`).
+        gate: "sigmoid" or "hard_sigmoid", for both gates.
+        start_as_identity: both parts start as the identity, so the block
+            returns its input exactly at initialisation.
+        data_format: "channels_last" or "channels_first".
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)` or channels_first.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+    >>> y = CBAM(reduction=16, kernel_size=7)(keras.Input((56, 56, 256)))
+    >>> y.shape
+    (None, 56, 56, 256)
+    """
+
+    def __init__(
+        self,
+        reduction=16,
+        kernel_size=7,
+        arrangement="channel_first",
+        min_channels=None,
+        pooling=("avg", "max"),
+        use_bias=True,
+        spatial_pooling=("avg", "max"),
+        use_batchnorm=False,
+        gate="sigmoid",
+        start_as_identity=False,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        self.arrangement = v.check_choice(name, "arrangement", arrangement, ARRANGEMENTS)
+        self.data_format = v.normalize_data_format(name, data_format)
+        self.channel_attention = ChannelAttention(
+            reduction=reduction, min_channels=min_channels, pooling=pooling, use_bias=use_bias,
+            gate=gate, start_as_identity=start_as_identity, data_format=self.data_format,
+            name="channel_attention",
+        )
+        self.spatial_attention = SpatialAttention(
+            kernel_size=kernel_size, use_batchnorm=use_batchnorm, pooling=spatial_pooling,
+            gate=gate, start_as_identity=start_as_identity, data_format=self.data_format,
+            name="spatial_attention",
+        )
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        name = type(self).__name__
+        self.channels = v.channels_of(name, input_shape, self.data_format)
+        try:
+            self.channel_attention.build(input_shape)
+        except ValueError as error:  # re-raise under the block's name
+            raise ValueError(f"{name}: {error}") from None
+        self.spatial_attention.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        ca, sa = self.channel_attention, self.spatial_attention
+        if self.arrangement == "channel_first":
+            return sa(ca(inputs), training=training)
+        if self.arrangement == "spatial_first":
+            return ca(sa(inputs, training=training))
+        channel_gate = ops.cast(ca.compute_gate(inputs), inputs.dtype)
+        spatial_gate = ops.cast(sa.compute_gate(inputs, training=training), inputs.dtype)
+        return inputs * channel_gate * spatial_gate
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        ca, sa = self.channel_attention, self.spatial_attention
+        config.update(
+            reduction=ca.reduction,
+            kernel_size=sa.kernel_size,
+            arrangement=self.arrangement,
+            min_channels=ca.min_channels,
+            pooling=list(ca.pooling),
+            use_bias=ca.use_bias,
+            spatial_pooling=list(sa.pooling),
+            use_batchnorm=sa.use_batchnorm,
+            gate=ca.gate,
+            start_as_identity=ca.start_as_identity,
+            data_format=self.data_format,
+        )
+        return config

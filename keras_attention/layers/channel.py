@@ -1,0 +1,304 @@
+"""Channel attention: CBAM's channel gate, Squeeze-and-Excitation and ECA."""
+
+import math
+
+import numpy as np
+
+from keras_attention.backend import keras, ops, register
+from keras_attention.layers import _validation as v
+
+
+class _ChannelGateBase(keras.layers.Layer):
+    """Pools a feature map to one descriptor per channel, gates, multiplies.
+
+    Subclasses build `self._gate_logits(pooled_list)` from the pooled
+    descriptors; this base does the pooling (in float32, so a float16 sum over a
+    large map cannot overflow), the gate and the multiplication.
+    """
+
+    _pooling = ("avg",)
+
+    def __init__(self, gate="sigmoid", start_as_identity=False, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.gate = v.check_choice(type(self).__name__, "gate", gate, v.GATES)
+        self.start_as_identity = bool(start_as_identity)
+        self.data_format = v.normalize_data_format(type(self).__name__, data_format)
+        self.supports_masking = True
+
+    def _spatial_axes(self):
+        return (1, 2) if self.data_format == "channels_last" else (2, 3)
+
+    def _pooled_descriptors(self, inputs):
+        """(batch, 1, 1, C) float32 descriptors, channels_last, one per pooling."""
+        x = ops.cast(inputs, "float32")
+        axes = self._spatial_axes()
+        pooled = []
+        for kind in self._pooling:
+            reduce = ops.mean if kind == "avg" else ops.max
+            p = reduce(x, axis=axes, keepdims=True)
+            if self.data_format == "channels_first":
+                p = ops.reshape(p, (-1, 1, 1, self.channels))
+            pooled.append(p)
+        return pooled
+
+    def compute_gate(self, inputs, training=None):
+        """The float32 channel gate, shaped to broadcast against `inputs`."""
+        logits = self._gate_logits(self._pooled_descriptors(inputs), training=training)
+        gate = v.apply_gate(logits, self.gate, 2.0 if self.start_as_identity else 1.0)
+        if self.data_format == "channels_first":
+            gate = ops.reshape(gate, (-1, self.channels, 1, 1))
+        return gate
+
+    def call(self, inputs, training=None):
+        gate = self.compute_gate(inputs, training=training)
+        return inputs * ops.cast(gate, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            gate=self.gate,
+            start_as_identity=self.start_as_identity,
+            data_format=self.data_format,
+        )
+        return config
+
+
+@register
+class ChannelAttention(_ChannelGateBase):
+    """CBAM channel attention (Woo et al., ECCV 2018, Eq. 2).
+
+    `M_c(F) = gate(MLP(AvgPool(F)) + MLP(MaxPool(F)))`, `F' = M_c(F) * F`.
+    The MLP (C -> C/r -> C, ReLU between) is shared by the pooled descriptors
+    and written as two 1x1 convolutions, which convert to TFLite without the
+    shape ops a Dense layer on a (B, 1, 1, C) tensor adds. Pooling and the gate
+    run in float32; the output has the layer's compute dtype.
+
+    Args:
+        reduction: channel reduction ratio r of the MLP (16 in the paper).
+        min_channels: lower bound for the hidden width. `None` (default) is the
+            official code: hidden = floor(C / r), an error when that is 0.
+        pooling: pooled descriptors fed to the MLP: ("avg", "max") as in the
+            paper, or either alone.
+        use_bias: biases in the MLP (the official code has them; Eq. 2 does not).
+        gate: "sigmoid" (paper) or "hard_sigmoid" (relu6(x + 3) / 6).
+        start_as_identity: initialise so the layer returns its input exactly
+            (gate = 2 * gate(logits), logits 0 at start) while every weight still
+            gets gradient; for inserting into trained networks. The default
+            False is the paper's initialisation.
+        data_format: "channels_last" or "channels_first"; default: Keras' global
+            image data format.
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)` (channels_last) or
+        `(batch, channels, height, width)` (channels_first). Height and width
+        may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+    >>> x = keras.Input((32, 32, 64))
+    >>> y = ChannelAttention(reduction=16)(x)
+    >>> y.shape
+    (None, 32, 32, 64)
+    """
+
+    def __init__(
+        self,
+        reduction=16,
+        min_channels=None,
+        pooling=("avg", "max"),
+        use_bias=True,
+        gate="sigmoid",
+        start_as_identity=False,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs)
+        name = type(self).__name__
+        self.reduction = v.check_positive_int(name, "reduction", reduction)
+        self.min_channels = v.check_positive_int(name, "min_channels", min_channels, allow_none=True)
+        self._pooling = v.normalize_pooling(name, pooling)
+        self.use_bias = bool(use_bias)
+
+    @property
+    def pooling(self):
+        return self._pooling
+
+    def hidden_channels(self, channels):
+        """Width of the MLP's hidden layer for `channels` input channels."""
+        hidden = channels // self.reduction
+        if self.min_channels is not None:
+            hidden = max(hidden, self.min_channels)
+        if hidden < 1:
+            raise ValueError(
+                f"{type(self).__name__}: reduction={self.reduction} is larger than the "
+                f"{channels} input channels, leaving a hidden layer of width 0. Use a "
+                f"reduction <= {channels} or set min_channels (e.g. min_channels=8)."
+            )
+        return hidden
+
+    def build(self, input_shape):
+        self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
+        hidden = self.hidden_channels(self.channels)
+        # The MLP is tiny; keeping it in float32 keeps the gate exact under mixed precision.
+        self.mlp_reduce = keras.layers.Conv2D(
+            hidden, 1, use_bias=self.use_bias, activation="relu",
+            data_format="channels_last", dtype="float32", name="mlp_reduce",
+        )
+        self.mlp_expand = keras.layers.Conv2D(
+            self.channels, 1, use_bias=self.use_bias,
+            data_format="channels_last", dtype="float32", name="mlp_expand",
+        )
+        self.mlp_reduce.build((None, 1, 1, self.channels))
+        self.mlp_expand.build((None, 1, 1, hidden))
+        if self.start_as_identity:
+            self._initialise_as_identity()
+        self.built = True
+
+    def _initialise_as_identity(self):
+        """Logits exactly 0 for every input, with gradient reaching every weight.
+
+        With the first kernel 0 and its bias 1, the hidden layer is a constant 1
+        whatever the input, the second layer adds `W2^T 1 + b2`, and choosing
+        `b2 = -W2^T 1` cancels it. The first kernel still gets gradient through
+        W2, and W2 through the constant hidden activation. Without biases the
+        second kernel is zeroed instead (the first kernel then learns from the
+        second step on).
+        """
+        reduce_kernel = self.mlp_reduce.kernel
+        expand_kernel = self.mlp_expand.kernel
+        if not self.use_bias:
+            expand_kernel.assign(np.zeros(expand_kernel.shape, "float32"))
+            return
+        reduce_kernel.assign(np.zeros(reduce_kernel.shape, "float32"))
+        self.mlp_reduce.bias.assign(np.ones(self.mlp_reduce.bias.shape, "float32"))
+        w2 = np.asarray(expand_kernel.numpy())
+        self.mlp_expand.bias.assign(-w2.reshape(w2.shape[-2], w2.shape[-1]).sum(axis=0))
+
+    def _gate_logits(self, pooled, training=None):
+        logits = None
+        for p in pooled:
+            z = self.mlp_expand(self.mlp_reduce(p))
+            logits = z if logits is None else logits + z
+        return logits
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            reduction=self.reduction,
+            min_channels=self.min_channels,
+            pooling=list(self.pooling),
+            use_bias=self.use_bias,
+        )
+        return config
+
+
+@register
+class SqueezeExcitation(ChannelAttention):
+    """Squeeze-and-Excitation (Hu et al., CVPR 2018): CBAM's channel gate with average pooling only.
+
+    `F' = F * gate(W2 relu(W1 AvgPool(F) + b1) + b2)`, the MLP written as 1x1
+    convolutions, pooling and gate in float32.
+
+    Args:
+        reduction: channel reduction ratio (16 in the paper).
+        min_channels: lower bound for the hidden width; `None`: floor(C / r).
+        use_bias: biases in the two projections (the paper's FC layers have them).
+        gate: "sigmoid" or "hard_sigmoid" (the latter is timm's "ese" flavour).
+        start_as_identity: start as the identity (see `ChannelAttention`).
+        data_format: "channels_last" or "channels_first".
+
+    Input shape:
+        4-D tensor, `(batch, height, width, channels)` or channels_first.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+    >>> y = SqueezeExcitation(reduction=4)(keras.Input((8, 8, 32)))
+    >>> y.shape
+    (None, 8, 8, 32)
+    """
+
+    def __init__(self, reduction=16, min_channels=None, use_bias=True, gate="sigmoid",
+                 start_as_identity=False, data_format=None, **kwargs):
+        kwargs.pop("pooling", None)  # fixed to average pooling
+        super().__init__(
+            reduction=reduction, min_channels=min_channels, pooling=("avg",), use_bias=use_bias,
+            gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        del config["pooling"]
+        return config
+
+
+def eca_kernel_size(channels, gamma=2, beta=1):
+    """ECA's adaptive kernel: |log2(C) + beta| / gamma, made odd, at least 3 (timm's rule)."""
+    t = int(abs(math.log2(channels) + beta) / gamma)
+    return max(t if t % 2 else t + 1, 3)
+
+
+@register
+class EfficientChannelAttention(_ChannelGateBase):
+    """Efficient Channel Attention (Wang et al., CVPR 2020).
+
+    Global average pooling, a 1-D convolution across neighbouring channels
+    (no bias, no dimensionality reduction), gated, multiplied into the input.
+
+    Args:
+        kernel_size: odd size of the 1-D convolution; `None` (default) derives
+            it from the channel count as in the paper: |log2(C) + beta| / gamma,
+            made odd, at least 3.
+        gamma, beta: constants of the adaptive kernel-size rule (2 and 1).
+        gate: "sigmoid" or "hard_sigmoid".
+        start_as_identity: start as the identity (zero kernel, gate 2 * gate).
+        data_format: "channels_last" or "channels_first".
+
+    Input shape:
+        4-D tensor, `(batch, height, width, channels)` or channels_first.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+    >>> y = EfficientChannelAttention()(keras.Input((8, 8, 64)))
+    >>> y.shape
+    (None, 8, 8, 64)
+    """
+
+    def __init__(self, kernel_size=None, gamma=2, beta=1, gate="sigmoid",
+                 start_as_identity=False, data_format=None, **kwargs):
+        super().__init__(gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs)
+        if kernel_size is not None:
+            v.check_odd_kernel_size(type(self).__name__, kernel_size)
+        self.kernel_size = kernel_size
+        self.gamma = gamma
+        self.beta = beta
+
+    def build(self, input_shape):
+        self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
+        self.resolved_kernel_size = self.kernel_size or eca_kernel_size(self.channels, self.gamma, self.beta)
+        # A (1, k) 2-D convolution over a (B, 1, C, 1) view is the paper's 1-D conv
+        # and stays a single builtin CONV_2D in TFLite.
+        self.conv = keras.layers.Conv2D(
+            1, (1, self.resolved_kernel_size), padding="same", use_bias=False,
+            kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
+            data_format="channels_last", dtype="float32", name="conv",
+        )
+        self.conv.build((None, 1, self.channels, 1))
+        self.built = True
+
+    def _gate_logits(self, pooled, training=None):
+        z = self.conv(ops.reshape(pooled[0], (-1, 1, self.channels, 1)))
+        return ops.reshape(z, (-1, 1, 1, self.channels))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size, gamma=self.gamma, beta=self.beta)
+        return config

@@ -1,0 +1,122 @@
+"""CBAM spatial attention."""
+
+from keras_attention.backend import keras, ops, register
+from keras_attention.layers import _validation as v
+
+
+@register
+class SpatialAttention(keras.layers.Layer):
+    """CBAM spatial attention (Woo et al., ECCV 2018, Eq. 3).
+
+    `M_s(F) = gate(conv_kxk([AvgPool_c(F); MaxPool_c(F)]))`, `F' = M_s(F) * F`:
+    the channel mean and channel max (mean first, as the paper and CenterMask
+    write it) are stacked, convolved to one map, gated and multiplied into every
+    channel. Pooling, convolution and gate run in float32.
+
+    Args:
+        kernel_size: odd size of the convolution (7 in CBAM, 3 in CenterMask).
+        use_batchnorm: BatchNorm after the convolution, as in the official CBAM
+            code (gamma initialised to 0 there and here, so the gate starts at
+            0.5). Not in the paper, nor in CenterMask.
+        pooling: channel descriptors: ("avg", "max") as in the paper, or one of
+            them. `("avg",)` avoids REDUCE_MAX, which older mobile GPU delegates
+            reject.
+        use_bias: bias in the convolution (none in the official code).
+        gate: "sigmoid" or "hard_sigmoid".
+        start_as_identity: initialise so the layer returns its input exactly
+            (zero kernel, gate = 2 * gate(logits)); the kernel still gets
+            gradient in the first step unless `use_batchnorm`, whose zero gamma
+            holds it back for one step.
+        data_format: "channels_last" or "channels_first".
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)` or
+        `(batch, channels, height, width)`; spatial size may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+    >>> y = SpatialAttention(kernel_size=7)(keras.Input((None, None, 32)))
+    >>> y.shape
+    (None, None, None, 32)
+    """
+
+    def __init__(
+        self,
+        kernel_size=7,
+        use_batchnorm=False,
+        pooling=("avg", "max"),
+        use_bias=False,
+        gate="sigmoid",
+        start_as_identity=False,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        self.kernel_size = v.check_odd_kernel_size(name, kernel_size)
+        self.use_batchnorm = bool(use_batchnorm)
+        self.pooling = v.normalize_pooling(name, pooling)
+        self.use_bias = bool(use_bias)
+        self.gate = v.check_choice(name, "gate", gate, v.GATES)
+        self.start_as_identity = bool(start_as_identity)
+        self.data_format = v.normalize_data_format(name, data_format)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
+        self.conv = keras.layers.Conv2D(
+            1, self.kernel_size, padding="same", use_bias=self.use_bias,
+            kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
+            data_format="channels_last", dtype="float32", name="conv",
+        )
+        self.conv.build((None, None, None, len(self.pooling)))
+        if self.use_batchnorm:
+            # Official CBAM: BN(eps=1e-5, torch momentum 0.01) with gamma zeroed.
+            self.bn = keras.layers.BatchNormalization(
+                axis=-1, momentum=0.99, epsilon=1e-5, gamma_initializer="zeros",
+                dtype="float32", name="bn",
+            )
+            self.bn.build((None, None, None, 1))
+        self.built = True
+
+    def _channel_descriptors(self, inputs):
+        """(batch, H, W, n_pool) float32 channel mean/max, channels_last."""
+        x = ops.cast(inputs, "float32")
+        reducers = {"avg": ops.mean, "max": ops.max}
+        if self.data_format == "channels_last":
+            maps = [reducers[kind](x, axis=-1, keepdims=True) for kind in self.pooling]
+            return maps[0] if len(maps) == 1 else ops.concatenate(maps, axis=-1)
+        maps = [reducers[kind](x, axis=1) for kind in self.pooling]
+        return ops.stack(maps, axis=-1)
+
+    def compute_gate(self, inputs, training=None):
+        """The float32 spatial gate, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
+        logits = self.conv(self._channel_descriptors(inputs))
+        if self.use_batchnorm:
+            logits = self.bn(logits, training=training)
+        gate = v.apply_gate(logits, self.gate, 2.0 if self.start_as_identity else 1.0)
+        if self.data_format == "channels_first":
+            gate = ops.transpose(gate, (0, 3, 1, 2))
+        return gate
+
+    def call(self, inputs, training=None):
+        gate = self.compute_gate(inputs, training=training)
+        return inputs * ops.cast(gate, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            kernel_size=self.kernel_size,
+            use_batchnorm=self.use_batchnorm,
+            pooling=list(self.pooling),
+            use_bias=self.use_bias,
+            gate=self.gate,
+            start_as_identity=self.start_as_identity,
+            data_format=self.data_format,
+        )
+        return config

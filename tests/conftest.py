@@ -1,0 +1,26 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import settings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras_attention  # noqa: E402
+from keras_attention.backend import BACKEND, IS_LEGACY  # noqa: E402
+
+MODE = "tf_keras" if IS_LEGACY else f"keras3-{BACKEND}"
+
+settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True)
+settings.load_profile("ci")
+
+
+def pytest_report_header(config):
+    return f"keras_attention mode: {MODE} (keras {keras_attention.backend.KERAS_VERSION})"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    np.random.seed(0)
+    yield

@@ -1,0 +1,187 @@
+"""One call that puts a layer through the whole battery (cf. keras-hub's run_layer_test).
+
+`run_layer_test(cls, init_kwargs, input_shape, ...)` checks, for the active
+Keras (Keras 3 on TensorFlow or JAX, or tf_keras):
+  1. symbolic and eager output shapes (and an unknown spatial size when allowed);
+  2. `get_config()` round trip: same config, and the clone computes the same
+     with the same weights; deserialization by the registered name;
+  3. `.keras` save and reload (in process, `safe_mode=True`): identical outputs;
+  4. the NumPy reference of the paper's formula, on random weights, to 1e-5;
+  5. a training step inside `compile(jit_compile=True)`: loss finite, every
+     trainable weight moved (plain SGD moves a weight iff its gradient is non-zero);
+  6. `mixed_float16` and `mixed_bfloat16`: output in the compute dtype, finite,
+     close to the float32 output with the same weights.
+"""
+
+import numpy as np
+
+from keras_attention.backend import IS_LEGACY, keras, set_global_dtype_policy
+
+DTYPE_TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
+
+
+def as_list(x):
+    return list(x) if isinstance(x, (list, tuple)) and not _is_shape(x) else [x]
+
+
+def _is_shape(x):
+    return isinstance(x, tuple) and all(d is None or isinstance(d, int) for d in x)
+
+
+def to_numpy(t):
+    return np.asarray(t).astype("float64") if not hasattr(t, "numpy") else np.asarray(t.numpy()).astype("float64")
+
+
+def dtype_name(t):
+    return str(getattr(t.dtype, "name", t.dtype))
+
+
+def build_model(layer, input_shapes):
+    """A functional model around `layer`; the batch dimension is left free.
+
+    `input_shapes` include the batch; None entries stay unknown in the model.
+    """
+    inputs = [keras.Input(tuple(shape[1:])) for shape in input_shapes]
+    outputs = layer(inputs if len(inputs) > 1 else inputs[0])
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
+
+
+def random_inputs(input_shapes, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return [(scale * rng.normal(size=shape)).astype("float32") for shape in input_shapes]
+
+
+def _call(model, inputs, training=False):
+    out = model(inputs if len(inputs) > 1 else inputs[0], training=training)
+    return [to_numpy(o) for o in as_list_outputs(out)]
+
+
+def as_list_outputs(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _assert_outputs_close(actual, expected, rtol, atol, what):
+    assert len(actual) == len(expected), what
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg=what)
+
+
+def check_shapes(layer_cls, init_kwargs, input_shapes, expected_output_shapes):
+    layer = layer_cls(**init_kwargs)
+    model = build_model(layer, input_shapes)
+    symbolic = [tuple(o.shape) for o in as_list_outputs(model.outputs)]
+    expected_symbolic = [(None,) + tuple(s[1:]) for s in expected_output_shapes]
+    assert symbolic == expected_symbolic, f"symbolic shapes {symbolic} != {expected_symbolic}"
+    eager = [o.shape for o in _call(model, random_inputs(input_shapes))]
+    assert eager == [tuple(s) for s in expected_output_shapes], f"eager shapes {eager}"
+    return layer, model
+
+
+def check_unknown_sizes(layer_cls, init_kwargs, dynamic_shapes, input_shapes):
+    """The layer builds on shapes with unknown (None) sizes and runs on concrete ones."""
+    model = build_model(layer_cls(**init_kwargs), dynamic_shapes)
+    for out in _call(model, random_inputs(input_shapes)):
+        assert np.all(np.isfinite(out))
+
+
+def check_config_round_trip(layer, model, input_shapes):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config, "get_config() does not round-trip"
+    clone_model = build_model(clone, input_shapes)
+    clone_model.set_weights(model.get_weights())
+    inputs = random_inputs(input_shapes, seed=1)
+    _assert_outputs_close(_call(clone_model, inputs), _call(model, inputs), 0, 0, "clone differs")
+    # Deserialization by registered name, as a saved model does it.
+    revived = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(revived) is type(layer)
+
+
+def save_and_reload(model, path):
+    model.save(str(path))
+    return keras.models.load_model(str(path), safe_mode=True)
+
+
+def check_keras_file(model, input_shapes, tmp_path):
+    reloaded = save_and_reload(model, tmp_path / "model.keras")
+    inputs = random_inputs(input_shapes, seed=2)
+    _assert_outputs_close(_call(reloaded, inputs), _call(model, inputs), 0, 0, ".keras reload differs")
+
+
+def check_reference(layer, model, input_shapes, reference_fn, seed=3, atol=1e-5):
+    from tests.layer_reference import randomize_weights
+
+    randomize_weights(layer, seed)
+    inputs = random_inputs(input_shapes, seed=seed)
+    actual = _call(model, inputs)
+    expected = as_list_outputs(reference_fn(layer, *inputs))
+    _assert_outputs_close(actual, [np.asarray(e) for e in expected], atol, atol, "differs from the NumPy reference")
+
+
+def check_jit_training_step(layer, model, input_shapes, frozen_ok=()):
+    from tests.layer_reference import randomize_weights
+
+    randomize_weights(layer, seed=4)
+    inputs = random_inputs(input_shapes, seed=5)
+    targets = [np.random.default_rng(6).normal(size=o.shape).astype("float32") for o in _call(model, inputs)]
+    before = {w.path if hasattr(w, "path") else w.name: np.array(w.numpy()) for w in layer.trainable_weights}
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05), loss="mse", jit_compile=True)
+    history = model.fit(
+        inputs if len(inputs) > 1 else inputs[0], targets if len(targets) > 1 else targets[0],
+        batch_size=len(inputs[0]), epochs=2, verbose=0,
+    )
+    assert np.all(np.isfinite(history.history["loss"])), history.history
+    stuck = [name for name, w in zip(before, layer.trainable_weights)
+             if np.array_equal(before[name], w.numpy()) and not any(f in name for f in frozen_ok)]
+    assert not stuck, f"no gradient reached {stuck}"
+
+
+def check_dtype_policies(layer_cls, init_kwargs, reference_model, input_shapes):
+    inputs = random_inputs(input_shapes, seed=7)
+    expected = _call(reference_model, inputs)
+    for policy in DTYPE_TOLERANCE:
+        set_global_dtype_policy(policy)
+        try:
+            layer = layer_cls(**init_kwargs)
+            model = build_model(layer, input_shapes)
+            model.set_weights(reference_model.get_weights())
+            outputs = as_list_outputs(model(inputs if len(inputs) > 1 else inputs[0]))
+        finally:
+            set_global_dtype_policy("float32")
+        compute = policy.split("_")[1]
+        for out, exp in zip(outputs, expected):
+            assert dtype_name(out) == compute, f"{policy}: output dtype {dtype_name(out)}"
+            out = to_numpy(out)
+            assert np.all(np.isfinite(out)), policy
+            tol = DTYPE_TOLERANCE[policy] * max(1.0, np.abs(exp).max())
+            np.testing.assert_allclose(out, exp, atol=tol, err_msg=policy)
+
+
+def run_layer_test(
+    layer_cls,
+    init_kwargs,
+    input_shape,
+    expected_output_shape=None,
+    reference_fn=None,
+    tmp_path=None,
+    run_training=True,
+    run_dtype_policies=True,
+    frozen_ok=(),
+    dynamic_input_shape=None,
+):
+    """The whole battery for one layer configuration. See the module docstring."""
+    input_shapes = as_list(input_shape)
+    expected = as_list(expected_output_shape or input_shape)
+    layer, model = check_shapes(layer_cls, init_kwargs, input_shapes, expected)
+    if dynamic_input_shape is not None:
+        check_unknown_sizes(layer_cls, init_kwargs, as_list(dynamic_input_shape), input_shapes)
+    check_config_round_trip(layer, model, input_shapes)
+    if tmp_path is not None:
+        check_keras_file(model, input_shapes, tmp_path)
+    if reference_fn is not None:
+        check_reference(layer, model, input_shapes, reference_fn)
+    if run_dtype_policies:
+        check_dtype_policies(layer_cls, init_kwargs, model, input_shapes)
+    if run_training:
+        check_jit_training_step(layer, model, input_shapes, frozen_ok)
+    return layer, model

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+import keras_attention as ka
+from tests.harness import build_model, random_inputs, run_layer_test
+from tests.layer_reference import reference_output
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_battery(data_format, tmp_path):
+    shape = (2, 11, 9, 6) if data_format == "channels_last" else (2, 6, 11, 9)
+    dynamic = (None, None, None, 6) if data_format == "channels_last" else (None, 6, None, None)
+    run_layer_test(
+        ka.SpatialAttention, dict(kernel_size=7, use_batchnorm=True, data_format=data_format), shape,
+        reference_fn=reference_output, tmp_path=tmp_path, dynamic_input_shape=dynamic,
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=3),
+        dict(kernel_size=1),
+        dict(pooling=("avg",)),
+        dict(pooling=("max",)),
+        dict(use_bias=True),
+        dict(gate="hard_sigmoid"),
+        dict(start_as_identity=True),
+        dict(start_as_identity=True, use_batchnorm=True),
+    ],
+)
+def test_options_match_reference(kwargs):
+    run_layer_test(
+        ka.SpatialAttention, kwargs, (2, 8, 10, 5),
+        reference_fn=reference_output, run_training=False, run_dtype_policies=False,
+    )
+
+
+def test_batchnorm_starts_as_official_code():
+    """Official CBAM zeroes the BN gamma, so the gate is 0.5 everywhere at first."""
+    layer = ka.SpatialAttention(use_batchnorm=True)
+    model = build_model(layer, [(2, 8, 8, 4)])
+    x = random_inputs([(2, 8, 8, 4)])[0]
+    np.testing.assert_allclose(np.asarray(model(x)), 0.5 * x, rtol=1e-6, atol=1e-6)
+
+
+def test_start_as_identity_is_exact_and_trains():
+    layer = ka.SpatialAttention(start_as_identity=True)
+    model = build_model(layer, [(2, 12, 12, 8)])
+    x = random_inputs([(2, 12, 12, 8)], scale=3.0)[0]
+    np.testing.assert_allclose(np.asarray(model(x)), x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel_size", [0, 4, -3, 2.0, True])
+def test_bad_kernel_size(kernel_size):
+    with pytest.raises(ValueError, match="SpatialAttention: `kernel_size` must be a positive odd integer"):
+        ka.SpatialAttention(kernel_size=kernel_size)
+
+
+def test_bad_rank_and_unknown_channels():
+    with pytest.raises(ValueError, match=r"SpatialAttention: expected a 4-D input .* rank 3"):
+        ka.SpatialAttention().build((None, 8, 8))
+    with pytest.raises(ValueError, match="SpatialAttention: the channel dimension"):
+        ka.SpatialAttention(data_format="channels_first").build((None, None, 8, 8))
+
+
+def test_bad_gate_and_pooling():
+    with pytest.raises(ValueError, match="SpatialAttention: unknown `gate` 'tanh'"):
+        ka.SpatialAttention(gate="tanh")
+    with pytest.raises(ValueError, match="SpatialAttention: unknown `pooling` 'min'"):
+        ka.SpatialAttention(pooling=("min",))
