@@ -102,6 +102,20 @@ def set_global_dtype_policy(name):
     keras.mixed_precision.set_global_policy(name)
 
 
+def build_sublayer(layer, input_shape):
+    """Builds a nested layer from its parent's `build()`.
+
+    tf_keras names variables after the name scope they are created in, and a
+    direct `build()` call enters none: two sublayers would both own a
+    `kernel:0`, which collides in `.h5` files. Keras 3 scopes paths itself.
+    """
+    if IS_LEGACY:
+        with _tf.name_scope(layer.name):
+            layer.build(input_shape)
+    else:
+        layer.build(input_shape)
+
+
 def register(cls):
     """Registers a class under the package name, so saved models reload safely."""
     return keras.saving.register_keras_serializable(package="keras_attention")(cls)

@@ -1,6 +1,6 @@
 """The CBAM block: channel attention and spatial attention."""
 
-from keras_attention.backend import keras, ops, register
+from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
 from keras_attention.layers.channel import ChannelAttention
 from keras_attention.layers.spatial import SpatialAttention
@@ -77,10 +77,10 @@ class CBAM(keras.layers.Layer):
         name = type(self).__name__
         self.channels = v.channels_of(name, input_shape, self.data_format)
         try:
-            self.channel_attention.build(input_shape)
+            build_sublayer(self.channel_attention, input_shape)
         except ValueError as error:  # re-raise under the block's name
             raise ValueError(f"{name}: {error}") from None
-        self.spatial_attention.build(input_shape)
+        build_sublayer(self.spatial_attention, input_shape)
         self.built = True
 
     def call(self, inputs, training=None):

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from keras_attention.backend import keras, ops, register
+from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
 
 
@@ -153,8 +153,8 @@ class ChannelAttention(_ChannelGateBase):
             self.channels, 1, use_bias=self.use_bias,
             data_format="channels_last", dtype="float32", name="mlp_expand",
         )
-        self.mlp_reduce.build((None, 1, 1, self.channels))
-        self.mlp_expand.build((None, 1, 1, hidden))
+        build_sublayer(self.mlp_reduce, (None, 1, 1, self.channels))
+        build_sublayer(self.mlp_expand, (None, 1, 1, hidden))
         if self.start_as_identity:
             self._initialise_as_identity()
         self.built = True
@@ -291,7 +291,7 @@ class EfficientChannelAttention(_ChannelGateBase):
             kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
             data_format="channels_last", dtype="float32", name="conv",
         )
-        self.conv.build((None, 1, self.channels, 1))
+        build_sublayer(self.conv, (None, 1, self.channels, 1))
         self.built = True
 
     def _gate_logits(self, pooled, training=None):

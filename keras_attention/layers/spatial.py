@@ -1,6 +1,6 @@
 """CBAM spatial attention."""
 
-from keras_attention.backend import keras, ops, register
+from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
 
 
@@ -71,14 +71,14 @@ class SpatialAttention(keras.layers.Layer):
             kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
             data_format="channels_last", dtype="float32", name="conv",
         )
-        self.conv.build((None, None, None, len(self.pooling)))
+        build_sublayer(self.conv, (None, None, None, len(self.pooling)))
         if self.use_batchnorm:
             # Official CBAM: BN(eps=1e-5, torch momentum 0.01) with gamma zeroed.
             self.bn = keras.layers.BatchNormalization(
                 axis=-1, momentum=0.99, epsilon=1e-5, gamma_initializer="zeros",
                 dtype="float32", name="bn",
             )
-            self.bn.build((None, None, None, 1))
+            build_sublayer(self.bn, (None, None, None, 1))
         self.built = True
 
     def _channel_descriptors(self, inputs):

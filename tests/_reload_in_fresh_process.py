@@ -1,0 +1,43 @@
+"""Run as a script in a fresh interpreter: reload a saved model and compare outputs.
+
+    python _reload_in_fresh_process.py FORMAT PATH EXPECTED.npz
+
+FORMAT: keras | h5 | tf_keras_savedmodel (loaded with the Keras loader) |
+savedmodel (Keras 3 `model.export`, served with `tf.saved_model.load`, no
+keras_attention import needed). Exits non-zero on any difference.
+"""
+
+import sys
+
+import numpy as np
+
+
+def main(fmt, path, expected_path):
+    data = np.load(expected_path)
+    inputs = data["inputs"]
+    expected = [data[k] for k in sorted(k for k in data.files if k.startswith("out"))]
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(path)  # keep a reference: its variables die with it
+        outputs = loaded.serve(inputs)
+    else:
+        import keras_attention  # noqa: F401  registers the layers: no custom_objects below
+        from keras_attention.backend import keras
+
+        kwargs = {} if fmt == "tf_keras_savedmodel" else {"safe_mode": True}
+        model = keras.models.load_model(path, **kwargs)
+        outputs = model(inputs, training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    assert len(outputs) == len(expected), (len(outputs), len(expected))
+    for i, (out, exp) in enumerate(zip(outputs, expected)):
+        if fmt in ("savedmodel", "tf_keras_savedmodel"):
+            # Served as a graph: TensorFlow's graph rewrites (op fusion) round differently from eager.
+            np.testing.assert_allclose(np.asarray(out), exp, rtol=1e-6, atol=1e-6, err_msg=f"output {i} ({fmt})")
+        else:
+            np.testing.assert_array_equal(np.asarray(out), exp, err_msg=f"output {i} ({fmt})")
+    print(f"RELOAD_OK {fmt} {len(expected)} outputs")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
