@@ -47,6 +47,8 @@ if IS_LEGACY:
         mean = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_mean(x, axis, keepdims))
         max = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_max(x, axis, keepdims))
         min = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_min(x, axis, keepdims))
+        pad = staticmethod(lambda x, pad_width, mode="constant": _tf.pad(x, pad_width, mode=mode.upper()))
+        matmul = staticmethod(_tf.matmul)
         concatenate = staticmethod(lambda xs, axis=0: _tf.concat(xs, axis))
         stack = staticmethod(lambda xs, axis=0: _tf.stack(xs, axis))
         transpose = staticmethod(lambda x, axes=None: _tf.transpose(x, axes))
@@ -114,6 +116,29 @@ def build_sublayer(layer, input_shape):
             layer.build(input_shape)
     else:
         layer.build(input_shape)
+
+
+def xla_compiling(tensor):
+    """True while `tensor` is being traced for XLA compilation.
+
+    TensorFlow: inside `tf.function(jit_compile=True)` (what `compile(jit_compile=True)`
+    uses). JAX: under a trace (`jax.jit`, which Keras uses for fit/predict). Layers use
+    it to pick formulations XLA's CPU/GPU code generators handle well, while eager
+    calls, plain graphs, SavedModel/TFLite export and QAT keep the plain Keras layers.
+    """
+    if BACKEND == "jax":
+        import jax
+
+        return isinstance(tensor, jax.core.Tracer)
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return False
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - TensorFlow moved its internals
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
 def register(cls):

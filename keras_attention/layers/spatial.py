@@ -1,7 +1,8 @@
 """CBAM spatial attention."""
 
-from keras_attention.backend import build_sublayer, keras, ops, register
+from keras_attention.backend import build_sublayer, keras, ops, register, xla_compiling
 from keras_attention.layers import _validation as v
+from keras_attention.layers._xla import shifted_sum_conv
 
 
 @register
@@ -93,7 +94,11 @@ class SpatialAttention(keras.layers.Layer):
 
     def compute_gate(self, inputs, training=None):
         """The float32 spatial gate, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
-        logits = self.conv(self._channel_descriptors(inputs))
+        descriptors = self._channel_descriptors(inputs)
+        if xla_compiling(descriptors):
+            logits = shifted_sum_conv(descriptors, self.conv.kernel, self.conv.bias if self.use_bias else None)
+        else:
+            logits = self.conv(descriptors)
         if self.use_batchnorm:
             logits = self.bn(logits, training=training)
         gate = v.apply_gate(logits, self.gate, 2.0 if self.start_as_identity else 1.0)
