@@ -1,0 +1,133 @@
+"""Pictures of where attention looks: spatial attention maps and Grad-CAM.
+
+`attention_maps(model, images)` returns the spatial gate of every attention
+layer that has one (CBAM, SpatialAttention) for the given images;
+`grad_cam(model, images, class_index)` is Grad-CAM (Selvaraju et al.), the
+visualisation of the CBAM paper's Section 4.3; `save_overlays` writes them as
+heat maps over the images to a PNG (matplotlib, no display needed).
+"""
+
+import numpy as np
+
+from keras_attention.backend import keras, require_tensorflow
+from keras_attention.layers.cbam import CBAM
+from keras_attention.layers.spatial import SpatialAttention
+
+
+def _spatial_gate(layer, inputs):
+    """The spatial gate (batch, H, W) a CBAM/SpatialAttention layer applies to `inputs`."""
+    if isinstance(layer, SpatialAttention):
+        gate = layer.compute_gate(inputs)
+    elif layer.arrangement == "channel_first":
+        gate = layer.spatial_attention.compute_gate(layer.channel_attention(inputs))
+    else:  # spatial_first and parallel both compute the spatial gate from the block input
+        gate = layer.spatial_attention.compute_gate(inputs)
+    gate = np.asarray(gate)
+    return gate[..., 0] if layer.data_format == "channels_last" else gate[:, 0]
+
+
+def attention_maps(model, images):
+    """Spatial attention maps of every CBAM / SpatialAttention layer in `model`.
+
+    Args:
+        model: a functional Keras model (e.g. from `attach`).
+        images: a batch the model accepts, `(batch, H, W, C)`.
+
+    Returns:
+        A list of `(layer_name, maps)` in model order; `maps` has shape
+        `(batch, h, w)` at the layer's resolution, values in the gate's range.
+    """
+    layers = [layer for layer in model.layers if isinstance(layer, (CBAM, SpatialAttention))]
+    if not layers:
+        raise ValueError(
+            f"attention_maps: model {model.name!r} holds no layer with a spatial gate "
+            "(CBAM or SpatialAttention)."
+        )
+    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    inputs = probe(images, training=False)
+    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    return [(layer.name, _spatial_gate(layer, x)) for layer, x in zip(layers, inputs)]
+
+
+def last_conv_layer_name(model):
+    """Name of the last layer with a 4-D output, the usual Grad-CAM target."""
+    for layer in reversed(model.layers):
+        shape = getattr(layer, "output", None) is not None and layer.output.shape
+        if shape and len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
+            return layer.name
+    raise ValueError(f"grad_cam: model {model.name!r} has no layer with a 4-D output.")
+
+
+def grad_cam(model, images, class_index=None, layer_name=None):
+    """Grad-CAM heat maps: ReLU(sum_k alpha_k A^k), alpha_k the spatial mean of d y_c / d A^k.
+
+    Args:
+        model: a functional classifier.
+        images: `(batch, H, W, C)` inputs.
+        class_index: the class to explain; `None`: each image's top prediction.
+        layer_name: the feature map to explain; default the last 4-D layer output.
+
+    Returns:
+        `(batch, h, w)` maps scaled to [0, 1] per image.
+    """
+    require_tensorflow("grad_cam")
+    import tensorflow as tf
+
+    layer_name = layer_name or last_conv_layer_name(model)
+    probe = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
+    images = tf.convert_to_tensor(images)
+    with tf.GradientTape() as tape:
+        features, logits = probe(images, training=False)
+        classes = tf.argmax(logits, axis=-1) if class_index is None else tf.fill([tf.shape(logits)[0]], class_index)
+        score = tf.reduce_sum(tf.gather(logits, classes, axis=1, batch_dims=1))
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
+    peak = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
+    return cam / np.where(peak > 0, peak, 1.0)
+
+
+def _upsample(maps, size):
+    """Nearest-neighbour resize of (h, w) maps to (H, W) for display."""
+    h, w = maps.shape
+    rows = (np.arange(size[0]) * h // size[0]).clip(0, h - 1)
+    cols = (np.arange(size[1]) * w // size[1]).clip(0, w - 1)
+    return maps[rows][:, cols]
+
+
+def save_overlays(path, images, panels, titles=None, alpha=0.5, dpi=100):
+    """Writes a grid PNG: one row per image, the image then each heat map over it.
+
+    Args:
+        path: output PNG path.
+        images: `(batch, H, W, C)` images (any range; scaled for display).
+        panels: list of `(title, maps)` with maps `(batch, h, w)`.
+        titles: optional row titles.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images = np.asarray(images, dtype="float32")
+    shown = (images - images.min()) / max(float(np.ptp(images)), 1e-6)
+    if shown.shape[-1] == 1:
+        shown = shown[..., 0]
+    rows, cols = len(images), len(panels) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(shown[r], cmap="gray" if shown.ndim == 3 else None)
+        axes[r, 0].set_title(titles[r] if titles else "input", fontsize=8)
+        for c, (title, maps) in enumerate(panels, start=1):
+            axes[r, c].imshow(shown[r], cmap="gray" if shown.ndim == 3 else None)
+            axes[r, c].imshow(_upsample(np.asarray(maps[r]), images.shape[1:3]), cmap="jet", alpha=alpha)
+            axes[r, c].set_title(title, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["attention_maps", "grad_cam", "last_conv_layer_name", "save_overlays"]
