@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py $(DEMO_ARGS)
+	$(VENV)/bin/keras-attention demo $(DEMO_ARGS)
 
 # Keras 3 on TensorFlow, Keras 3 on JAX, then tf_keras (TF_USE_LEGACY_KERAS=1).
 test: $(STAMP)

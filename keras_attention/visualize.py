@@ -87,14 +87,6 @@ def grad_cam(model, images, class_index=None, layer_name=None):
     return cam / np.where(peak > 0, peak, 1.0)
 
 
-def _upsample(maps, size):
-    """Nearest-neighbour resize of (h, w) maps to (H, W) for display."""
-    h, w = maps.shape
-    rows = (np.arange(size[0]) * h // size[0]).clip(0, h - 1)
-    cols = (np.arange(size[1]) * w // size[1]).clip(0, w - 1)
-    return maps[rows][:, cols]
-
-
 def save_overlays(path, images, panels, titles=None, alpha=0.5, dpi=100):
     """Writes a grid PNG: one row per image, the image then each heat map over it.
 
@@ -120,7 +112,10 @@ def save_overlays(path, images, panels, titles=None, alpha=0.5, dpi=100):
         axes[r, 0].set_title(titles[r] if titles else "input", fontsize=8)
         for c, (title, maps) in enumerate(panels, start=1):
             axes[r, c].imshow(shown[r], cmap="gray" if shown.ndim == 3 else None)
-            axes[r, c].imshow(_upsample(np.asarray(maps[r]), images.shape[1:3]), cmap="jet", alpha=alpha)
+            # Drawn over the whole image, bilinearly interpolated from the map's own resolution.
+            height, width = images.shape[1:3]
+            axes[r, c].imshow(np.asarray(maps[r]), cmap="jet", alpha=alpha, interpolation="bilinear",
+                              extent=(0, width, height, 0))
             axes[r, c].set_title(title, fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")

@@ -65,3 +65,20 @@ def test_xla_forward_matches_reference_and_gradients_match_plain_graph(make_laye
     np.testing.assert_allclose(out, reference_output(layer, x), rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, plain):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_xla_path_under_mixed_precision():
+    """Variables read in call() come autocast to float16; the XLA path must still run in float32."""
+    from keras_attention.backend import keras, set_global_dtype_policy
+
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 16)).astype("float32")
+    reference = keras.Sequential([keras.Input((8, 8, 16)), ka.CBAM(reduction=4)])
+    set_global_dtype_policy("mixed_float16")
+    try:
+        model = keras.Sequential([keras.Input((8, 8, 16)), ka.CBAM(reduction=4)])
+        model.set_weights(reference.get_weights())
+        model.compile(loss="mse", jit_compile=True)
+        out = np.asarray(model.predict(x, verbose=0)).astype("float32")
+    finally:
+        set_global_dtype_policy("float32")
+    np.testing.assert_allclose(out, np.asarray(reference(x)), atol=2e-2)

@@ -15,6 +15,9 @@ def shifted_sum_conv(maps, kernel, bias=None):
     than this on a 56x56 map); a sum of k*k*n shifted, scaled views is a single
     fused elementwise loop. maps: (B, H, W, n) channels_last; kernel: (k, k, n, 1).
     """
+    # Cast: under mixed precision Keras autocasts variables read in call().
+    kernel = ops.cast(kernel, maps.dtype)
+    bias = None if bias is None else ops.cast(bias, maps.dtype)
     k = kernel.shape[0]
     r = k // 2
     padded = ops.pad(maps, ((0, 0), (r, r), (r, r), (0, 0)))

@@ -1,0 +1,44 @@
+"""The `keras-attention` command."""
+
+import argparse
+import sys
+
+
+def _demo(args):
+    from keras_attention.demo import run_demo
+
+    weights = None if args.weights in (None, "none") else args.weights
+    run_demo(out=args.out, data=args.data, epochs=args.epochs, fast=args.fast, weights=weights, size=args.size)
+
+
+def _info(args):
+    from keras_attention import __version__, backend
+
+    mode = "tf_keras (TF_USE_LEGACY_KERAS=1)" if backend.IS_LEGACY else f"Keras 3 on {backend.BACKEND}"
+    print(f"keras_attention {__version__}: {mode}, keras {backend.KERAS_VERSION}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="keras-attention", description="Convolutional attention for Keras.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="fine-tune MobileNetV2 + CBAM, quantize to int8 TFLite, verify, report")
+    demo.add_argument("--data", help="image folder, one sub-folder per class (default: scikit-learn's digits)")
+    demo.add_argument("--epochs", type=int, default=5)
+    demo.add_argument("--fast", action="store_true", help="1 epoch on a subset: a smoke run")
+    demo.add_argument("--out", default="keras_attention_demo", help="output folder")
+    demo.add_argument("--weights", default=None, help="'imagenet' (needs network) or none (default)")
+    demo.add_argument("--size", type=int, default=96, help="input height and width")
+    demo.set_defaults(run=_demo)
+    info = commands.add_parser("info", help="which Keras and backend are active")
+    info.set_defaults(run=_info)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, RuntimeError) as error:
+        print(f"keras-attention {args.command}: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""`keras-attention demo`: the artefacts it writes hold what it printed, and bad folders fail clearly."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_attention.backend import BACKEND, IS_LEGACY
+
+pytestmark = pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="the demo runs on Keras 3 + TensorFlow")
+
+
+def _image_folder(root, classes, per_class=12, size=20):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        os.makedirs(root / name)
+        for i in range(per_class):
+            image = np.zeros((size, size, 3), "uint8")
+            image[:, : size // 2] = 200 if k == 0 else 30  # a class-dependent, learnable pattern
+            image += rng.integers(0, 40, image.shape, dtype="uint8")
+            Image.fromarray(image).save(root / name / f"{i}.png")
+    return root
+
+
+def _demo(*args):
+    return subprocess.run([sys.executable, "-m", "keras_attention.cli", "demo", *args],
+                          capture_output=True, text=True, timeout=1200, env=dict(os.environ))
+
+
+@pytest.mark.slow
+def test_demo_on_an_image_folder_writes_checked_artefacts(tmp_path):
+    data = _image_folder(tmp_path / "images", ["left", "right"])
+    out = tmp_path / "out"
+    result = _demo("--fast", "--size", "32", "--data", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    # The table printed what report.json holds.
+    assert f"{report['int8_accuracy']:.4f}" in result.stdout
+    assert f"{report['tflite_latency_ms_1_thread']:.2f}" in result.stdout
+    assert report["attention_layers"] == 10 and report["int8_end_to_end"] and report["builtin_ops_only"]
+
+    from keras_attention import tflite
+    from keras_attention.backend import keras
+
+    model = keras.models.load_model(out / "model.keras", safe_mode=True)
+    x = np.random.default_rng(1).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    verification = tflite.verify(model, str(out / "model_int8.tflite"), x, latency_runs=0, analyze_gpu=False)
+    assert verification.int8_end_to_end and verification.all_builtin
+    assert verification.cosine_similarity > 0.95
+
+    png = (out / "attention.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1100, 880)  # 5 panels x 2.2 in, 4 rows x 2.2 in, at 100 dpi
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root: root.mkdir(), "no images in"),
+        (lambda root: _image_folder(root, ["only"]), "found one class"),
+        (lambda root: (_image_folder(root, ["a", "b"]), (root / "a" / "broken.png").write_bytes(b"not a png")),
+         "cannot read image"),
+    ],
+)
+def test_bad_image_folders(tmp_path, make, message):
+    from keras_attention.demo import load_image_folder
+
+    root = tmp_path / "data"
+    make(root)
+    with pytest.raises(ValueError, match=f"demo --data: {message}"):
+        load_image_folder(str(root), 32)
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    result = _demo("--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "keras-attention demo: demo --data:" in result.stderr and "is not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
