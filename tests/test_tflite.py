@@ -1,0 +1,414 @@
+"""keras_attention.tflite: every claim is checked by running the .tflite in the LiteRT interpreter.
+
+Runs on Keras 3 (TensorFlow) and tf_keras; on JAX only the clear error is checked.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras_attention as ka
+from keras_attention import tflite
+from keras_attention.backend import BACKEND, IS_LEGACY, keras, set_global_dtype_policy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ON_TF = BACKEND == "tensorflow"
+tf_only = pytest.mark.skipif(not ON_TF, reason="TFLite conversion needs the TensorFlow backend")
+pytest.importorskip("ai_edge_litert")
+
+
+def _model(layer_fn, shape):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, layer_fn(inputs))
+
+
+def test_jax_backend_gets_a_clear_error():
+    if ON_TF:
+        pytest.skip("checked on the JAX backend")
+    model = _model(lambda x: ka.CBAM(reduction=2)(x), (8, 8, 8))
+    with pytest.raises(RuntimeError, match="needs the TensorFlow backend.*KERAS_BACKEND=tensorflow"):
+        tflite.convert(model)
+
+
+# ----------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    from keras_attention.data import digits
+
+    return digits(size=16)
+
+
+@pytest.fixture(scope="module")
+def trained_cnn_cbam(digits16):
+    """A tiny CNN with two CBAM blocks, trained a few seconds on real digits (int8 needs trained weights)."""
+    if not ON_TF:
+        pytest.skip("TensorFlow backend only")
+    (x_train, y_train), _ = digits16
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 1))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    x = ka.CBAM(reduction=4, kernel_size=7, name="cbam_1")(x)
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(x)
+    x = ka.CBAM(reduction=4, kernel_size=3, name="cbam_2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10)(x), name="cnn_cbam")
+    model.compile(keras.optimizers.Adam(3e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(x_train, y_train, batch_size=32, epochs=4, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained_tflite(trained_cnn_cbam, digits16):
+    """The trained model converted once per quantization mode."""
+    (x_train, _), _ = digits16
+    return {q: tflite.convert(trained_cnn_cbam, q, representative_data=x_train[:100])
+            for q in tflite.QUANTIZATIONS}
+
+
+# ---------------------------------------------------- every public layer, float32
+
+
+def _public_layer_cases():
+    cases = [
+        ("CBAM", lambda: ka.CBAM(reduction=4), [(12, 12, 16)]),
+        ("CBAM-spatial_first", lambda: ka.CBAM(reduction=4, arrangement="spatial_first", use_batchnorm=True),
+         [(12, 12, 16)]),
+        ("CBAM-parallel-hard_sigmoid", lambda: ka.CBAM(reduction=4, arrangement="parallel", gate="hard_sigmoid"),
+         [(12, 12, 16)]),
+        ("CBAM-unknown-size", lambda: ka.CBAM(reduction=4), [(None, None, 16)]),
+        ("CBAM-channels_first", lambda: ka.CBAM(reduction=4, data_format="channels_first"), [(16, 10, 12)]),
+        ("ChannelAttention", lambda: ka.ChannelAttention(reduction=4), [(12, 12, 16)]),
+        ("SpatialAttention", lambda: ka.SpatialAttention(), [(12, 12, 16)]),
+        ("SpatialAttention-avg", lambda: ka.SpatialAttention(pooling=("avg",)), [(12, 12, 16)]),
+        ("SqueezeExcitation", lambda: ka.SqueezeExcitation(reduction=4), [(12, 12, 16)]),
+        ("EfficientChannelAttention", lambda: ka.EfficientChannelAttention(), [(12, 12, 16)]),
+        ("ContextEnhancement", lambda: ka.ContextEnhancement(channels=24), [(12, 12, 16), (6, 6, 32)]),
+        ("LightRPNHead", lambda: ka.LightRPNHead(num_anchors=3, filters=16), [(12, 12, 24)]),
+        ("RPNGuidedSpatialAttention", lambda: ka.RPNGuidedSpatialAttention(), [(12, 12, 24), (12, 12, 16)]),
+        ("SAGMaskHead", lambda: ka.SAGMaskHead(num_classes=3, filters=16, num_convs=2), [(14, 14, 16)]),
+    ]
+    return [pytest.param(factory, shapes, id=name) for name, factory, shapes in cases]
+
+
+@tf_only
+@pytest.mark.parametrize("factory, shapes", _public_layer_cases())
+def test_every_public_layer_float32_matches_keras(request, factory, shapes):
+    name = request.node.callspec.id.split("-")[0]
+    if not hasattr(ka, name):
+        pytest.skip(f"keras_attention.{name} does not exist in this checkout")
+    keras.utils.set_random_seed(1)
+    inputs = [keras.Input(s) for s in shapes]
+    outputs = factory()(inputs if len(inputs) > 1 else inputs[0])
+    model = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
+    rng = np.random.default_rng(0)
+    concrete = [tuple(d if d is not None else 10 for d in s) for s in shapes]
+    data = [rng.normal(size=(4,) + s).astype("float32") for s in concrete]
+    flatbuffer = tflite.convert(model)
+    report = tflite.verify(model, flatbuffer, data if len(data) > 1 else data[0], latency_runs=0,
+                           analyze_gpu=False)
+    assert report.all_builtin
+    assert report.max_abs_error <= 1e-4, str(report)
+    assert report.max_rel_error <= 1e-4, str(report)
+
+
+# ------------------------------------------------------- quantization modes
+
+
+@tf_only
+@pytest.mark.parametrize(
+    "quantization, max_rel, min_cos",
+    [("float32", 1e-5, 0.999999), ("float16", 5e-3, 0.9999), ("dynamic", 5e-2, 0.999), ("int8", 0.15, 0.99)],
+)
+def test_each_quantization_mode_agrees_with_keras_on_held_out_digits(
+        trained_cnn_cbam, trained_tflite, digits16, quantization, max_rel, min_cos):
+    _, (x_test, y_test) = digits16
+    report = tflite.verify(trained_cnn_cbam, trained_tflite[quantization], x_test[:64], latency_runs=0)
+    assert report.all_builtin and report.custom_ops == []
+    assert report.max_rel_error <= max_rel, str(report)
+    assert report.cosine_similarity >= min_cos, str(report)
+    assert report.top1_agreement >= {"float32": 1.0, "float16": 0.98}.get(quantization, 0.95), str(report)
+    kinds = {op["dtype"] for op in report.ops}
+    if quantization == "float32":
+        assert kinds == {"float32"}
+    if quantization == "float16":  # float16 weights dequantized once at load, compute in float32
+        assert "float16->float32" in kinds
+        assert report.size_bytes < 0.75 * len(trained_tflite["float32"])  # small model: fixed overhead
+    if quantization == "dynamic":  # the 3x3x16x32 conv kernel is stored in int8
+        assert any("int8 weights" in k for k in kinds), kinds
+    if quantization == "int8":
+        assert report.int8_end_to_end, report.float_ops
+
+
+@tf_only
+def test_int8_cbam_is_int8_end_to_end_with_builtin_ops(trained_cnn_cbam, trained_tflite, digits16):
+    """Full-integer CBAM: every op between the input QUANTIZE and the output DEQUANTIZE is int8."""
+    _, (x_test, _) = digits16
+    report = tflite.verify(trained_cnn_cbam, trained_tflite["int8"], x_test[:200], latency_runs=0)
+    assert report.int8_end_to_end and report.float_ops == []
+    table = report.op_table()
+    for op in ("REDUCE_MAX", "MEAN", "LOGISTIC", "MUL", "CONCATENATION", "CONV_2D", "ADD"):
+        assert table[(op, "int8")] >= 1, (op, table)
+    assert table[("QUANTIZE", "float32->int8")] == 1 and table[("DEQUANTIZE", "int8->float32")] == 1
+    assert report.cosine_similarity >= 0.99 and report.min_cosine_similarity >= 0.95, str(report)
+    assert report.size_bytes < 0.7 * len(trained_tflite["float32"])
+
+
+@tf_only
+def test_int8_io_has_no_float_tensor_at_all(trained_cnn_cbam, digits16):
+    (x_train, _), (x_test, _) = digits16
+    flatbuffer = tflite.convert(trained_cnn_cbam, "int8", representative_data=x_train[:100], int8_io=True)
+    inventory = tflite.op_inventory(flatbuffer)
+    assert not any(op["op"] in ("QUANTIZE", "DEQUANTIZE") for op in inventory)
+    assert all("float" not in op["dtype"] for op in inventory)
+    report = tflite.verify(trained_cnn_cbam, flatbuffer, x_test[:64], latency_runs=0, analyze_gpu=False)
+    assert report.int8_end_to_end and report.cosine_similarity >= 0.99, str(report)
+
+
+@tf_only
+def test_representative_data_from_a_dataset_and_an_image_directory(trained_cnn_cbam, digits16, tmp_path):
+    import tensorflow as tf
+
+    (x_train, y_train), (x_test, _) = digits16
+    dataset = tf.data.Dataset.from_tensor_slices((x_train[:96], y_train[:96])).batch(32)
+    from PIL import Image
+
+    for i in range(40):
+        Image.fromarray(x_train[i, :, :, 0].astype("uint8")).resize((24, 24)).save(tmp_path / f"{i:03d}.png")
+    for data in (dataset, str(tmp_path)):
+        flatbuffer = tflite.convert(trained_cnn_cbam, "int8", representative_data=data)
+        report = tflite.verify(trained_cnn_cbam, flatbuffer, x_test[:64], latency_runs=0, analyze_gpu=False)
+        assert report.int8_end_to_end and report.cosine_similarity >= 0.98, str(report)
+
+
+# ------------------------------------------------------------ the report
+
+
+@tf_only
+def test_report_has_sizes_latency_and_writes_a_file(trained_cnn_cbam, digits16, tmp_path):
+    import json
+
+    (x_train, _), (x_test, _) = digits16
+    path = tmp_path / "sub" / "model.tflite"
+    flatbuffer = tflite.convert(trained_cnn_cbam, "int8", representative_data=x_train[:50], path=path)
+    assert path.read_bytes() == flatbuffer
+    report = tflite.verify(trained_cnn_cbam, str(path), x_test[:8], latency_runs=5)
+    assert report.size_bytes == len(flatbuffer)
+    assert set(report.latency_ms) == {1, 2} and all(v > 0 for v in report.latency_ms.values())
+    assert report.xnnpack is True
+    assert report.gpu_compatible in (True, False)
+    assert report["num_samples"] == 8
+    json.dumps(report.to_dict())
+    assert "int8 end to end" in str(report) and "CONV_2D" in str(report)
+
+
+@tf_only
+def test_mixed_precision_model_is_converted_in_float32(tmp_path):
+    keras.utils.set_random_seed(2)
+    set_global_dtype_policy("mixed_float16")
+    try:
+        inputs = keras.Input((12, 12, 8))
+        x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv")(inputs)
+        x = ka.CBAM(reduction=4, name="cbam")(x)
+        outputs = keras.layers.Conv2D(4, 1, dtype="float32", name="head")(x)
+        model = keras.Model(inputs, outputs)
+    finally:
+        set_global_dtype_policy("float32")
+    assert tflite.is_mixed_precision(model)
+    copy = tflite.float32_copy(model)
+    assert not tflite.is_mixed_precision(copy)
+    assert [layer.name for layer in copy.layers][1:] == [layer.name for layer in model.layers][1:]
+    data = np.random.default_rng(0).normal(size=(4, 12, 12, 8)).astype("float32")
+    flatbuffer = tflite.convert(model)
+    assert {op["dtype"] for op in tflite.op_inventory(flatbuffer)} == {"float32"}
+    exact = tflite.verify(copy, flatbuffer, data, latency_runs=0, analyze_gpu=False)
+    assert exact.max_rel_error <= 1e-5, str(exact)
+    vs_mixed = tflite.verify(model, flatbuffer, data, latency_runs=0, analyze_gpu=False)
+    assert vs_mixed.max_rel_error <= 1e-2, str(vs_mixed)  # Keras ran in float16
+
+
+@tf_only
+def test_saved_keras_file_and_saved_model_directory_convert(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = _model(lambda x: ka.CBAM(reduction=2)(keras.layers.Conv2D(8, 3)(x)), (10, 10, 3))
+    data = np.random.default_rng(0).normal(size=(3, 10, 10, 3)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    tflite.export_saved_model(model, str(tmp_path / "saved"))
+    for source in (str(tmp_path / "m.keras"), str(tmp_path / "saved")):
+        report = tflite.verify(source, tflite.convert(source), data, latency_runs=0, analyze_gpu=False)
+        assert report.max_rel_error <= 1e-5, (source, str(report))
+
+
+# ------------------------------------------------------------- errors
+
+
+def _flex_model():
+    import tensorflow as tf
+
+    class Determinant(keras.layers.Layer):
+        """Scales the map by the determinant of its top-left 4x4 block: MatrixDeterminant has no builtin."""
+
+        def call(self, x):
+            block = tf.reshape(x[:, :4, :4, 0], (-1, 4, 4))
+            return x * tf.reshape(tf.linalg.det(block), (-1, 1, 1, 1))
+
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = Determinant(name="determinant_gate")(x)
+    return keras.Model(inputs, ka.CBAM(reduction=2)(x))
+
+
+@tf_only
+def test_flex_op_is_refused_with_the_op_and_the_layer_named():
+    model = _flex_model()
+    with pytest.raises(tflite.FlexOpError) as caught:
+        tflite.convert(model)
+    message = str(caught.value)
+    assert "MatrixDeterminant" in message
+    assert "'determinant_gate' (Determinant)" in message
+    assert caught.value.ops == [("MatrixDeterminant", "'determinant_gate' (Determinant)")]
+
+
+@tf_only
+def test_int8_without_representative_data_and_other_bad_arguments():
+    model = _model(lambda x: ka.CBAM(reduction=2)(x), (8, 8, 8))
+    with pytest.raises(ValueError, match="needs representative_data"):
+        tflite.convert(model, "int8")
+    with pytest.raises(ValueError, match="unknown quantization 'int4'"):
+        tflite.convert(model, "int4")
+    with pytest.raises(ValueError, match="int8_io=True needs quantization='int8'"):
+        tflite.convert(model, "float16", int8_io=True)
+    with pytest.raises(ValueError, match="expects rank 4"):
+        tflite.convert(model, "int8", representative_data=np.zeros((8, 8), "float32"))
+
+
+@tf_only
+def test_corrupt_tflite_files_get_a_clear_error(tmp_path):
+    model = _model(lambda x: ka.CBAM(reduction=2)(x), (8, 8, 8))
+    flatbuffer = tflite.convert(model)
+    data = np.zeros((2, 8, 8, 8), "float32")
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(flatbuffer[: len(flatbuffer) // 3])
+    with pytest.raises(tflite.InvalidTFLiteModelError, match="truncated.tflite.*corrupt or truncated"):
+        tflite.verify(model, str(truncated), data)
+    not_tflite = tmp_path / "weights.h5"
+    not_tflite.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    with pytest.raises(tflite.InvalidTFLiteModelError, match="is not a TFLite model"):
+        tflite.verify(model, str(not_tflite), data)
+    with pytest.raises(FileNotFoundError, match="no .tflite file"):
+        tflite.verify(model, str(tmp_path / "missing.tflite"), data)
+
+
+@tf_only
+def test_identity_initialised_attention_that_crashes_xnnpack_in_int8_is_refused():
+    """Untrained `start_as_identity` channel attention has logits exactly 0: a collapsed int8 range."""
+    model = _model(lambda x: ka.ChannelAttention(reduction=2, start_as_identity=True, name="ca")(x), (8, 8, 8))
+    data = np.random.default_rng(0).uniform(size=(8, 8, 8, 8)).astype("float32")
+    with pytest.raises(tflite.TFLiteConversionError, match="(?s)never varied.*crashed.*'ca'"):
+        tflite.convert(model, "int8", representative_data=data)
+
+
+# ------------------------------------------------- GPU delegate (analyzer)
+
+
+@tf_only
+def test_spatial_attention_avg_pooling_for_mobile_gpus():
+    """pooling=("avg",) drops REDUCE_MAX (rejected by older mobile GPU delegates).
+
+    What TensorFlow Lite's analyzer (TF 2.21) says, checked here: both variants
+    pass its GPU check (REDUCE_MAX with constant axes is supported by the
+    current delegate); only the avg variant has no REDUCE_MAX at all.
+    """
+    reports = {}
+    for pooling in (("avg", "max"), ("avg",)):
+        keras.utils.set_random_seed(0)
+        model = _model(lambda x, p=pooling: ka.SpatialAttention(pooling=p)(keras.layers.Conv2D(16, 3)(x)),
+                       (16, 16, 3))
+        flatbuffer = tflite.convert(model)
+        compatible, issues, text = tflite.gpu_compatibility(flatbuffer)
+        reports[pooling] = (compatible, issues, {op["op"] for op in tflite.op_inventory(flatbuffer)})
+        assert "ModelAnalyzer" in text
+    assert "REDUCE_MAX" in reports[("avg", "max")][2]
+    assert "REDUCE_MAX" not in reports[("avg",)][2]
+    assert reports[("avg",)][:2] == (True, [])
+    assert reports[("avg", "max")][:2] == (True, []), "the TF 2.21 analyzer accepts REDUCE_MAX"
+
+
+@tf_only
+def test_gpu_delegate_gaps_are_reported_even_where_the_analyzer_passes_them():
+    """TOPK_V2 has no GPU-delegate kernel. The TF 2.21 analyzer still prints "looks compatible"
+    (its check passes every model we tried); `verify` reports the op from the delegate's op list."""
+    import tensorflow as tf
+
+    class TopTwo(keras.layers.Layer):
+        def call(self, x):
+            return tf.math.top_k(x, 2).values
+
+    model = _model(lambda x: TopTwo()(x), (8, 8, 4))
+    flatbuffer = tflite.convert(model)
+    assert tflite.gpu_unsupported_ops(flatbuffer) == ["TOPK_V2"]
+    report = tflite.verify(model, flatbuffer, np.ones((2, 8, 8, 4), "float32"), latency_runs=0)
+    assert report.gpu_unsupported_ops == ["TOPK_V2"]
+    assert report.gpu_compatible is True, "the TF 2.21 analyzer does not flag TOPK_V2"
+
+
+# --------------------------------------------------- MobileNetV2 + CBAM
+
+
+def _reference_models():
+    spec = importlib.util.spec_from_file_location("reference_models", os.path.join(ROOT, "tflite", "reference_models.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@tf_only
+@pytest.mark.slow
+def test_mobilenetv2_cbam_float32_and_trained_int8():
+    refs = _reference_models()
+    if refs.get_attach() is None:
+        pytest.skip("keras_attention.attach is not available")
+    (x_train, y_train), (x_test, _) = refs.digits_rgb(32)
+    model = refs.mobilenet_v2(32, cbam=True)
+    assert sum(isinstance(layer, ka.CBAM) for layer in tflite._all_layers(model)) == 10  # noqa: SLF001
+    refs.train_classifier(model, x_train, y_train, epochs=2)
+    float32 = tflite.verify(model, tflite.convert(model), x_test[:16], latency_runs=0, analyze_gpu=False)
+    assert float32.max_rel_error <= 1e-4, str(float32)
+    int8 = tflite.convert(model, "int8", representative_data=x_train[:100])
+    report = tflite.verify(model, int8, x_test[:100], latency_runs=0)
+    assert report.all_builtin and report.int8_end_to_end, report.float_ops
+    assert report.cosine_similarity >= 0.99, str(report)
+
+
+@tf_only
+@pytest.mark.slow
+def test_kit_script_writes_the_table_in_ci_size(tmp_path):
+    if IS_LEGACY:
+        pytest.skip("the kit runs on Keras 3")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tflite", "build_kit.py"), "--ci", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    import json
+
+    table = (tmp_path / "results.md").read_text()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "| mobilenetv2 " in table and "int8" in table
+    rows = {(r["model"], r["quantization"]): r for r in results["rows"]}
+    plain = rows[("mobilenetv2", "int8")]
+    assert plain["all_builtin"] and plain["int8_end_to_end"]
+    assert os.path.getsize(tmp_path / "mobilenetv2_int8.tflite") == plain["size_bytes"]
+    if ("mobilenetv2_cbam", "int8") in rows:
+        cbam = rows[("mobilenetv2_cbam", "int8")]
+        assert cbam["int8_end_to_end"] and cbam["cosine_similarity"] >= 0.99
+        assert results["cbam_vs_plain"]["int8"]["latency_ratio_1_thread"] > 0
