@@ -11,6 +11,21 @@ def _demo(args):
     run_demo(out=args.out, data=args.data, epochs=args.epochs, fast=args.fast, weights=weights, size=args.size)
 
 
+def _convert(args):
+    import numpy as np
+
+    from keras_attention import tflite
+
+    calibration = None
+    if args.representative:
+        calibration = np.load(args.representative) if args.representative.endswith(".npy") else args.representative
+    tflite.convert(args.model, quantization=args.quantization, representative_data=calibration,
+                   int8_io=args.int8_io, path=args.output)
+    print(f"wrote {args.output}")
+    if isinstance(calibration, np.ndarray):
+        print(tflite.verify(args.model, args.output, calibration[: args.verify_samples]))
+
+
 def _info(args):
     from keras_attention import __version__, backend
 
@@ -29,6 +44,14 @@ def main(argv=None):
     demo.add_argument("--weights", default=None, help="'imagenet' (needs network) or none (default)")
     demo.add_argument("--size", type=int, default=96, help="input height and width")
     demo.set_defaults(run=_demo)
+    convert = commands.add_parser("convert", help=".keras file or SavedModel directory in, .tflite out, verified")
+    convert.add_argument("model", help="a .keras/.h5 file or a SavedModel directory")
+    convert.add_argument("output", help="the .tflite file to write")
+    convert.add_argument("--quantization", default="float32", choices=["float32", "float16", "dynamic", "int8"])
+    convert.add_argument("--representative", help="calibration data: a .npy array or a folder of images (int8)")
+    convert.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs too")
+    convert.add_argument("--verify-samples", type=int, default=32, help="samples of a .npy to verify on")
+    convert.set_defaults(run=_convert)
     info = commands.add_parser("info", help="which Keras and backend are active")
     info.set_defaults(run=_info)
     args = parser.parse_args(argv)

@@ -1,0 +1,43 @@
+"""`keras-attention convert`: a saved model in, a verified .tflite out."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras_attention as ka
+from keras_attention.backend import BACKEND, IS_LEGACY, keras
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "keras_attention.cli", *args], capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="converts Keras 3 .keras files on TensorFlow")
+def test_convert_int8_from_a_keras_file(tmp_path):
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = ka.CBAM(reduction=2)(x)
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    model.save(tmp_path / "m.keras")
+    calibration = np.random.default_rng(0).uniform(0, 1, (40, 12, 12, 3)).astype("float32")
+    np.save(tmp_path / "calibration.npy", calibration)
+    result = _cli("convert", str(tmp_path / "m.keras"), str(tmp_path / "m.tflite"), "--quantization", "int8",
+                  "--representative", str(tmp_path / "calibration.npy"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "int8 end to end       True" in result.stdout or "int8 end to end      True" in result.stdout
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(tmp_path / "m.tflite"))
+    interpreter.allocate_tensors()
+    assert interpreter.get_output_details()[0]["shape"].tolist() == [1, 3]
+
+
+def test_convert_without_representative_data_fails_clearly(tmp_path):
+    result = _cli("convert", str(tmp_path / "missing.keras"), str(tmp_path / "m.tflite"), "--quantization", "int8")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "keras-attention convert:" in result.stderr
