@@ -94,7 +94,7 @@ def train(model, data, epochs, fine_tune_from_imagenet, batch_size=32):
         from keras_attention.backbones import freeze_backbone, unfreeze
 
         first = max(1, epochs // 2)
-        freeze_backbone(model)
+        freeze_backbone(model, keep_trainable=["logits"])  # the new head trains too
         model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"], jit_compile=jit)
         model.fit(x_train, y_train, batch_size=batch_size, epochs=first, validation_data=(x_test, y_test), verbose=1)
         unfreeze(model)
