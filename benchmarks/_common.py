@@ -27,13 +27,15 @@ def interleaved_medians(candidates, reps, warmup=3):
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def print_table(headers, rows):
+def markdown_table(headers, rows):
+    """A markdown table as one string."""
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    print(line(headers))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def print_table(headers, rows):
+    print(markdown_table(headers, rows))
 
 
 def machine_info():

@@ -32,6 +32,8 @@ for _path in (ROOT, KIT):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from benchmarks._common import machine_info, markdown_table, write_json  # noqa: E402
+
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "tflite_latency.json")
 
 
@@ -85,28 +87,6 @@ def latency_table(results, sizes=None, baseline=None):
     return headers, rows
 
 
-def markdown(headers, rows):
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
-
-
-def _machine():
-    import platform
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
-
-
-def _write_json(path, payload):
-    import json
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(payload, handle, indent=2, default=float)
-    print(f"wrote {path}")
-
-
 def _variants(size, ablation):
     """Keras models to compare: plain MobileNetV2, + CBAM, and with --ablation CBAM's parts."""
     from reference_models import mobilenet_v2
@@ -143,14 +123,14 @@ def main(argv=None):
 
     from keras_attention import tflite
 
-    payload = {"machine": _machine(), "runs": args.runs, "threads": list(threads), "results": {}}
+    payload = {"machine": machine_info(), "runs": args.runs, "threads": list(threads), "results": {}}
     if args.tflite_files:
         models = {os.path.basename(p): tflite.load_flatbuffer(p) for p in args.tflite_files}
         results = interleaved_latency(models, threads, args.runs)
         headers, rows = latency_table(results, {k: len(v) for k, v in models.items()}, next(iter(models)))
-        print(markdown(headers, rows))
+        print(markdown_table(headers, rows))
         payload["results"]["files"] = results
-        _write_json(args.json, payload)
+        write_json(args.json, payload)
         return payload
 
     keras_models = _variants(args.size, args.ablation)
@@ -166,7 +146,7 @@ def main(argv=None):
         results = interleaved_latency(flatbuffers, threads, args.runs)
         print(f"\n{quantization}, {args.size}x{args.size}, LiteRT + XNNPACK, median of {args.runs} interleaved runs")
         headers, rows = latency_table(results, {k: len(v) for k, v in flatbuffers.items()}, "mobilenetv2")
-        print(markdown(headers, rows) + "\n")
+        print(markdown_table(headers, rows) + "\n")
         ops = {name: dict(tflite.op_counts(fb)) for name, fb in flatbuffers.items()}
         payload["results"][quantization] = {
             name: {"latency_ms": {str(n): v for n, v in results[name].items()}, "size_bytes": len(flatbuffers[name]),
@@ -178,7 +158,7 @@ def main(argv=None):
         print("ops CBAM adds: " + ", ".join(f"{count} x {op} [{dtype}]" for (op, dtype), count in extra.items()))
         payload["results"][quantization]["cbam_extra_ops"] = {f"{op} [{d}]": c for (op, d), c in extra.items()}
     payload["size"] = args.size
-    _write_json(args.json, payload)
+    write_json(args.json, payload)
     return payload
 
 
