@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: demo test test-tf test-jax test-legacy clean
@@ -18,7 +18,8 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/keras-attention demo $(DEMO_ARGS)
 
-# Keras 3 on TensorFlow, Keras 3 on JAX, then tf_keras (TF_USE_LEGACY_KERAS=1).
+# Keras 3 on TensorFlow, Keras 3 on JAX, then tf_keras (TF_USE_LEGACY_KERAS=1); two pytest-xdist
+# workers each (CI has 2 cores; much of a test is single-threaded graph building).
 test: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PYTEST) tests
 	KERAS_BACKEND=jax $(PYTEST) tests

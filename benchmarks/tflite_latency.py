@@ -87,19 +87,21 @@ def latency_table(results, sizes=None, baseline=None):
     return headers, rows
 
 
-def _variants(size, ablation):
+def _variants(size, ablation, alpha):
     """Keras models to compare: plain MobileNetV2, + CBAM, and with --ablation CBAM's parts."""
     from reference_models import mobilenet_v2
 
-    models = {"mobilenetv2": mobilenet_v2(size), "mobilenetv2_cbam": mobilenet_v2(size, cbam=True, preserve_outputs=False)}
+    models = {"mobilenetv2": mobilenet_v2(size, alpha=alpha),
+              "mobilenetv2_cbam": mobilenet_v2(size, cbam=True, alpha=alpha, preserve_outputs=False)}
     if ablation:
         from keras_attention.backend import keras
-        from reference_models import _rescaled, get_attach
+        import keras_attention as ka
+        from reference_models import _rescaled
 
         def attached(attention, **kwargs):
-            base = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, weights=None,
+            base = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None,
                                                   include_top=True, classes=10, classifier_activation=None)
-            return _rescaled(get_attach()(base, attention, where="residual", preserve_outputs=False, **kwargs), size)
+            return _rescaled(ka.attach(base, attention, where="residual", preserve_outputs=False, **kwargs), size)
 
         models["+channel(avg,max)"] = attached("channel", reduction=16)
         models["+channel(avg)=SE"] = attached("channel", reduction=16, pooling=("avg",))
@@ -113,6 +115,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tflite_files", nargs="*", help="compare these .tflite files instead of building models")
     parser.add_argument("--size", type=int, default=224, help="input size of the built models (224)")
+    parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (0.35; 1.0 is Keras' default)")
     parser.add_argument("--quantizations", default="int8,float32", help="comma-separated (int8,float32)")
     parser.add_argument("--runs", type=int, default=50, help="timed rounds per thread count (50)")
     parser.add_argument("--threads", default="1,2")
@@ -133,7 +136,7 @@ def main(argv=None):
         write_json(args.json, payload)
         return payload
 
-    keras_models = _variants(args.size, args.ablation)
+    keras_models = _variants(args.size, args.ablation, args.alpha)
     rng = np.random.default_rng(0)
     calibration = rng.uniform(0, 255, size=(16, args.size, args.size, 3)).astype("float32")
     for quantization in args.quantizations.split(","):

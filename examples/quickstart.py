@@ -31,25 +31,41 @@ def build_model(num_classes=10):
     return keras.Model(inputs, outputs, name="cnn_cbam")
 
 
+def compile_for_digits(model, jit_compile=True):
+    model.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def save_and_reload(model, x_test, out=None, prefix="keras_attention_quickstart_"):
+    """Saves `model` as .keras, reloads it with safe_mode=True; True when the predictions are identical."""
+    out = out or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "model.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path, safe_mode=True)
+    same = np.array_equal(np.asarray(model.predict(x_test, verbose=0)), np.asarray(reloaded.predict(x_test, verbose=0)))
+    print(f"saved {path}; reloaded with safe_mode=True, identical predictions: {same}")
+    return same
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--fast", action="store_true", help="2 epochs on a subset (a smoke run)")
+    parser.add_argument("--fast", action="store_true", help="1 epoch on a subset (a smoke run)")
     parser.add_argument("--out", default=None, help="where to write model.keras (default: a temp dir)")
     args = parser.parse_args(argv)
 
     (x_train, y_train), (x_test, y_test) = digits(size=32)
     epochs = args.epochs
     if args.fast:
-        x_train, y_train, epochs = x_train[:512], y_train[:512], 2
+        x_train, y_train, x_test, y_test, epochs = x_train[:256], y_train[:256], x_test[:128], y_test[:128], 1
     keras.utils.set_random_seed(0)
-    model = build_model()
-    model.compile(
-        optimizer=keras.optimizers.Adam(2e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=True,
-    )
+    model = compile_for_digits(build_model())
     mode = "tf_keras" if IS_LEGACY else f"Keras {keras.__version__} on {BACKEND}"
     print(f"Training {model.name} ({model.count_params():,} parameters) with XLA, {mode}")
     start = time.time()
@@ -57,15 +73,8 @@ def main(argv=None):
     print(f"trained in {time.time() - start:.1f}s")
     _, accuracy = model.evaluate(x_test, y_test, verbose=0)
 
-    out = args.out or tempfile.mkdtemp(prefix="keras_attention_quickstart_")
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "model.keras")
-    model.save(path)
-    reloaded = keras.models.load_model(path, safe_mode=True)
-    same = np.array_equal(np.asarray(model.predict(x_test, verbose=0)), np.asarray(reloaded.predict(x_test, verbose=0)))
     print(f"test accuracy: {accuracy:.4f}")
-    print(f"saved {path}; reloaded with safe_mode=True, identical predictions: {same}")
-    if not same:
+    if not save_and_reload(model, x_test, args.out):
         raise SystemExit("reloaded model differs")
     return accuracy
 

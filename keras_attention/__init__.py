@@ -8,15 +8,23 @@ from keras_attention import backend
 from keras_attention.layers import (
     CBAM,
     ChannelAttention,
+    ContextEnhancement,
     EfficientChannelAttention,
+    LightRPNHead,
+    RoIAlign,
+    RPNGuidedSpatialAttention,
+    SAGMaskHead,
     SpatialAttention,
     SqueezeExcitation,
     get_attention,
 )
+from keras_attention.backbones import attach, freeze_backbone, unfreeze
+from keras_attention import data, losses
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CBAM", "ChannelAttention", "EfficientChannelAttention", "SpatialAttention",
-    "SqueezeExcitation", "backend", "get_attention", "__version__",
+    "CBAM", "ChannelAttention", "SpatialAttention", "SqueezeExcitation", "EfficientChannelAttention",
+    "ContextEnhancement", "LightRPNHead", "RPNGuidedSpatialAttention", "RoIAlign", "SAGMaskHead",
+    "get_attention", "attach", "freeze_backbone", "unfreeze", "backend", "data", "losses", "__version__",
 ]

@@ -14,6 +14,11 @@ from keras_attention.layers.cbam import CBAM
 from keras_attention.layers.spatial import SpatialAttention
 
 
+def _single_or_list(inputs):
+    """A one-input model's input as a tensor, so calling the probe on an array matches its structure."""
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
 def _spatial_gate(layer, inputs):
     """The spatial gate (batch, H, W) a CBAM/SpatialAttention layer applies to `inputs`."""
     if isinstance(layer, SpatialAttention):
@@ -43,7 +48,7 @@ def attention_maps(model, images):
             f"attention_maps: model {model.name!r} holds no layer with a spatial gate "
             "(CBAM or SpatialAttention)."
         )
-    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    probe = keras.Model(_single_or_list(model.inputs), [layer.input for layer in layers])
     inputs = probe(images, training=False)
     inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     return [(layer.name, _spatial_gate(layer, x)) for layer, x in zip(layers, inputs)]
@@ -74,7 +79,7 @@ def grad_cam(model, images, class_index=None, layer_name=None):
     import tensorflow as tf
 
     layer_name = layer_name or last_conv_layer_name(model)
-    probe = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.output])
+    probe = keras.Model(_single_or_list(model.inputs), [model.get_layer(layer_name).output, model.output])
     images = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:
         features, logits = probe(images, training=False)

@@ -22,5 +22,8 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    # Every test starts from the same seeds (NumPy, Python, the backend's initialisers), so a
+    # result does not depend on which tests ran before it in the same worker.
+    keras_attention.backend.keras.utils.set_random_seed(0)
     np.random.seed(0)
     yield

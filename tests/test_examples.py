@@ -1,10 +1,14 @@
 """Every example runs in its --fast form, so none rots."""
 
+import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+from keras_attention.backend import BACKEND, IS_LEGACY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,3 +27,40 @@ def test_quickstart(tmp_path):
     out = run_example("quickstart.py", "--out", str(tmp_path))
     assert "identical predictions: True" in out
     assert (tmp_path / "model.keras").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow",
+                    reason="run once, on Keras 3 + TensorFlow (the converter's backend); test_tflite covers tf_keras")
+def test_export_tflite(tmp_path):
+    out = run_example("export_tflite.py", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "export.json").read_text())
+    modes = {row["mode"]: row for row in report["modes"]}
+    assert set(modes) == {"float32", "float16", "dynamic", "int8"}
+    assert modes["int8"]["int8_end_to_end"] and all(row["builtin_only"] for row in modes.values())
+    # Each file was run by the LiteRT interpreter; float32 must agree with Keras to float rounding.
+    assert modes["float32"]["max_abs_error"] < 1e-4
+    assert modes["float16"]["size_kib"] < modes["float32"]["size_kib"]
+    for row in modes.values():
+        assert (tmp_path / os.path.basename(row["file"])).stat().st_size > 0
+    assert "| int8 |" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "jax", reason="runs in the Keras 3 on JAX mode")
+def test_jax_backend(tmp_path):
+    out = run_example("jax_backend.py", "--out", str(tmp_path))
+    assert "identical predictions: True" in out
+    error = float(re.search(r"NumPy formula: max abs error (\S+)", out).group(1))
+    assert error < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow",
+                    reason="run once, on Keras 3 + TensorFlow; test_distribute covers every engine")
+def test_distributed_finetune(tmp_path):
+    out = run_example("distributed_finetune.py", "--cpu-devices", "2", "--out", str(tmp_path))
+    assert "2 replica(s)" in out, out[-2000:]
+    assert (tmp_path / "model.keras").exists()
+    # The model saved inside the engine, reloaded on one device, predicts what the trained one did.
+    assert float(re.search(r"max \|output difference\| (\S+)", out).group(1)) < 1e-4

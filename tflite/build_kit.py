@@ -5,8 +5,7 @@
     python tflite/build_kit.py --out DIR --models mobilenetv2,mobilenetv2_cbam --quantizations int8
 
 For every reference model (MobileNetV2 with and without CBAM, the SAG-Mask
-head, the ThunderNet CEM+RPN+SAM block — those this checkout lacks are skipped
-with a note) and every quantization (float32, float16, dynamic, int8) it writes
+head, the ThunderNet CEM+RPN+SAM block) and every quantization (float32, float16, dynamic, int8) it writes
 `<model>_<quantization>.tflite`, verifies it against Keras in the LiteRT
 interpreter and writes `results.md` and `results.json` to `--out`
 (default `tflite/models`).
@@ -82,12 +81,10 @@ def main(argv=None):
     quantizations = (args.quantizations or ("float32,int8" if args.ci else ",".join(tflite.QUANTIZATIONS))).split(",")
     os.makedirs(args.out, exist_ok=True)
 
-    names, notes = refs.available()
+    names = list(refs.NAMES)
     if args.models:
         wanted = args.models.split(",")
         names = [n for n in names if n in wanted]
-    for note in notes:
-        print(f"note: {note}")
 
     (x_train, y_train), (x_test, _) = refs.digits_rgb(size)
     rows, started = [], time.time()
@@ -153,12 +150,11 @@ def main(argv=None):
         lines += [f"| {q} | {c['latency_ratio_1_thread']:.3f} | {c['latency_ratio_2_threads']:.3f} | "
                   f"{c['size_ratio']:.3f} |" for q, c in comparison.items()]
         lines.append("")
-    lines += [f"note: {n}" for n in notes]
     markdown = "\n".join(lines).rstrip() + "\n"
     print("\n" + markdown)
     with open(os.path.join(args.out, "results.md"), "w") as handle:
         handle.write(markdown)
-    payload = dict(size=size, epochs=epochs, ci=args.ci, latency_runs=latency_runs, notes=notes, rows=rows,
+    payload = dict(size=size, epochs=epochs, ci=args.ci, latency_runs=latency_runs, rows=rows,
                    cbam_vs_plain=comparison, seconds=round(time.time() - started, 1),
                    machine=dict(cpu_count=os.cpu_count(), platform=sys.platform))
     with open(os.path.join(args.out, "results.json"), "w") as handle:

@@ -9,9 +9,6 @@ preprocessing is inside the model, so a phone app feeds raw pixels):
   `keras_attention.attach(where="residual")`.
 * `sag_mask_head()`: CenterMask's SAG-Mask head on 14x14 RoI features.
 * `thundernet_block()`: ThunderNet's CEM + light RPN + SAM on C4/C5 maps.
-
-Builders whose layers the installed `keras_attention` does not have return
-None (`available()` lists them), so the kit skips them with a note.
 """
 
 import numpy as np
@@ -21,17 +18,6 @@ from keras_attention.backend import keras
 
 ALPHA = 0.35
 NUM_CLASSES = 10
-
-
-def get_attach():
-    """`keras_attention.attach`, or None when this checkout does not have it."""
-    attach = getattr(ka, "attach", None)
-    if attach is None:
-        try:
-            from keras_attention.backbones import attach
-        except ImportError:
-            return None
-    return attach
 
 
 def _rescaled(base, size):
@@ -53,10 +39,7 @@ def mobilenet_v2(size=96, cbam=False, alpha=ALPHA, classes=NUM_CLASSES, preserve
         classifier_activation=None,
     )
     if cbam:
-        attach = get_attach()
-        if attach is None:
-            raise RuntimeError("keras_attention.attach is not available in this checkout.")
-        base = attach(base, "cbam", where="residual", preserve_outputs=preserve_outputs, reduction=16)
+        base = ka.attach(base, "cbam", where="residual", preserve_outputs=preserve_outputs, reduction=16)
         base._name = "mobilenetv2_cbam"  # noqa: SLF001 - a readable name in tables
     else:
         base._name = "mobilenetv2"  # noqa: SLF001
@@ -65,8 +48,6 @@ def mobilenet_v2(size=96, cbam=False, alpha=ALPHA, classes=NUM_CLASSES, preserve
 
 def sag_mask_head(num_classes=4, filters=64, num_convs=4):
     """CenterMask's SAG-Mask head: (N, 14, 14, filters) RoI features -> (N, 28, 28, num_classes) logits."""
-    if not hasattr(ka, "SAGMaskHead"):
-        return None
     inputs = keras.Input((14, 14, filters), name="roi_features")
     outputs = ka.SAGMaskHead(num_classes, filters=filters, num_convs=num_convs)(inputs)
     return keras.Model(inputs, outputs, name="sag_mask_head")
@@ -74,8 +55,6 @@ def sag_mask_head(num_classes=4, filters=64, num_convs=4):
 
 def thundernet_block(c4_channels=116, c5_channels=232, size=20, num_anchors=25):
     """ThunderNet CEM + RPN + SAM on SNet-like C4 (size x size) and C5 (size/2) maps (320x320 input)."""
-    if not all(hasattr(ka, n) for n in ("ContextEnhancement", "LightRPNHead", "RPNGuidedSpatialAttention")):
-        return None
     c4 = keras.Input((size, size, c4_channels), name="c4")
     c5 = keras.Input(((size + 1) // 2, (size + 1) // 2, c5_channels), name="c5")
     cem = ka.ContextEnhancement(channels=245)([c4, c5])
@@ -84,22 +63,7 @@ def thundernet_block(c4_channels=116, c5_channels=232, size=20, num_anchors=25):
     return keras.Model([c4, c5], [sam, objectness, deltas], name="thundernet_cem_rpn_sam")
 
 
-def available():
-    """Names of the reference models this checkout can build, and notes on the missing ones."""
-    names, notes = ["mobilenetv2"], []
-    if get_attach() is not None:
-        names.append("mobilenetv2_cbam")
-    else:
-        notes.append("mobilenetv2_cbam skipped: keras_attention.attach is not available")
-    if hasattr(ka, "SAGMaskHead"):
-        names.append("sag_mask_head")
-    else:
-        notes.append("sag_mask_head skipped: keras_attention.SAGMaskHead is not available")
-    if all(hasattr(ka, n) for n in ("ContextEnhancement", "LightRPNHead", "RPNGuidedSpatialAttention")):
-        names.append("thundernet_cem_rpn_sam")
-    else:
-        notes.append("thundernet_cem_rpn_sam skipped: the ThunderNet layers are not available")
-    return names, notes
+NAMES = ("mobilenetv2", "mobilenetv2_cbam", "sag_mask_head", "thundernet_cem_rpn_sam")
 
 
 def build(name, size=96):
