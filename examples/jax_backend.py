@@ -17,7 +17,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -25,11 +24,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from quickstart import build_model, compile_for_digits, save_and_reload  # noqa: E402
+from quickstart import build_model, compile_for_digits, digits_for, parse_arguments, save_and_reload  # noqa: E402
 
 import keras_attention as ka  # noqa: E402
 from keras_attention.backend import BACKEND, IS_LEGACY, keras  # noqa: E402
-from keras_attention.data import digits  # noqa: E402
 
 
 def _sigmoid(x):
@@ -57,20 +55,13 @@ def numpy_cbam(x, layer):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--fast", action="store_true", help="1 epoch on a subset (a smoke run)")
-    parser.add_argument("--out", default=None, help="where to write model.keras (default: a temp dir)")
-    args = parser.parse_args(argv)
+    args = parse_arguments(__doc__, argv, epochs=8)
     if IS_LEGACY or BACKEND != "jax":
         raise SystemExit(f"jax_backend.py runs Keras 3 on JAX; got {'tf_keras' if IS_LEGACY else BACKEND}. "
                          "Unset TF_USE_LEGACY_KERAS and KERAS_BACKEND (or set KERAS_BACKEND=jax).")
     import jax
 
-    (x_train, y_train), (x_test, y_test) = digits(size=32)
-    epochs = args.epochs
-    if args.fast:
-        x_train, y_train, x_test, y_test, epochs = x_train[:256], y_train[:256], x_test[:128], y_test[:128], 1
+    (x_train, y_train), (x_test, y_test), epochs = digits_for(args)
     keras.utils.set_random_seed(0)
     model = compile_for_digits(build_model())
     print(f"Keras {keras.__version__} on JAX {jax.__version__}, devices {jax.devices()}")

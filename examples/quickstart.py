@@ -53,17 +53,26 @@ def save_and_reload(model, x_test, out=None, prefix="keras_attention_quickstart_
     return same
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=12)
+def parse_arguments(doc, argv, epochs):
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--fast", action="store_true", help="1 epoch on a subset (a smoke run)")
     parser.add_argument("--out", default=None, help="where to write model.keras (default: a temp dir)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def digits_for(args):
+    """Digits at 32x32 and the epoch count; with --fast a subset and one epoch."""
     (x_train, y_train), (x_test, y_test) = digits(size=32)
-    epochs = args.epochs
     if args.fast:
-        x_train, y_train, x_test, y_test, epochs = x_train[:256], y_train[:256], x_test[:128], y_test[:128], 1
+        return (x_train[:256], y_train[:256]), (x_test[:128], y_test[:128]), 1
+    return (x_train, y_train), (x_test, y_test), args.epochs
+
+
+def main(argv=None):
+    args = parse_arguments(__doc__, argv, epochs=12)
+
+    (x_train, y_train), (x_test, y_test), epochs = digits_for(args)
     keras.utils.set_random_seed(0)
     model = compile_for_digits(build_model())
     mode = "tf_keras" if IS_LEGACY else f"Keras {keras.__version__} on {BACKEND}"

@@ -141,6 +141,21 @@ def xla_compiling(tensor):
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
+def all_layers(model):
+    """Every layer inside `model`, recursively (nested models and sub-layers)."""
+    if hasattr(model, "_flatten_layers"):
+        try:
+            return list(model._flatten_layers(include_self=False, recursive=True))
+        except TypeError:  # pragma: no cover - older signatures
+            pass
+    found, stack = [], list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop(0)
+        found.append(layer)
+        stack.extend(getattr(layer, "layers", []))
+    return found
+
+
 def register(cls):
     """Registers a class under the package name, so saved models reload safely."""
     return keras.saving.register_keras_serializable(package="keras_attention")(cls)

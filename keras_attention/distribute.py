@@ -28,7 +28,7 @@ Example:
 import os
 import warnings
 
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras
 
 TF_ENGINE = "tf.distribute"
 JAX_ENGINE = "keras.distribution"
@@ -226,10 +226,6 @@ def split_cpu(n):
     return keras.distribution.list_devices("cpu")
 
 
-def _all_layers(model):
-    return list(model._flatten_layers(include_self=False, recursive=True))
-
-
 def synchronize_batchnorm(model):
     """Makes every BatchNormalization in `model` use global-batch statistics under tf.distribute.
 
@@ -263,7 +259,7 @@ def synchronize_batchnorm(model):
     if engine_name() == JAX_ENGINE:
         return 0
     count = 0
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
             layer.synchronized = True
             if IS_LEGACY:

@@ -43,7 +43,7 @@ from collections import Counter
 import numpy as np
 
 from keras_attention import backend
-from keras_attention.backend import IS_LEGACY, keras
+from keras_attention.backend import IS_LEGACY, all_layers, keras
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -97,21 +97,6 @@ def _flatten(structure):
     return [structure]
 
 
-def _all_layers(model):
-    """Every layer inside `model`, recursively (nested models and sub-layers)."""
-    if hasattr(model, "_flatten_layers"):
-        try:
-            return list(model._flatten_layers(include_self=False, recursive=True))
-        except TypeError:  # pragma: no cover - older signatures
-            pass
-    found, stack = [], list(getattr(model, "layers", []))
-    while stack:
-        layer = stack.pop(0)
-        found.append(layer)
-        stack.extend(getattr(layer, "layers", []))
-    return found
-
-
 def _model_inputs(model):
     inputs = getattr(model, "inputs", None)
     if not inputs:
@@ -150,7 +135,7 @@ def _dtype_name(dtype):
 
 def is_mixed_precision(model):
     """True when any layer of `model` computes in float16 or bfloat16."""
-    for layer in [model] + _all_layers(model):
+    for layer in [model] + all_layers(model):
         compute = getattr(layer, "compute_dtype", None)
         if compute in ("float16", "bfloat16"):
             return True
@@ -639,7 +624,7 @@ def _layer_for_scope(model, scope):
     """'outer' > 'inner' (Class) description of the Keras layer a TF name scope belongs to."""
     if not scope or model is None:
         return None
-    layers = _all_layers(model)
+    layers = all_layers(model)
     by_name = {}
     for layer in layers:
         by_name.setdefault(layer.name, layer)

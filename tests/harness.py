@@ -15,7 +15,7 @@ Keras (Keras 3 on TensorFlow or JAX, or tf_keras):
 
 import numpy as np
 
-from keras_attention.backend import IS_LEGACY, keras, set_global_dtype_policy
+from keras_attention.backend import keras, set_global_dtype_policy
 
 DTYPE_TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
 

@@ -13,7 +13,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention import tflite
-from keras_attention.backend import BACKEND, IS_LEGACY, keras, set_global_dtype_policy
+from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras, set_global_dtype_policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_TF = BACKEND == "tensorflow"
@@ -378,7 +378,7 @@ def test_mobilenetv2_cbam_float32_and_trained_int8():
     refs = _reference_models()
     (x_train, y_train), (x_test, _) = refs.digits_rgb(32)
     model = refs.mobilenet_v2(32, cbam=True)
-    assert sum(isinstance(layer, ka.CBAM) for layer in tflite._all_layers(model)) == 10  # noqa: SLF001
+    assert sum(isinstance(layer, ka.CBAM) for layer in all_layers(model)) == 10
     refs.train_classifier(model, x_train, y_train, epochs=2)
     float32 = tflite.verify(model, tflite.convert(model), x_test[:16], latency_runs=0, analyze_gpu=False)
     assert float32.max_rel_error <= 1e-4, str(float32)

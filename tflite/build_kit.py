@@ -29,8 +29,6 @@ for _path in (ROOT, HERE, os.path.join(ROOT, "benchmarks")):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import numpy as np  # noqa: E402
-
 import reference_models as refs  # noqa: E402
 from keras_attention import tflite  # noqa: E402
 from keras_attention.backend import BACKEND  # noqa: E402
