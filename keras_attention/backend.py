@@ -85,6 +85,13 @@ else:
 KERAS_VERSION = keras.__version__
 
 
+def custom_gradient(fn):
+    """`keras.ops.custom_gradient` (TensorFlow or JAX); `tf.custom_gradient` under tf_keras."""
+    if IS_LEGACY:
+        return _tf.custom_gradient(fn)
+    return ops.custom_gradient(fn)
+
+
 def image_data_format():
     """The global default data format of the active Keras."""
     if IS_LEGACY:

@@ -1,9 +1,11 @@
 """The formulations layers switch to while traced for XLA compute the paper's function too.
 
 `SpatialAttention` replaces its k x k convolution by a sum of shifted views
-under XLA (see `layers/_xla.py`); eager calls, which the harness checks, take
-the Keras Conv2D. Here the compiled forward pass is compared with the NumPy
-reference and its gradients with those of the plain (non-XLA) graph.
+under XLA, and on TensorFlow `CBAM` runs as one function with a hand-written
+gradient (see `layers/_xla.py`); eager calls, which the harness checks, take the
+plain layers. Here the compiled forward pass is compared with the NumPy
+reference and its gradients with those of the plain (non-XLA) graph, which
+TensorFlow's and JAX's autodiff compute.
 """
 
 import numpy as np
@@ -51,6 +53,8 @@ def _compiled_forward_and_grad(layer, x, g):
         lambda: ka.SpatialAttention(kernel_size=3, use_bias=True, pooling=("max",)),
         lambda: ka.SpatialAttention(kernel_size=5, use_batchnorm=True, data_format="channels_first"),
         lambda: ka.CBAM(reduction=4, arrangement="parallel"),
+        lambda: ka.CBAM(reduction=4),
+        lambda: ka.CBAM(reduction=2, kernel_size=3, use_bias=False, start_as_identity=True),
     ],
 )
 def test_xla_forward_matches_reference_and_gradients_match_plain_graph(make_layer):
@@ -82,3 +86,36 @@ def test_xla_path_under_mixed_precision():
     finally:
         set_global_dtype_policy("float32")
     np.testing.assert_allclose(out, np.asarray(reference(x)), atol=2e-2)
+
+
+@pytest.mark.parametrize("channels", [16, 20])  # 20: not a multiple of the 8 channel slices
+def test_cbam_xla_gradient_splits_ties_like_autodiff(channels):
+    """ReLU'd maps: dead channels tie everywhere for the H x W max, constant channels tie for the channel max."""
+    layer = ka.CBAM(reduction=4)
+    shape = (2, 6, 7, channels)
+    layer.build(shape)
+    randomize_weights(layer, seed=5)
+    rng = np.random.default_rng(2)
+    x = np.maximum(rng.normal(size=shape), 0.0).astype("float32")
+    x[..., :3] = 0.0
+    x[..., 5] = 1.0
+    g = rng.normal(size=shape).astype("float32")
+    out, grads, plain = _compiled_forward_and_grad(layer, x, g)
+    np.testing.assert_allclose(out, reference_output(layer, x), rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused CBAM is TensorFlow's XLA path only")
+def test_cbam_takes_the_fused_path_under_xla_only(monkeypatch):
+    import keras_attention.layers.cbam as cbam_module
+
+    calls = []
+    original = cbam_module.fused_cbam
+    monkeypatch.setattr(cbam_module, "fused_cbam", lambda *a: calls.append(1) or original(*a))
+    layer = ka.CBAM(reduction=4)
+    layer.build((2, 8, 8, 16))
+    x = np.zeros((2, 8, 8, 16), "float32")
+    layer(x)
+    _compiled_forward_and_grad(layer, x, x)
+    assert len(calls) == 1  # traced once under XLA; not in eager or the plain graph
