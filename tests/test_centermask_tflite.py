@@ -5,7 +5,8 @@ interpreter against Keras. TensorFlow backends only (Keras 3 on TensorFlow,
 tf_keras).
 
 - The head (RoI features in, mask logits out) is int8 end to end: CONV_2D,
-  the spatial attention's MEAN / REDUCE_MAX / CONCATENATION / LOGISTIC / MUL,
+  the spatial attention's MEAN / REDUCE_MAX / CONCATENATION / LOGISTIC / MUL
+  (its 3x3 convolution on a SPACE_TO_DEPTH / DEPTH_TO_SPACE grid),
   TRANSPOSE_CONV and its RELU.
 - RoIAlign converts with builtin ops only (GATHER, FLOOR, CAST, comparisons,
   SELECT, SUM, RESHAPE, ...) and matches Keras in float32. Under full-integer
@@ -22,7 +23,8 @@ from keras_attention.backend import BACKEND, keras
 
 pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="TFLite conversion needs TensorFlow")
 
-HEAD_OPS = {"CONV_2D", "TRANSPOSE_CONV", "RELU", "MEAN", "REDUCE_MAX", "CONCATENATION", "LOGISTIC", "MUL"}
+HEAD_OPS = {"CONV_2D", "TRANSPOSE_CONV", "RELU", "MEAN", "REDUCE_MAX", "CONCATENATION", "LOGISTIC", "MUL",
+            "SPACE_TO_DEPTH", "DEPTH_TO_SPACE"}
 ROI_OPS = {"GATHER", "FLOOR", "CAST", "SUM", "RESHAPE", "SELECT_V2", "MUL", "ADD"}
 
 

@@ -69,3 +69,29 @@ def test_bad_gate_and_pooling():
         ka.SpatialAttention(gate="tanh")
     with pytest.raises(ValueError, match="SpatialAttention: unknown `pooling` 'min'"):
         ka.SpatialAttention(pooling=("min",))
+
+
+@pytest.mark.skipif(ka.backend.BACKEND != "tensorflow", reason="TensorFlow graphs only")
+@pytest.mark.parametrize("kernel_size, channels, block", [(7, 2, 4), (7, 2, 2), (3, 2, 2), (3, 1, 4), (5, 1, 4), (1, 2, 2)])
+def test_space_to_depth_convolution_equals_the_plain_convolution(kernel_size, channels, block):
+    """The block-grid form SpatialAttention uses on TensorFlow (12x faster in LiteRT), against NumPy."""
+    from keras_attention.layers._space_to_depth import same_conv_to_one_channel
+    from tests.reference import conv2d_same
+
+    rng = np.random.default_rng(kernel_size * 10 + block)
+    maps = rng.normal(size=(2, 8, 12, channels)).astype("float32")
+    kernel = rng.normal(size=(kernel_size, kernel_size, channels, 1)).astype("float32")
+    out = np.asarray(same_conv_to_one_channel(maps, kernel, np.float32(0.5), block))
+    np.testing.assert_allclose(out, conv2d_same(maps, kernel) + 0.5, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(ka.backend.BACKEND != "tensorflow", reason="TFLite conversion needs TensorFlow")
+def test_tflite_file_has_the_block_grid_convolution_with_a_folded_kernel():
+    from keras_attention import tflite
+    from keras_attention.backend import keras
+
+    x = keras.Input((56, 56, 24))
+    model = keras.Model(x, ka.SpatialAttention()(x))
+    ops = {op for op, _ in tflite.op_counts(tflite.convert(model, "float32"))}
+    assert {"SPACE_TO_DEPTH", "CONV_2D", "DEPTH_TO_SPACE"} <= ops
+    assert "GATHER" not in ops  # the block kernel is a constant in the file

@@ -1,7 +1,8 @@
 """CBAM spatial attention."""
 
-from keras_attention.backend import build_sublayer, keras, ops, register, xla_compiling
+from keras_attention.backend import BACKEND, build_sublayer, keras, ops, register, xla_compiling
 from keras_attention.layers import _validation as v
+from keras_attention.layers._space_to_depth import block_size, same_conv_to_one_channel
 from keras_attention.layers._xla import shifted_sum_conv
 
 
@@ -95,8 +96,14 @@ class SpatialAttention(keras.layers.Layer):
     def compute_gate(self, inputs, training=None):
         """The float32 spatial gate, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
         descriptors = self._channel_descriptors(inputs)
+        bias = self.conv.bias if self.use_bias else None
+        block = block_size(descriptors.shape[1], descriptors.shape[2]) if BACKEND == "tensorflow" else None
         if xla_compiling(descriptors):
-            logits = shifted_sum_conv(descriptors, self.conv.kernel, self.conv.bias if self.use_bias else None)
+            logits = shifted_sum_conv(descriptors, self.conv.kernel, bias)
+        elif block:
+            # TensorFlow graphs and the TFLite files made from them: 12x faster in LiteRT.
+            kernel = ops.cast(self.conv.kernel, "float32")  # autocast under mixed precision
+            logits = same_conv_to_one_channel(descriptors, kernel, None if bias is None else ops.cast(bias, "float32"), block)
         else:
             logits = self.conv(descriptors)
         if self.use_batchnorm:
