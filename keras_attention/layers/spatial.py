@@ -101,7 +101,7 @@ class SpatialAttention(keras.layers.Layer):
         if xla_compiling(descriptors):
             logits = shifted_sum_conv(descriptors, self.conv.kernel, bias)
         elif block:
-            # TensorFlow graphs and the TFLite files made from them: 12x faster in LiteRT.
+            # TensorFlow graphs and the TFLite files made from them (LiteRT: 89 -> 7 us, int8 56x56).
             kernel = ops.cast(self.conv.kernel, "float32")  # autocast under mixed precision
             logits = same_conv_to_one_channel(descriptors, kernel, None if bias is None else ops.cast(bias, "float32"), block)
         else:
