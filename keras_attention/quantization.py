@@ -57,6 +57,7 @@ import zipfile
 
 from keras_attention import backend
 from keras_attention.backend import keras
+from keras_attention.layers._validation import from_channels_last, to_channels_last
 from keras_attention.tflite import float32_copy, is_mixed_precision
 
 _FEATURE = "keras_attention.quantization"
@@ -243,14 +244,6 @@ def _deconv(conv, x, kernel):
     return conv.activation(y)
 
 
-def _to_last(x, data_format):
-    return x if data_format == "channels_last" else _tf().transpose(x, (0, 2, 3, 1))
-
-
-def _from_last(x, data_format):
-    return x if data_format == "channels_last" else _tf().transpose(x, (0, 3, 1, 2))
-
-
 def _gate_spec(spec, gate, scale):
     if gate == "hard_sigmoid":
         spec.point("gate_relu6")
@@ -357,10 +350,10 @@ def _spatial_gate(layer, p, x):
             maps.append(tf.reduce_max(x, axis=axis, keepdims=True))
     # One requantize: CONCATENATION gives mean and max one shared scale.
     d = maps[0] if len(maps) == 1 else p.q("descriptors", tf.concat(maps, axis=axis))
-    d = _to_last(d, layer.data_format)
+    d = to_channels_last(d, layer.data_format)
     bn = layer.bn if layer.use_batchnorm else None
     logits = p.q("logits", _conv(layer.conv, d, p.kernel("conv_kernel"), bn=bn))
-    return _from_last(_gate(p, logits, layer.gate, _identity_scale(layer)), layer.data_format)
+    return from_channels_last(_gate(p, logits, layer.gate, _identity_scale(layer)), layer.data_format)
 
 
 def _spatial_forward(layer, p, x, training=None):
@@ -398,8 +391,8 @@ def _cem_spec(layer, spec):
 
 def _cem_forward(layer, p, inputs, training=None):
     tf = _tf()
-    c4 = _to_last(inputs[0], layer.data_format)
-    c5 = _to_last(inputs[1], layer.data_format)
+    c4 = to_channels_last(inputs[0], layer.data_format)
+    c5 = to_channels_last(inputs[1], layer.data_format)
     lateral4 = p.q("c4_lateral", _conv(layer.c4_lateral, c4, p.kernel("c4_lateral_kernel")))
     lateral5 = p.q("c5_lateral", _conv(layer.c5_lateral, c5, p.kernel("c5_lateral_kernel")))
     # Nearest neighbour to C4's size, legacy pixel mapping: C4 pixel (i, j) takes
@@ -413,7 +406,7 @@ def _cem_forward(layer, p, inputs, training=None):
     pooled = p.q("c5_mean", tf.reduce_mean(c5, axis=(1, 2), keepdims=True))
     context = p.q("global_context", _conv(layer.global_context, pooled, p.kernel("global_context_kernel")))
     out = p.q("output", p.q("partial_sum", lateral4 + up5) + context)
-    return _from_last(out, layer.data_format)
+    return from_channels_last(out, layer.data_format)
 
 
 def _rpn_spec(layer, spec):
@@ -427,13 +420,13 @@ def _rpn_spec(layer, spec):
 
 def _rpn_forward(layer, p, inputs, training=None):
     tf = _tf()
-    x = _to_last(inputs, layer.data_format)
+    x = to_channels_last(inputs, layer.data_format)
     x = p.q("depthwise", tf.nn.relu(_conv(layer.depthwise, x, p.kernel("depthwise_kernel"), bn=layer.depthwise_bn)))
     features = p.q("features", tf.nn.relu(_conv(layer.pointwise, x, p.kernel("pointwise_kernel"),
                                                 bn=layer.pointwise_bn)))
     objectness = p.q("objectness", _conv(layer.objectness, features, p.kernel("objectness_kernel")))
     deltas = p.q("box_deltas", _conv(layer.box_deltas, features, p.kernel("box_deltas_kernel")))
-    return [_from_last(t, layer.data_format) for t in (features, objectness, deltas)]
+    return [from_channels_last(t, layer.data_format) for t in (features, objectness, deltas)]
 
 
 def _sam_spec(layer, spec):
@@ -444,10 +437,10 @@ def _sam_spec(layer, spec):
 
 
 def _sam_forward(layer, p, inputs, training=None):
-    rpn = _to_last(inputs[1], layer.data_format)
+    rpn = to_channels_last(inputs[1], layer.data_format)
     bn = layer.theta_bn if layer.use_batchnorm else None
     logits = p.q("logits", _conv(layer.theta, rpn, p.kernel("theta_kernel"), bn=bn))
-    gate = _from_last(_gate(p, logits, layer.gate, 1.0), layer.data_format)
+    gate = from_channels_last(_gate(p, logits, layer.gate, 1.0), layer.data_format)
     return p.q("output", inputs[0] * gate)
 
 

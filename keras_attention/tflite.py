@@ -497,18 +497,18 @@ def _closer_of_two_quantizers(mlir_model, make_converter, saved_model, samples, 
 
     Both are run in the interpreter on the first `count` calibration samples
     and compared with the float SavedModel by squared error over all outputs.
-    A legacy model that fails to convert, leaves a float op, or has collapsed
-    activation ranges (which can crash XNNPACK in this process) is not a
-    candidate.
+    A model that leaves a float op or has collapsed activation ranges (which
+    can crash XNNPACK in this process) is not a candidate; when neither is one
+    (or the legacy conversion fails), the MLIR model stands.
     """
     mlir_model = bytes(mlir_model)
     try:
         legacy_model = bytes(make_converter(legacy_quantizer=True).convert())
     except Exception:  # noqa: BLE001 - the MLIR model stands
         return mlir_model
-    candidates = [m for m in (mlir_model, legacy_model) if is_int8_end_to_end(m)]
-    if len(candidates) < 2 or any(degenerate_activations(m) for m in candidates):
-        return mlir_model
+    candidates = [m for m in (mlir_model, legacy_model) if is_int8_end_to_end(m) and not degenerate_activations(m)]
+    if len(candidates) < 2:
+        return candidates[0] if candidates else mlir_model
     subset = samples[:count]
     arrays = [np.concatenate([sample[i] for sample in subset], axis=0) for i in range(len(subset[0]))]
     expected = _keras_outputs(_SavedModelCallable(saved_model), arrays, batch_size=1)

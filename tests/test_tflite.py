@@ -151,6 +151,23 @@ def test_each_quantization_mode_agrees_with_keras_on_held_out_digits(
 
 
 @tf_only
+def test_auto_quantizer_keeps_the_int8_model_closer_to_keras_on_a_signed_map():
+    """CBAM on a linear conv's output (signed, like a residual branch): TF 2.21's MLIR
+    quantizer clips REDUCE_MAX's input to the max's range; "auto" must keep the legacy file."""
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((16, 16, 8))
+    features = ka.CBAM(reduction=4)(keras.layers.Conv2D(16, 3, padding="same")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(features)))
+    x_calibration, x_held_out = rng.normal(size=(2, 32, 16, 16, 8)).astype("float32")
+    files = {q: tflite.convert(model, "int8", representative_data=x_calibration, quantizer=q)
+             for q in ("mlir", "legacy", "auto")}
+    expected = np.asarray(model(x_held_out))
+    errors = {q: float(np.mean((tflite.run(f, x_held_out)[0] - expected) ** 2)) for q, f in files.items()}
+    assert errors["mlir"] > 10 * errors["legacy"], errors
+    assert files["auto"] == files["legacy"], errors
+
+
+@tf_only
 def test_int8_cbam_is_int8_end_to_end_with_builtin_ops(trained_cnn_cbam, trained_tflite, digits16):
     """Full-integer CBAM: every op between the input QUANTIZE and the output DEQUANTIZE is int8."""
     _, (x_test, _) = digits16

@@ -1,4 +1,4 @@
-"""Argument and shape checks shared by the attention layers.
+"""Argument and shape checks shared by the attention layers, and their layout helpers.
 
 Every error names the layer, what it got and what it expects.
 """
@@ -73,3 +73,13 @@ def apply_gate(logits, gate, scale):
     """The gate non-linearity, times `scale` (2 when the layer starts as the identity)."""
     gated = ops.sigmoid(logits) if gate == "sigmoid" else ops.hard_sigmoid(logits)
     return gated * scale if scale != 1.0 else gated
+
+
+def to_channels_last(x, data_format):
+    """A 4-D tensor in `data_format` as channels_last."""
+    return x if data_format == "channels_last" else ops.transpose(x, (0, 2, 3, 1))
+
+
+def from_channels_last(x, data_format):
+    """A channels_last 4-D tensor back in `data_format`."""
+    return x if data_format == "channels_last" else ops.transpose(x, (0, 3, 1, 2))

@@ -71,14 +71,6 @@ def _spatial(shape, data_format):
     return tuple(shape[1:3]) if data_format == "channels_last" else tuple(shape[2:4])
 
 
-def _to_last(x, data_format):
-    return x if data_format == "channels_last" else ops.transpose(x, (0, 2, 3, 1))
-
-
-def _from_last(x, data_format):
-    return x if data_format == "channels_last" else ops.transpose(x, (0, 3, 1, 2))
-
-
 def _output_shape(batch, spatial, channels, data_format):
     if data_format == "channels_last":
         return (batch,) + tuple(spatial) + (channels,)
@@ -204,8 +196,8 @@ class ContextEnhancement(keras.layers.Layer):
     def call(self, inputs):
         static = [_static_shape(x) for x in inputs] if isinstance(inputs, (list, tuple)) else inputs
         self._check_shapes(static)
-        c4 = _to_last(inputs[0], self.data_format)
-        c5 = _to_last(inputs[1], self.data_format)
+        c4 = v.to_channels_last(inputs[0], self.data_format)
+        c5 = v.to_channels_last(inputs[1], self.data_format)
         lateral4 = self.c4_lateral(c4)
         lateral5 = self.c5_lateral(c5)
         # Nearest x2: C4 pixel (i, j) takes C5 pixel (i // 2, j // 2).
@@ -218,7 +210,7 @@ class ContextEnhancement(keras.layers.Layer):
             up5 = up5[:, :, :w4]
         pooled = ops.mean(ops.cast(c5, "float32"), axis=(1, 2), keepdims=True)
         context = ops.cast(self.global_context(pooled), lateral4.dtype)
-        return _from_last(lateral4 + up5 + context, self.data_format)
+        return v.from_channels_last(lateral4 + up5 + context, self.data_format)
 
     def compute_output_shape(self, input_shape):
         shapes, _ = self._check_shapes(input_shape)
@@ -312,12 +304,12 @@ class LightRPNHead(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        x = _to_last(inputs, self.data_format)
+        x = v.to_channels_last(inputs, self.data_format)
         x = ops.relu(self.depthwise_bn(self.depthwise(x), training=training))
         features = ops.relu(self.pointwise_bn(self.pointwise(x), training=training))
         objectness = self.objectness(features)
         deltas = self.box_deltas(features)
-        return [_from_last(t, self.data_format) for t in (features, objectness, deltas)]
+        return [v.from_channels_last(t, self.data_format) for t in (features, objectness, deltas)]
 
     def compute_output_shape(self, input_shape):
         shape = _shape_tuple(input_shape)
@@ -420,10 +412,10 @@ class RPNGuidedSpatialAttention(keras.layers.Layer):
         """The float32 attention `gate(BN(theta(rpn)))`, shaped like `cem` (in the layer's data format),
         or with one channel when `per_channel=False`."""
         self._check_shapes([_static_shape(x) for x in inputs] if isinstance(inputs, (list, tuple)) else inputs)
-        logits = ops.cast(self.theta(_to_last(inputs[1], self.data_format)), "float32")
+        logits = ops.cast(self.theta(v.to_channels_last(inputs[1], self.data_format)), "float32")
         if self.use_batchnorm:
             logits = self.theta_bn(logits, training=training)
-        return _from_last(v.apply_gate(logits, self.gate, 1.0), self.data_format)
+        return v.from_channels_last(v.apply_gate(logits, self.gate, 1.0), self.data_format)
 
     def call(self, inputs, training=None):
         gate = self.compute_gate(inputs, training=training)
