@@ -11,7 +11,7 @@ as a matrix-vector product 0.5x; a 2 -> 1-channel 7x7 convolution 2-3.6x, as
 shifted sums 0.3x. The formulations below follow from these numbers.
 """
 
-from keras_attention.backend import BACKEND, IS_LEGACY, custom_gradient, ops
+from keras_attention.backend import BACKEND, custom_gradient, ops
 
 
 def shifted_sum_conv(maps, kernel, bias=None):
@@ -88,7 +88,6 @@ def can_fuse_cbam(block, inputs):
     ca, sa = block.channel_attention, block.spatial_attention
     return (
         BACKEND == "tensorflow"
-        and not IS_LEGACY
         and block.arrangement == "channel_first"
         and block.data_format == "channels_last"
         and tuple(ca.pooling) == ("avg", "max")
