@@ -27,3 +27,9 @@ def _seed():
     keras_attention.backend.keras.utils.set_random_seed(0)
     np.random.seed(0)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    # Slow tests first: pytest-xdist hands tests out in this order, so a minute-long test
+    # started last would run alone while the other worker idles.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
