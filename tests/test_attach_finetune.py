@@ -97,7 +97,6 @@ def load_example():
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 @pytest.mark.skipif(
     BACKEND == "jax" or IS_LEGACY,
     reason="run once, on Keras 3 + TensorFlow (XLA-compiling MobileNetV2's training step on CPU takes minutes "

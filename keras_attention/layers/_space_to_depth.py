@@ -56,8 +56,10 @@ def same_conv_to_one_channel(maps, kernel, bias=None, s=4):
     """
     import tensorflow as tf
 
+    # Cast: under mixed precision Keras autocasts variables read in call().
+    kernel = tf.cast(kernel, maps.dtype)
     k, channels = int(kernel.shape[0]), int(kernel.shape[2])
     flat = tf.concat([tf.reshape(kernel, [-1]), tf.zeros([1], kernel.dtype)], axis=0)
     block_kernel = tf.gather(flat, _kernel_index(k, channels, s))
     out = tf.nn.depth_to_space(tf.nn.conv2d(tf.nn.space_to_depth(maps, s), block_kernel, 1, "SAME"), s)
-    return out if bias is None else out + bias
+    return out if bias is None else out + tf.cast(bias, maps.dtype)

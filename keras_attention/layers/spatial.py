@@ -97,13 +97,11 @@ class SpatialAttention(keras.layers.Layer):
         """The float32 spatial gate, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
         descriptors = self._channel_descriptors(inputs)
         bias = self.conv.bias if self.use_bias else None
-        block = block_size(descriptors.shape[1], descriptors.shape[2]) if BACKEND == "tensorflow" else None
         if xla_compiling(descriptors):
             logits = shifted_sum_conv(descriptors, self.conv.kernel, bias)
-        elif block:
+        elif BACKEND == "tensorflow" and (block := block_size(descriptors.shape[1], descriptors.shape[2])):
             # TensorFlow graphs and the TFLite files made from them (LiteRT: 89 -> 7 us, int8 56x56).
-            kernel = ops.cast(self.conv.kernel, "float32")  # autocast under mixed precision
-            logits = same_conv_to_one_channel(descriptors, kernel, None if bias is None else ops.cast(bias, "float32"), block)
+            logits = same_conv_to_one_channel(descriptors, self.conv.kernel, bias, block)
         else:
             logits = self.conv(descriptors)
         if self.use_batchnorm:
