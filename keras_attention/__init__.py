@@ -19,7 +19,7 @@ from keras_attention.layers import (
     get_attention,
 )
 from keras_attention.backbones import attach, freeze_backbone, unfreeze
-from keras_attention import data, losses
+from keras_attention import data, losses, quantization
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,8 @@ if IS_LEGACY:
         convert_to_tensor = staticmethod(_tf.convert_to_tensor)
         sigmoid = staticmethod(_tf.sigmoid)
         relu = staticmethod(_tf.nn.relu)
+        relu6 = staticmethod(_tf.nn.relu6)
+        rsqrt = staticmethod(_tf.math.rsqrt)
         exp = staticmethod(_tf.exp)
         log = staticmethod(_tf.math.log)
         sqrt = staticmethod(_tf.sqrt)

@@ -393,13 +393,6 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
             f"keras_attention.tflite.convert: unknown quantization {quantization!r}; expected one of "
             f"{list(QUANTIZATIONS)}."
         )
-    if quantization == "int8" and representative_data is None:
-        raise ValueError(
-            "keras_attention.tflite.convert: quantization='int8' (full-integer) needs "
-            "representative_data to calibrate the activation ranges: a NumPy array of ~100 typical "
-            "inputs, a tf.data.Dataset, or a directory of images. Without data use "
-            "quantization='dynamic' (int8 weights, float activations)."
-        )
     if quantizer not in ("auto", "legacy", "mlir"):
         raise ValueError(
             f"keras_attention.tflite.convert: unknown quantizer {quantizer!r}; expected 'auto', 'legacy' or 'mlir'."
@@ -411,11 +404,22 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
     saved_model = None
     if isinstance(model, (str, os.PathLike)):
         model, saved_model = _load_model_path(model)
+    qat = saved_model is None and _is_qat_model(model)
+    if qat:
+        _check_qat_conversion(model, quantization)
+    elif quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "keras_attention.tflite.convert: quantization='int8' (full-integer) needs "
+            "representative_data to calibrate the activation ranges: a NumPy array of ~100 typical "
+            "inputs, a tf.data.Dataset, or a directory of images (a Keras 3 QAT model from "
+            "keras_attention.quantization.quantize_model needs none). Without data use "
+            "quantization='dynamic' (int8 weights, float activations)."
+        )
     if saved_model is None and is_mixed_precision(model):
         model = float32_copy(model)
     specs = _saved_model_specs(saved_model) if saved_model is not None else _input_specs(model, batch_size)
     samples = None
-    if quantization == "int8":
+    if quantization == "int8" and not qat:
         samples = _as_sample_lists(representative_data, specs, calibration_steps, "representative_data")
 
     workdir = tempfile.mkdtemp(prefix="keras_attention_tflite_")
@@ -432,6 +436,12 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]
             elif quantization == "int8":
                 converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.experimental_new_quantizer = not legacy_quantizer
+                if int8_io:
+                    converter.inference_input_type = tf.int8
+                    converter.inference_output_type = tf.int8
+                if samples is None:  # a QAT model: the FakeQuant ops carry every range
+                    return converter
 
                 def representative_dataset():
                     for sample in samples:
@@ -439,10 +449,6 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
                                for x, spec in zip(sample, specs)}
 
                 converter.representative_dataset = representative_dataset
-                converter.experimental_new_quantizer = not legacy_quantizer
-                if int8_io:
-                    converter.inference_input_type = tf.int8
-                    converter.inference_output_type = tf.int8
             if select_tf_ops:
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
                                                        tf.lite.OpsSet.SELECT_TF_OPS]
@@ -457,7 +463,7 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
                 # The converter's calibrator uses the deprecated tf.lite.Interpreter internally.
                 warnings.simplefilter("ignore", UserWarning)
                 flatbuffer = make_converter(legacy_quantizer=quantizer == "legacy").convert()
-                if quantization == "int8" and quantizer == "auto":
+                if quantization == "int8" and quantizer == "auto" and samples is not None:
                     flatbuffer = _closer_of_two_quantizers(flatbuffer, make_converter, saved_model, samples)
         except Exception as error:  # noqa: BLE001 - converter errors have several types
             flex = _flex_ops_from_error(error)
@@ -490,6 +496,31 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
         with open(path, "wb") as handle:
             handle.write(flatbuffer)
     return flatbuffer
+
+
+def _is_qat_model(model):
+    from keras_attention.quantization import is_qat_model
+
+    return is_qat_model(model)
+
+
+def _check_qat_conversion(model, quantization):
+    """A Keras 3 QAT model converts to int8 only, and only once its ranges are set."""
+    from keras_attention.quantization import uncalibrated
+
+    if quantization != "int8":
+        raise ValueError(
+            f"keras_attention.tflite.convert: {model.name!r} is a QAT model (it holds fake-quantization "
+            f"ranges), which converts to quantization='int8' only; got {quantization!r}. Convert the float "
+            "model for float32/float16/dynamic files."
+        )
+    empty = uncalibrated(model)
+    if empty:
+        raise ValueError(
+            f"keras_attention.tflite.convert: {len(empty)} quantization ranges of QAT model {model.name!r} were "
+            f"never set (e.g. {empty[0]}): train it with fit() first, or call "
+            "keras_attention.quantization.calibrate(model, data)."
+        )
 
 
 def _closer_of_two_quantizers(mlir_model, make_converter, saved_model, samples, count=32):

@@ -49,10 +49,14 @@ def _kernel_index(k, channels, s):
     return index.reshape(size, size, s * s * channels, s * s)
 
 
-def same_conv_to_one_channel(maps, kernel, bias=None, s=4):
+def same_conv_to_one_channel(maps, kernel, bias=None, s=4, quantize=None):
     """`conv2d(maps, kernel, padding="same") (+ bias)`, through a space-to-depth grid of block `s`.
 
     maps: (B, H, W, n) with H and W multiples of `s`; kernel: (k, k, n, 1), k odd.
+    quantize: applied to the block kernel (QAT's per-tensor fake quantization,
+    which gives the original weights the same grid; the TFLite converter then
+    sees FakeQuant on the kernel the CONV_2D reads — one on the original kernel,
+    before the gather, crashes the TF 2.21 converter).
     """
     import tensorflow as tf
 
@@ -61,5 +65,7 @@ def same_conv_to_one_channel(maps, kernel, bias=None, s=4):
     k, channels = int(kernel.shape[0]), int(kernel.shape[2])
     flat = tf.concat([tf.reshape(kernel, [-1]), tf.zeros([1], kernel.dtype)], axis=0)
     block_kernel = tf.gather(flat, _kernel_index(k, channels, s))
+    if quantize is not None:
+        block_kernel = quantize(block_kernel)
     out = tf.nn.depth_to_space(tf.nn.conv2d(tf.nn.space_to_depth(maps, s), block_kernel, 1, "SAME"), s)
     return out if bias is None else out + tf.cast(bias, maps.dtype)

@@ -2,6 +2,7 @@
 
 from keras_attention.backend import build_sublayer, keras, ops, register, xla_compiling
 from keras_attention.layers import _validation as v
+from keras_attention.layers._quantization import QuantizationPoints
 from keras_attention.layers._xla import can_fuse_cbam, fused_cbam
 from keras_attention.layers.channel import ChannelAttention
 from keras_attention.layers.spatial import SpatialAttention
@@ -10,7 +11,7 @@ ARRANGEMENTS = ("channel_first", "spatial_first", "parallel")
 
 
 @register
-class CBAM(keras.layers.Layer):
+class CBAM(QuantizationPoints, keras.layers.Layer):
     """Convolutional Block Attention Module (Woo et al., ECCV 2018).
 
     `F' = M_c(F) * F`, then `F'' = M_s(F') * F'` (the paper's default,
@@ -58,20 +59,22 @@ class CBAM(keras.layers.Layer):
         data_format=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
         self.arrangement = v.check_choice(name, "arrangement", arrangement, ARRANGEMENTS)
         self.data_format = v.normalize_data_format(name, data_format)
         self.channel_attention = ChannelAttention(
             reduction=reduction, min_channels=min_channels, pooling=pooling, use_bias=use_bias,
             gate=gate, start_as_identity=start_as_identity, data_format=self.data_format,
-            name="channel_attention",
+            quantization=self.quantization, name="channel_attention",
         )
         self.spatial_attention = SpatialAttention(
             kernel_size=kernel_size, use_batchnorm=use_batchnorm, pooling=spatial_pooling,
             gate=gate, start_as_identity=start_as_identity, data_format=self.data_format,
-            name="spatial_attention",
+            quantization=self.quantization, name="spatial_attention",
         )
+        if self.arrangement == "parallel":  # only their gates are used: no output points of their own
+            self.channel_attention.gate_only = self.spatial_attention.gate_only = True
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -82,19 +85,24 @@ class CBAM(keras.layers.Layer):
         except ValueError as error:  # re-raise under the block's name
             raise ValueError(f"{name}: {error}") from None
         build_sublayer(self.spatial_attention, input_shape)
+        self._build_quantization_points()
         self.built = True
+
+    def quantization_points(self):
+        # The sublayers quantize their own tensors; the parallel arrangement multiplies here.
+        return ["channel_scaled", "output"] if self.arrangement == "parallel" else []
 
     def call(self, inputs, training=None):
         ca, sa = self.channel_attention, self.spatial_attention
         if self.arrangement == "channel_first":
-            if xla_compiling(inputs) and can_fuse_cbam(self, inputs):
+            if not self.quantization and xla_compiling(inputs) and can_fuse_cbam(self, inputs):
                 return fused_cbam(inputs, self)
             return sa(ca(inputs), training=training)
         if self.arrangement == "spatial_first":
             return ca(sa(inputs, training=training))
         channel_gate = ops.cast(ca.compute_gate(inputs), inputs.dtype)
         spatial_gate = ops.cast(sa.compute_gate(inputs, training=training), inputs.dtype)
-        return inputs * channel_gate * spatial_gate
+        return self.at_point("output", self.at_point("channel_scaled", inputs * channel_gate) * spatial_gate)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -114,5 +122,6 @@ class CBAM(keras.layers.Layer):
             gate=ca.gate,
             start_as_identity=ca.start_as_identity,
             data_format=self.data_format,
+            **self.quantization_config(),
         )
         return config

@@ -6,9 +6,10 @@ import numpy as np
 
 from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
+from keras_attention.layers._quantization import QuantizationPoints
 
 
-class _ChannelGateBase(keras.layers.Layer):
+class _ChannelGateBase(QuantizationPoints, keras.layers.Layer):
     """Pools a feature map to one descriptor per channel, gates, multiplies.
 
     Subclasses build `self._gate_logits(pooled_list)` from the pooled
@@ -19,7 +20,7 @@ class _ChannelGateBase(keras.layers.Layer):
     _pooling = ("avg",)
 
     def __init__(self, gate="sigmoid", start_as_identity=False, data_format=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**self._init_quantization(kwargs))
         self.gate = v.check_choice(type(self).__name__, "gate", gate, v.GATES)
         self.start_as_identity = bool(start_as_identity)
         self.data_format = v.normalize_data_format(type(self).__name__, data_format)
@@ -38,20 +39,25 @@ class _ChannelGateBase(keras.layers.Layer):
             p = reduce(x, axis=axes, keepdims=True)
             if self.data_format == "channels_first":
                 p = ops.reshape(p, (-1, 1, 1, self.channels))
-            pooled.append(p)
+            # The max of int8 values keeps the input's scale: only the mean is a new int8 tensor.
+            pooled.append(self.at_point("pooled_avg", p) if kind == "avg" else p)
         return pooled
+
+    def quantization_points(self):
+        pooled = ["pooled_avg"] if "avg" in self._pooling else []
+        return [*pooled, *self._logit_points(), *self.gate_points(), *self.output_point()]
 
     def compute_gate(self, inputs, training=None):
         """The float32 channel gate, shaped to broadcast against `inputs`."""
         logits = self._gate_logits(self._pooled_descriptors(inputs), training=training)
-        gate = v.apply_gate(logits, self.gate, 2.0 if self.start_as_identity else 1.0)
+        gate = self.apply_gate(logits)
         if self.data_format == "channels_first":
             gate = ops.reshape(gate, (-1, self.channels, 1, 1))
         return gate
 
     def call(self, inputs, training=None):
         gate = self.compute_gate(inputs, training=training)
-        return inputs * ops.cast(gate, inputs.dtype)
+        return self.at_point("output", inputs * ops.cast(gate, inputs.dtype))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -62,6 +68,7 @@ class _ChannelGateBase(keras.layers.Layer):
             gate=self.gate,
             start_as_identity=self.start_as_identity,
             data_format=self.data_format,
+            **self.quantization_config(),
         )
         return config
 
@@ -157,6 +164,7 @@ class ChannelAttention(_ChannelGateBase):
         build_sublayer(self.mlp_expand, (None, 1, 1, hidden))
         if self.start_as_identity:
             self._initialise_as_identity()
+        self._build_quantization_points()
         self.built = True
 
     def _initialise_as_identity(self):
@@ -188,13 +196,22 @@ class ChannelAttention(_ChannelGateBase):
         and costs two convolutions instead of four (in TFLite graphs too).
         """
         if len(pooled) == 1:
-            return self.mlp_expand(self.mlp_reduce(pooled[0]))
-        hidden = ops.sum(self.mlp_reduce(ops.concatenate(pooled, axis=1)), axis=1, keepdims=True)
-        logits = self.mlp_expand(hidden)
+            hidden = self.at_point("hidden", self.convolve(self.mlp_reduce, pooled[0]))
+            return self.at_point("logits", self.convolve(self.mlp_expand, hidden))
+        stacked = self.at_point("pooled", ops.concatenate(pooled, axis=1))
+        hidden = self.at_point("hidden", self.convolve(self.mlp_reduce, stacked))
+        hidden = self.at_point("hidden_sum", ops.sum(hidden, axis=1, keepdims=True))
+        logits = self.at_point("logits", self.convolve(self.mlp_expand, hidden))
         if self.use_bias:
             # Cast: under mixed precision Keras autocasts variables read in call().
-            logits = logits + (len(pooled) - 1) * ops.cast(self.mlp_expand.bias, logits.dtype)
+            extra_bias = (len(pooled) - 1) * ops.cast(self.mlp_expand.bias, logits.dtype)
+            logits = self.at_point("logits_biased", logits + extra_bias)
         return logits
+
+    def _logit_points(self):
+        if len(self.pooling) == 1:
+            return ["hidden", "logits"]
+        return ["pooled", "hidden", "hidden_sum", "logits"] + (["logits_biased"] if self.use_bias else [])
 
     def get_config(self):
         config = super().get_config()
@@ -302,10 +319,14 @@ class EfficientChannelAttention(_ChannelGateBase):
             data_format="channels_last", dtype="float32", name="conv",
         )
         build_sublayer(self.conv, (None, 1, self.channels, 1))
+        self._build_quantization_points()
         self.built = True
 
+    def _logit_points(self):
+        return ["logits"]
+
     def _gate_logits(self, pooled, training=None):
-        z = self.conv(ops.reshape(pooled[0], (-1, 1, self.channels, 1)))
+        z = self.at_point("logits", self.convolve(self.conv, ops.reshape(pooled[0], (-1, 1, self.channels, 1))))
         return ops.reshape(z, (-1, 1, 1, self.channels))
 
     def get_config(self):

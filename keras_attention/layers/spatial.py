@@ -2,12 +2,13 @@
 
 from keras_attention.backend import BACKEND, build_sublayer, keras, ops, register, xla_compiling
 from keras_attention.layers import _validation as v
+from keras_attention.layers._quantization import QuantizationPoints
 from keras_attention.layers._space_to_depth import block_size, same_conv_to_one_channel
 from keras_attention.layers._xla import shifted_sum_conv
 
 
 @register
-class SpatialAttention(keras.layers.Layer):
+class SpatialAttention(QuantizationPoints, keras.layers.Layer):
     """CBAM spatial attention (Woo et al., ECCV 2018, Eq. 3).
 
     `M_s(F) = gate(conv_kxk([AvgPool_c(F); MaxPool_c(F)]))`, `F' = M_s(F) * F`:
@@ -55,7 +56,7 @@ class SpatialAttention(keras.layers.Layer):
         data_format=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
         self.kernel_size = v.check_odd_kernel_size(name, kernel_size)
         self.use_batchnorm = bool(use_batchnorm)
@@ -81,39 +82,55 @@ class SpatialAttention(keras.layers.Layer):
                 dtype="float32", name="bn",
             )
             build_sublayer(self.bn, (None, None, None, 1))
+        self._build_quantization_points()
         self.built = True
+
+    def quantization_points(self):
+        points = ["channel_avg"] if "avg" in self.pooling else []
+        if len(self.pooling) > 1:
+            points.append("descriptors")
+        return [*points, "logits", *self.gate_points(), *self.output_point()]
 
     def _channel_descriptors(self, inputs):
         """(batch, H, W, n_pool) float32 channel mean/max, channels_last."""
         x = ops.cast(inputs, "float32")
-        reducers = {"avg": ops.mean, "max": ops.max}
-        if self.data_format == "channels_last":
-            maps = [reducers[kind](x, axis=-1, keepdims=True) for kind in self.pooling]
-            return maps[0] if len(maps) == 1 else ops.concatenate(maps, axis=-1)
-        maps = [reducers[kind](x, axis=1) for kind in self.pooling]
-        return ops.stack(maps, axis=-1)
+        channel_axis = -1 if self.data_format == "channels_last" else 1
+        maps = []
+        for kind in self.pooling:
+            if kind == "avg":  # the max of int8 values keeps the input's scale; the mean is a new tensor
+                maps.append(self.at_point("channel_avg", ops.mean(x, axis=channel_axis, keepdims=True)))
+            else:
+                maps.append(ops.max(x, axis=channel_axis, keepdims=True))
+        if self.data_format == "channels_first":
+            maps = [ops.transpose(m, (0, 2, 3, 1)) for m in maps]
+        return maps[0] if len(maps) == 1 else self.at_point("descriptors", ops.concatenate(maps, axis=-1))
 
     def compute_gate(self, inputs, training=None):
         """The float32 spatial gate, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
         descriptors = self._channel_descriptors(inputs)
-        bias = self.conv.bias if self.use_bias else None
+        bn = self.bn if self.use_batchnorm else None
+        # Under QAT the BN is folded into the (fake-quantized) kernel, as the converter folds it.
+        kernel, bias = self.conv_parameters(self.conv, bn)
+        quantize = self.kernel_quantizer()
         if xla_compiling(descriptors):
-            logits = shifted_sum_conv(descriptors, self.conv.kernel, bias)
+            logits = shifted_sum_conv(descriptors, quantize(kernel), bias)
         elif BACKEND == "tensorflow" and (block := block_size(descriptors.shape[1], descriptors.shape[2])):
             # TensorFlow graphs and the TFLite files made from them (LiteRT: 89 -> 7 us, int8 56x56).
-            logits = same_conv_to_one_channel(descriptors, self.conv.kernel, bias, block)
+            logits = same_conv_to_one_channel(descriptors, kernel, bias, block, quantize)
         else:
-            logits = self.conv(descriptors)
-        if self.use_batchnorm:
+            logits = None
+        if logits is None:
+            logits = self.convolve(self.conv, descriptors, bn, training=training)
+        elif bn is not None and not self.quantization:
             logits = self.bn(logits, training=training)
-        gate = v.apply_gate(logits, self.gate, 2.0 if self.start_as_identity else 1.0)
+        gate = self.apply_gate(self.at_point("logits", logits))
         if self.data_format == "channels_first":
             gate = ops.transpose(gate, (0, 3, 1, 2))
         return gate
 
     def call(self, inputs, training=None):
         gate = self.compute_gate(inputs, training=training)
-        return inputs * ops.cast(gate, inputs.dtype)
+        return self.at_point("output", inputs * ops.cast(gate, inputs.dtype))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -128,5 +145,6 @@ class SpatialAttention(keras.layers.Layer):
             gate=self.gate,
             start_as_identity=self.start_as_identity,
             data_format=self.data_format,
+            **self.quantization_config(),
         )
         return config

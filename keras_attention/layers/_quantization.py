@@ -1,0 +1,130 @@
+"""Named int8 quantization points: how a layer runs its own code under QAT.
+
+A layer marks each tensor TFLite will hold in int8 with `self.at_point(name, x)`
+and runs its convolutions through `self.convolve(conv, x, bn)`. In float
+(`quantization=None`, the default) both are exactly the plain computation. A
+layer made with `quantization="int8"` (what `keras_attention.quantization.
+quantize_model` does under Keras 3) owns one `ActivationQuantizer` per point,
+created in `build()` from `quantization_points()`, fake-quantizes its kernels per
+output channel and folds an inner BatchNormalization into the convolution before
+it, with frozen statistics, the way the TFLite converter will. So QAT runs the
+layer's one forward pass, and the int8 file computes what QAT trained.
+"""
+
+from keras_attention.backend import IS_LEGACY, build_sublayer, ops
+
+QUANTIZATIONS = (None, "int8")
+
+
+class QuantizationPoints:
+    """Mixin for layers with named quantization points (the identity in float)."""
+
+    def _init_quantization(self, kwargs):
+        """Pops `quantization` from the constructor's kwargs and validates it."""
+        quantization = kwargs.pop("quantization", None)
+        name = type(self).__name__
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"{name}: unknown `quantization` {quantization!r}; expected None or 'int8'.")
+        if quantization and IS_LEGACY:
+            raise ValueError(
+                f"{name}: quantization='int8' is Keras 3 QAT; under tf_keras use "
+                "keras_attention.quantization.quantize_model (the tfmot path)."
+            )
+        self.quantization = quantization
+        self._quantizers = {}
+        return kwargs
+
+    def quantization_points(self):
+        """Names of the int8 tensors inside the layer (subclasses list theirs)."""
+        return ()
+
+    gate_only = False  # True when a parent uses only the gate (compute_gate), not call()
+
+    def output_point(self):
+        return [] if self.gate_only else ["output"]
+
+    def _build_quantization_points(self):
+        """Creates one quantizer per point; call at the end of `build()`."""
+        if not self.quantization:
+            return
+        from keras_attention.quantization.quantizers import ActivationQuantizer
+
+        for name in self.quantization_points():
+            if name not in self._quantizers:
+                quantizer = ActivationQuantizer(name=f"quant_{name}")
+                build_sublayer(quantizer, ())
+                self._quantizers[name] = quantizer
+
+    def at_point(self, name, x):
+        """`x` at the int8 point `name`: the identity in float."""
+        if not self.quantization:
+            return x
+        try:
+            return self._quantizers[name](x)
+        except KeyError:
+            raise RuntimeError(
+                f"{type(self).__name__}: quantization point {name!r} is not among "
+                f"{list(self._quantizers)}; quantization_points() must list it."
+            ) from None
+
+    def at_fixed_range(self, x, kind):
+        """`x` at TFLite's fixed int8 output range of `kind` ("sigmoid"): the identity in float."""
+        if not self.quantization:
+            return x
+        from keras_attention.quantization.quantizers import fixed_range
+
+        return fixed_range(x, kind)
+
+    def conv_parameters(self, conv, bn=None):
+        """(kernel, bias) of a one-output-channel `conv`; under QAT with `bn` folded in.
+
+        The kernel is not fake-quantized: pass it through `kernel_quantizer()`
+        after any rearrangement (a kernel with one output channel is quantized
+        per tensor, so quantizing a rearranged copy with zeros gives the same grid).
+        """
+        if not self.quantization:
+            return conv.kernel, (conv.bias if conv.use_bias else None)
+        from keras_attention.quantization.quantizers import folded_parameters
+
+        return folded_parameters(conv, bn, quantize=False)
+
+    def kernel_quantizer(self):
+        """Per-tensor symmetric int8 fake quantization of a kernel under QAT; the identity in float."""
+        if not self.quantization:
+            return lambda kernel: kernel
+        from keras_attention.quantization.quantizers import quantize_kernel
+
+        return lambda kernel: quantize_kernel(kernel, axis=None)
+
+    def convolve(self, conv, x, bn=None, training=None):
+        """`bn(conv(x))` (bn optional); under QAT with the quantized, BN-folded kernel."""
+        if not self.quantization:
+            y = conv(x)
+            return y if bn is None else bn(y, training=training)
+        from keras_attention.quantization.quantizers import quantized_call
+
+        return quantized_call(conv, x, bn)
+
+    def gate_points(self, prefix="gate"):
+        """The points `apply_gate` uses for this layer's gate."""
+        names = []
+        if self.gate == "hard_sigmoid":
+            names += [f"{prefix}_relu6", prefix]
+        if getattr(self, "start_as_identity", False):
+            names.append(f"{prefix}_scaled")
+        return names
+
+    def apply_gate(self, logits, prefix="gate"):
+        """gate(logits), times 2 when the layer starts as the identity, at its int8 points."""
+        if self.gate == "sigmoid":
+            gated = self.at_fixed_range(ops.sigmoid(logits), "sigmoid")
+        else:  # relu6(x + 3) / 6, as Keras and PyTorch define it, as TFLite runs it
+            gated = self.at_point(f"{prefix}_relu6", ops.relu6(logits + 3.0))
+            gated = self.at_point(prefix, gated * (1.0 / 6.0))
+        if getattr(self, "start_as_identity", False):
+            gated = self.at_point(f"{prefix}_scaled", gated * 2.0)
+        return gated
+
+    def quantization_config(self):
+        """The config entry (only when quantized, so float configs stay as they were)."""
+        return {"quantization": self.quantization} if self.quantization else {}
