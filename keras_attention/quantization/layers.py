@@ -131,11 +131,16 @@ class QuantizedConv(_QuantizedWrapper):
             )
         self.separable = isinstance(self.layer, keras.layers.SeparableConv2D)
 
+    def _last_activation(self):
+        return self.activation if self.activation != "linear" else self.inner_activation
+
     def quantization_points(self):
         points = ["depthwise"] if self.separable else []
+        if self.inner_activation not in FUSABLE_ACTIVATIONS:
+            points.append("conv")  # the convolution's own output feeds a non-fused activation
         points += [f"inner_{p}" for p in ACTIVATION_POINTS[self.inner_activation]]
         points += ACTIVATION_POINTS[self.activation]
-        return points if "output" in points else points + ["output"]
+        return points + (["output"] if self._last_activation() == "linear" else [])
 
     def build(self, input_shape):
         build_sublayer(self.layer, input_shape)
@@ -173,9 +178,11 @@ class QuantizedConv(_QuantizedWrapper):
                 y = quantized_call(self.layer, inputs, self.batch_norm)
             finally:
                 self.layer.activation = activation
+        if self.inner_activation not in FUSABLE_ACTIVATIONS:
+            y = self.at_point("conv", y)
         y = run_activation(self, self.inner_activation, y, prefix="inner_")
         y = run_activation(self, self.activation, y)
-        return y if "output" in ACTIVATION_POINTS[self.activation] else self.at_point("output", y)
+        return self.at_point("output", y) if self._last_activation() == "linear" else y
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
