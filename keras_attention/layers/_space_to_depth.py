@@ -67,5 +67,7 @@ def same_conv_to_one_channel(maps, kernel, bias=None, s=4, quantize=None):
     block_kernel = tf.gather(flat, _kernel_index(k, channels, s))
     if quantize is not None:
         block_kernel = quantize(block_kernel)
-    out = tf.nn.depth_to_space(tf.nn.conv2d(tf.nn.space_to_depth(maps, s), block_kernel, 1, "SAME"), s)
-    return out if bias is None else out + tf.cast(bias, maps.dtype)
+    out = tf.nn.conv2d(tf.nn.space_to_depth(maps, s), block_kernel, 1, "SAME")
+    if bias is not None:  # added before DEPTH_TO_SPACE, so the converter fuses it into the CONV_2D
+        out = out + tf.cast(bias, maps.dtype)
+    return tf.nn.depth_to_space(out, s)

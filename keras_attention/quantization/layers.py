@@ -233,7 +233,9 @@ class QuantizedActivation(_QuantizedWrapper):
         self._build_quantization_points()
         self.built = True
 
-    def call(self, inputs):
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            raise ValueError(f"QuantizedActivation {self.name!r}: a masked softmax has no int8 form here.")
         return run_activation(self, self.activation, inputs)
 
     def get_config(self):

@@ -125,8 +125,8 @@ class ActivationQuantizer(keras.layers.Layer):
         """(min, max) the quantizer uses outside training."""
         if self.fixed is not None:
             return ops.convert_to_tensor(FIXED_RANGES[self.fixed])
-        low, high = self._bounds(self.range_min, self.range_max)
-        return ops.stack([low, high])
+        low, high = self._bounds(ops.convert_to_tensor(self.range_min), ops.convert_to_tensor(self.range_max))
+        return ops.stack([ops.cast(low, "float32"), ops.cast(high, "float32")])
 
     @staticmethod
     def _bounds(low, high):
