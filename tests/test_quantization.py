@@ -1,7 +1,8 @@
-"""Quantization-aware training (keras_attention.quantization), tf_keras mode.
+"""Quantization-aware training through tfmot (keras_attention.quantization.tfmot), tf_keras mode.
 
-Under Keras 3 (KERAS_BACKEND=tensorflow or jax) only the clear-error tests run:
-tfmot 0.8.1 works only with tf_keras (TF_USE_LEGACY_KERAS=1).
+Under Keras 3 only the clear errors of the tfmot-only helpers are tested here:
+tfmot 0.8.1 works only with tf_keras (TF_USE_LEGACY_KERAS=1). Keras 3's own QAT
+is tested in test_quantization_keras3.py.
 """
 
 import json
@@ -28,13 +29,13 @@ legacy_only = pytest.mark.skipif(
 
 
 @pytest.mark.skipif(IS_LEGACY, reason="the Keras 3 error path; tf_keras is active")
-def test_keras3_gives_the_clear_error():
+def test_keras3_gives_the_clear_error_for_the_tfmot_only_helpers():
+    """quantize_model itself runs on Keras 3 (test_quantization_keras3.py); tfmot's helpers need tf_keras."""
     from keras_attention import quantization
 
     inputs = keras.Input((8, 8, 4))
     model = keras.Model(inputs, ka.CBAM(reduction=2, kernel_size=3)(inputs))
     calls = [
-        lambda: quantization.quantize_model(model),
         lambda: quantization.quantize_annotate_layer(model.layers[-1]),
         lambda: quantization.quantize_apply(model),
         lambda: quantization.quantize_scope(),

@@ -198,9 +198,15 @@ class ChannelAttention(_ChannelGateBase):
         if len(pooled) == 1:
             hidden = self.at_point("hidden", self.convolve(self.mlp_reduce, pooled[0]))
             return self.at_point("logits", self.convolve(self.mlp_expand, hidden))
-        stacked = self.at_point("pooled", ops.concatenate(pooled, axis=1))
-        hidden = self.at_point("hidden", self.convolve(self.mlp_reduce, stacked))
-        hidden = self.at_point("hidden_sum", ops.sum(hidden, axis=1, keepdims=True))
+        if self.quantization:
+            # No CONCATENATION under QAT: TF 2.21's converter rejects one whose two input scales are
+            # nearly (not exactly) equal ("same scale constraint"). One reduce per descriptor, summed.
+            hidden = [self.at_point(f"hidden_{kind}", self.convolve(self.mlp_reduce, p))
+                      for kind, p in zip(self.pooling, pooled)]
+            hidden = self.at_point("hidden_sum", ops.add(hidden[0], hidden[1]))
+        else:
+            stacked = ops.concatenate(pooled, axis=1)
+            hidden = ops.sum(self.convolve(self.mlp_reduce, stacked), axis=1, keepdims=True)
         logits = self.at_point("logits", self.convolve(self.mlp_expand, hidden))
         if self.use_bias:
             # Cast: under mixed precision Keras autocasts variables read in call().
@@ -211,7 +217,8 @@ class ChannelAttention(_ChannelGateBase):
     def _logit_points(self):
         if len(self.pooling) == 1:
             return ["hidden", "logits"]
-        return ["pooled", "hidden", "hidden_sum", "logits"] + (["logits_biased"] if self.use_bias else [])
+        hidden = [f"hidden_{kind}" for kind in self.pooling]
+        return [*hidden, "hidden_sum", "logits"] + (["logits_biased"] if self.use_bias else [])
 
     def get_config(self):
         config = super().get_config()
