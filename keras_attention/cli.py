@@ -57,7 +57,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RuntimeError, FileNotFoundError) as error:
         print(f"keras-attention {args.command}: {error}", file=sys.stderr)
         return 2
     return 0
