@@ -404,10 +404,8 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
     saved_model = None
     if isinstance(model, (str, os.PathLike)):
         model, saved_model = _load_model_path(model)
-    qat = saved_model is None and _is_qat_model(model)
-    if qat:
-        _check_qat_conversion(model, quantization)
-    elif quantization == "int8" and representative_data is None:
+    qat = saved_model is None and _is_convertible_qat_model(model, quantization)
+    if not qat and quantization == "int8" and representative_data is None:
         raise ValueError(
             "keras_attention.tflite.convert: quantization='int8' (full-integer) needs "
             "representative_data to calibrate the activation ranges: a NumPy array of ~100 typical "
@@ -498,16 +496,13 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
     return flatbuffer
 
 
-def _is_qat_model(model):
-    from keras_attention.quantization import is_qat_model
+def _is_convertible_qat_model(model, quantization):
+    """True for a Keras 3 QAT model, which converts to int8 only and only once its ranges are set (else an error)."""
+    # Imported here: keras_attention.quantization imports this module.
+    from keras_attention.quantization import is_qat_model, uncalibrated
 
-    return is_qat_model(model)
-
-
-def _check_qat_conversion(model, quantization):
-    """A Keras 3 QAT model converts to int8 only, and only once its ranges are set."""
-    from keras_attention.quantization import uncalibrated
-
+    if not is_qat_model(model):
+        return False
     if quantization != "int8":
         raise ValueError(
             f"keras_attention.tflite.convert: {model.name!r} is a QAT model (it holds fake-quantization "
@@ -521,6 +516,7 @@ def _check_qat_conversion(model, quantization):
             f"never set (e.g. {empty[0]}): train it with fit() first, or call "
             "keras_attention.quantization.calibrate(model, data)."
         )
+    return True
 
 
 def _closer_of_two_quantizers(mlir_model, make_converter, saved_model, samples, count=32):

@@ -9,7 +9,6 @@ reloaded `.keras` file in a fresh process; a model trained on JAX.
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest

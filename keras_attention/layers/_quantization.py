@@ -11,7 +11,8 @@ it, with frozen statistics, the way the TFLite converter will. So QAT runs the
 layer's one forward pass, and the int8 file computes what QAT trained.
 """
 
-from keras_attention.backend import IS_LEGACY, build_sublayer, ops
+from keras_attention.backend import IS_LEGACY, build_sublayer
+from keras_attention.layers._validation import apply_gate
 
 QUANTIZATIONS = (None, "int8")
 
@@ -116,14 +117,9 @@ class QuantizationPoints:
 
     def apply_gate(self, logits, prefix="gate"):
         """gate(logits), times 2 when the layer starts as the identity, at its int8 points."""
-        if self.gate == "sigmoid":
-            gated = self.at_fixed_range(ops.sigmoid(logits), "sigmoid")
-        else:  # relu6(x + 3) / 6, as Keras and PyTorch define it, as TFLite runs it
-            gated = self.at_point(f"{prefix}_relu6", ops.relu6(logits + 3.0))
-            gated = self.at_point(prefix, gated * (1.0 / 6.0))
-        if getattr(self, "start_as_identity", False):
-            gated = self.at_point(f"{prefix}_scaled", gated * 2.0)
-        return gated
+        scale = 2.0 if getattr(self, "start_as_identity", False) else 1.0
+        return apply_gate(logits, self.gate, scale, point=lambda suffix, x: self.at_point(prefix + suffix, x),
+                          fixed_range=self.at_fixed_range)
 
     def quantization_config(self):
         """The config entry (only when quantized, so float configs stay as they were)."""

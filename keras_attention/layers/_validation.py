@@ -69,10 +69,26 @@ def channels_of(layer_name, input_shape, data_format):
     return int(channels)
 
 
-def apply_gate(logits, gate, scale):
-    """The gate non-linearity, times `scale` (2 when the layer starts as the identity)."""
-    gated = ops.sigmoid(logits) if gate == "sigmoid" else ops.hard_sigmoid(logits)
-    return gated * scale if scale != 1.0 else gated
+def _no_point(suffix, x):
+    return x
+
+
+def _no_fixed_range(x, kind):
+    return x
+
+
+def apply_gate(logits, gate, scale, point=_no_point, fixed_range=_no_fixed_range):
+    """The gate non-linearity, times `scale` (2 when the layer starts as the identity).
+
+    hard_sigmoid is relu6(x + 3) / 6 (Keras' and PyTorch's definition) written as the
+    ops TFLite runs. `point(suffix, x)` and `fixed_range(x, kind)` mark the tensors
+    QAT quantizes (suffixes "_relu6", "" and "_scaled"); by default they mark nothing.
+    """
+    if gate == "sigmoid":
+        gated = fixed_range(ops.sigmoid(logits), "sigmoid")
+    else:
+        gated = point("", point("_relu6", ops.relu6(logits + 3.0)) * (1.0 / 6.0))
+    return point("_scaled", gated * scale) if scale != 1.0 else gated
 
 
 def to_channels_last(x, data_format):

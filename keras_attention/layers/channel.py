@@ -193,7 +193,8 @@ class ChannelAttention(_ChannelGateBase):
         The descriptors are stacked along the height axis, reduced together,
         their hidden activations summed, and expanded once:
         `W2 (h_avg + h_max) + 2 b2` equals the paper's sum of two MLP outputs
-        and costs two convolutions instead of four (in TFLite graphs too).
+        and costs two convolutions instead of four (in TFLite graphs too). Under
+        QAT each descriptor is reduced on its own (three convolutions, no concat).
         """
         if len(pooled) == 1:
             hidden = self.at_point("hidden", self.convolve(self.mlp_reduce, pooled[0]))

@@ -105,24 +105,25 @@ class SpatialAttention(QuantizationPoints, keras.layers.Layer):
             maps = [ops.transpose(m, (0, 2, 3, 1)) for m in maps]
         return maps[0] if len(maps) == 1 else self.at_point("descriptors", ops.concatenate(maps, axis=-1))
 
-    def compute_gate(self, inputs, training=None):
-        """The float32 spatial gate, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
-        descriptors = self._channel_descriptors(inputs)
+    def _gate_logits(self, descriptors, training=None):
+        """conv (and BN) of the descriptors; under QAT the BN is folded into the fake-quantized kernel."""
         bn = self.bn if self.use_batchnorm else None
-        # Under QAT the BN is folded into the (fake-quantized) kernel, as the converter folds it.
+        xla = xla_compiling(descriptors)
+        # TensorFlow graphs and the TFLite files made from them (LiteRT: 89 -> 7 us, int8 56x56).
+        block = BACKEND == "tensorflow" and block_size(descriptors.shape[1], descriptors.shape[2])
+        if not xla and not block:
+            return self.convolve(self.conv, descriptors, bn, training=training)
         kernel, bias = self.conv_parameters(self.conv, bn)
         quantize = self.kernel_quantizer()
-        if xla_compiling(descriptors):
+        if xla:
             logits = shifted_sum_conv(descriptors, quantize(kernel), bias)
-        elif BACKEND == "tensorflow" and (block := block_size(descriptors.shape[1], descriptors.shape[2])):
-            # TensorFlow graphs and the TFLite files made from them (LiteRT: 89 -> 7 us, int8 56x56).
-            logits = same_conv_to_one_channel(descriptors, kernel, bias, block, quantize)
         else:
-            logits = None
-        if logits is None:
-            logits = self.convolve(self.conv, descriptors, bn, training=training)
-        elif bn is not None and not self.quantization:
-            logits = self.bn(logits, training=training)
+            logits = same_conv_to_one_channel(descriptors, kernel, bias, block, quantize)
+        return logits if bn is None or self.quantization else self.bn(logits, training=training)
+
+    def compute_gate(self, inputs, training=None):
+        """The float32 spatial gate, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
+        logits = self._gate_logits(self._channel_descriptors(inputs), training=training)
         gate = self.apply_gate(self.at_point("logits", logits))
         if self.data_format == "channels_first":
             gate = ops.transpose(gate, (0, 3, 1, 2))

@@ -59,8 +59,13 @@ def quantize_model(model, **kwargs):
 
 
 def supported_layers():
-    """Classes of this package that QAT covers (every public layer)."""
-    return _tfmot.supported_layers()
+    """The keras_attention layer classes the active path's `quantize_model` covers."""
+    if backend.IS_LEGACY:
+        return _tfmot.supported_layers()
+    from keras_attention import layers
+
+    return tuple(cls for cls in vars(layers).values()
+                 if isinstance(cls, type) and issubclass(cls, _keras3.QuantizationPoints))
 
 
 def __getattr__(name):  # the tfmot QuantizeConfig classes, created on first access (they need tfmot)

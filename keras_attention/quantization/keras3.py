@@ -25,6 +25,8 @@ with `safe_mode=True` after `import keras_attention`, and converts with
 
 import warnings
 
+import numpy as np
+
 from keras_attention import backend
 from keras_attention.backend import keras
 from keras_attention.layers._quantization import QuantizationPoints
@@ -58,6 +60,13 @@ _OUTPUT_QUANTIZED = (
 )
 
 
+def _same_scale(layer):
+    """True when TFLite runs `layer` at its input's scale (nearest upsampling only copies values)."""
+    if isinstance(layer, keras.layers.UpSampling2D):
+        return layer.interpolation == "nearest"
+    return isinstance(layer, _SAME_SCALE)
+
+
 def _is_attention_layer(layer):
     return isinstance(layer, QuantizationPoints) and not getattr(layer, "quantization", None) \
         and type(layer).__module__.startswith("keras_attention.layers")
@@ -65,8 +74,6 @@ def _is_attention_layer(layer):
 
 def supports(layer):
     """True when `quantize_model` has an int8 form for `layer`."""
-    if isinstance(layer, keras.layers.UpSampling2D):
-        return True
     if isinstance(layer, _CONVS):
         return getattr(layer, "groups", 1) == 1 and activation_name(getattr(layer, "activation", None)) is not None
     if isinstance(layer, (keras.layers.Activation, keras.layers.ReLU, keras.layers.Softmax)):
@@ -93,8 +100,8 @@ def _check_model(model):
             f"{name}: {model.name!r} is a subclassed model ({type(model).__name__}); QAT rebuilds the layer "
             "graph, which only functional and Sequential models expose. Build it with the functional API."
         )
-    if any(getattr(layer, "quantization", None) for layer in backend.all_layers(model)) or any(
-            isinstance(layer, ActivationQuantizer) for layer in backend.all_layers(model)):
+    if any(getattr(layer, "quantization", None) or isinstance(layer, ActivationQuantizer)
+           for layer in backend.all_layers(model)):
         raise ValueError(f"{name}: {model.name!r} is already a QAT model.")
     return model
 
@@ -158,15 +165,15 @@ def _identity(*args, **kwargs):
     return args[0]
 
 
+def _is_left_float(layer, leave_float):
+    return layer.name in leave_float or any(isinstance(c, type) and isinstance(layer, c) for c in leave_float)
+
+
 class _Rewriter:
     def __init__(self, leave_float):
         self.leave_float = leave_float
         self.copies = []  # (float layer, QAT layer, how to copy)
         self.left_float = []
-
-    def _left_float(self, layer):
-        return layer.name in self.leave_float or any(
-            isinstance(c, type) and isinstance(layer, c) for c in self.leave_float)
 
     def rewrite(self, model, inputs):
         plan, absorbed = _fusion_plan(model)
@@ -180,7 +187,7 @@ class _Rewriter:
             return lambda *args, **kwargs: self.rewrite(op, args[0] if len(args) == 1 else list(args))
         if id(op) in absorbed:
             return _identity
-        if self._left_float(op):
+        if _is_left_float(op, self.leave_float):
             self.left_float.append(f"{op.name} ({type(op).__name__})")
             return self._clone(op)
         if id(op) in plan:
@@ -209,9 +216,7 @@ class _Rewriter:
             new = QuantizedNormalization(op.__class__.from_config(op.get_config()), name=op.name)
             self.copies.append((op, new.layer, "weights"))
             return new
-        if isinstance(op, keras.layers.UpSampling2D) and op.interpolation != "nearest":
-            return self._then_quantize(self._clone(op), f"{op.name}_quant")
-        if isinstance(op, _SAME_SCALE) or isinstance(op, keras.layers.UpSampling2D):
+        if _same_scale(op):
             return self._clone(op)
         if isinstance(op, _OUTPUT_QUANTIZED):
             return self._then_quantize(self._clone(op), f"{op.name}_quant")
@@ -234,9 +239,8 @@ class _Rewriter:
 
 
 def _unsupported(model, leave_float):
-    rewriter = _Rewriter(leave_float)
     return [f"{layer.name} ({type(layer).__name__})" for layer in _own_layers(model)
-            if not supports(layer) and not rewriter._left_float(layer)]
+            if not supports(layer) and not _is_left_float(layer, leave_float)]
 
 
 def _relative(variable):
@@ -325,8 +329,6 @@ def is_qat_model(model):
 
 def uncalibrated(model):
     """Paths of the quantizers that have not seen a training batch (their range is still empty)."""
-    import numpy as np
-
     return [q.path for q in quantizers(model) if float(np.asarray(keras.ops.convert_to_numpy(q.initialized))) < 0.5]
 
 
@@ -339,8 +341,6 @@ def calibrate(model, data, batch_size=32, steps=None):
     ranges, or to convert a QAT model that was never trained (then the file
     equals post-training quantization with these ranges).
     """
-    import numpy as np
-
     arrays = data if isinstance(data, (list, tuple)) else [data]
     count = len(arrays[0])
     for step, start in enumerate(range(0, count, batch_size)):

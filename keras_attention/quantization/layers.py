@@ -21,7 +21,13 @@ import numpy as np
 
 from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers._quantization import QuantizationPoints
-from keras_attention.quantization.quantizers import quantize_kernel, quantized_call
+from keras_attention.quantization.quantizers import (
+    batch_norm_factors,
+    bias_add,
+    fold_batch_norm,
+    quantize_kernel,
+    quantized_call,
+)
 
 # Activations TFLite fuses into the convolution before them.
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
@@ -87,6 +93,24 @@ class _QuantizedWrapper(QuantizationPoints, keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
+
+
+class _QuantizedSublayerWrapper(_QuantizedWrapper):
+    """A QAT form that computes from one float layer's variables (`self.layer`), built in its own scope."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = _layer(layer)
+
+    def build(self, input_shape):
+        build_sublayer(self.layer, input_shape)
+        self._build_quantization_points()
+        self.built = True
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(layer=keras.layers.serialize(self.layer))
+        return config
 
 
 @register
@@ -156,28 +180,17 @@ class QuantizedConv(_QuantizedWrapper):
         y = ops.depthwise_conv(x, depthwise, strides=layer.strides, padding=layer.padding,
                                data_format=layer.data_format, dilation_rate=layer.dilation_rate)
         y = self.at_point("depthwise", y)
-        kernel, bias = layer.pointwise_kernel, layer.bias if layer.use_bias else None
-        if self.batch_norm is not None:
-            from keras_attention.quantization.quantizers import batch_norm_factors
-
-            scale, shift = batch_norm_factors(self.batch_norm)
-            kernel = kernel * scale
-            bias = shift if bias is None else bias * scale + shift
+        kernel, bias = fold_batch_norm(layer.pointwise_kernel, layer.bias if layer.use_bias else None,
+                                       self.batch_norm)
         y = ops.conv(y, quantize_kernel(kernel, -1), data_format=layer.data_format)
-        if bias is not None:
-            y = y + (ops.reshape(bias, (1, -1, 1, 1)) if layer.data_format == "channels_first" else bias)
-        return layer.activation(y) if layer.activation is not None else y
+        return bias_add(y, bias, layer.data_format)
 
     def call(self, inputs, training=None):
+        # The layer's own activation runs below, at its int8 points.
         if self.separable:
             y = self._separable(inputs)
         else:
-            # quantized_call applies the layer's own activation; its points are run here instead.
-            activation, self.layer.activation = self.layer.activation, None
-            try:
-                y = quantized_call(self.layer, inputs, self.batch_norm)
-            finally:
-                self.layer.activation = activation
+            y = quantized_call(self.layer, inputs, self.batch_norm, activation=False)
         if self.inner_activation not in FUSABLE_ACTIVATIONS:
             y = self.at_point("conv", y)
         y = run_activation(self, self.inner_activation, y, prefix="inner_")
@@ -251,7 +264,7 @@ def _channel_shape(rank, axis):
 
 
 @register
-class QuantizedBatchNormalization(_QuantizedWrapper):
+class QuantizedBatchNormalization(_QuantizedSublayerWrapper):
     """A BatchNormalization that follows no convolution: `x * scale` and `+ shift`, moving statistics frozen.
 
     Args:
@@ -268,31 +281,15 @@ class QuantizedBatchNormalization(_QuantizedWrapper):
     (2, 3)
     """
 
-    def __init__(self, layer, **kwargs):
-        super().__init__(**kwargs)
-        self.layer = _layer(layer)
-
     def quantization_points(self):
         return ["scaled", "output"]
 
-    def build(self, input_shape):
-        build_sublayer(self.layer, input_shape)
-        self._build_quantization_points()
-        self.built = True
-
     def call(self, inputs):
-        from keras_attention.quantization.quantizers import batch_norm_factors
-
         axis = self.layer.axis % len(inputs.shape)
         scale, shift = batch_norm_factors(self.layer)
         shape = _channel_shape(len(inputs.shape), axis)
         scaled = self.at_point("scaled", inputs * ops.reshape(scale, shape))
         return self.at_point("output", scaled + ops.reshape(shift, shape))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(layer=keras.layers.serialize(self.layer))
-        return config
 
 
 @register
@@ -316,12 +313,10 @@ class QuantizedRescaling(_QuantizedWrapper):
     def __init__(self, scale, offset=0.0, **kwargs):
         super().__init__(**kwargs)
         self.scale, self.offset = scale, offset
-
-    def _has_offset(self):
-        return any(float(v) != 0.0 for v in np.ravel(np.asarray(self.offset, "float32")))
+        self.has_offset = bool(np.any(np.asarray(offset, "float32") != 0.0))
 
     def quantization_points(self):
-        return ["scaled", "output"] if self._has_offset() else ["output"]
+        return ["scaled", "output"] if self.has_offset else ["output"]
 
     def build(self, input_shape):
         self._build_quantization_points()
@@ -329,7 +324,7 @@ class QuantizedRescaling(_QuantizedWrapper):
 
     def call(self, inputs):
         scaled = inputs * ops.convert_to_tensor(self.scale, inputs.dtype)
-        if not self._has_offset():
+        if not self.has_offset:
             return self.at_point("output", scaled)
         return self.at_point("output", self.at_point("scaled", scaled) + ops.convert_to_tensor(self.offset, inputs.dtype))
 
@@ -340,7 +335,7 @@ class QuantizedRescaling(_QuantizedWrapper):
 
 
 @register
-class QuantizedNormalization(_QuantizedWrapper):
+class QuantizedNormalization(_QuantizedSublayerWrapper):
     """Keras' Normalization, `(x - mean) / sqrt(variance)`, as int8 SUB and MUL (by 1 / std).
 
     Args:
@@ -360,26 +355,15 @@ class QuantizedNormalization(_QuantizedWrapper):
     """
 
     def __init__(self, layer, **kwargs):
-        super().__init__(**kwargs)
-        self.layer = _layer(layer)
+        super().__init__(layer, **kwargs)
         if getattr(self.layer, "invert", False):
             raise ValueError(f"QuantizedNormalization: {self.layer.name!r} has invert=True, which has no int8 form here.")
 
     def quantization_points(self):
         return ["centered", "output"]
 
-    def build(self, input_shape):
-        build_sublayer(self.layer, input_shape)
-        self._build_quantization_points()
-        self.built = True
-
     def call(self, inputs):
         mean = ops.cast(self.layer.mean, inputs.dtype)
         inverse_std = 1.0 / ops.maximum(ops.sqrt(ops.cast(self.layer.variance, inputs.dtype)), keras.backend.epsilon())
         centered = self.at_point("centered", inputs - mean)
         return self.at_point("output", centered * inverse_std)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(layer=keras.layers.serialize(self.layer))
-        return config

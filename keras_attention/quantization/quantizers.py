@@ -160,7 +160,7 @@ class ActivationQuantizer(keras.layers.Layer):
 
 
 def _is_depthwise(layer):
-    return isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.DepthwiseConv1D))
+    return isinstance(layer, keras.layers.DepthwiseConv2D)
 
 
 def _kernel_axis(layer):
@@ -186,28 +186,36 @@ def batch_norm_factors(bn):
     return scale, shift
 
 
-def folded_parameters(layer, bn=None, quantize=True):
-    """(fake-quantized kernel, bias or None) of a convolution or Dense, `bn` folded in.
+def fold_batch_norm(kernel, bias, bn, axis=-1):
+    """(kernel, bias) with `bn` (or None) folded in: kernel * scale per output channel, bias * scale + shift.
 
-    Folding: kernel * scale per output channel, bias * scale + shift, with the BN's
-    moving statistics (frozen during QAT; gamma and beta still train through the
-    folded kernel). This is the convolution the TFLite converter writes.
+    `axis` is the kernel's output-channel axis, or "depthwise" for (kh, kw, C, m).
+    The BN's moving statistics are used (frozen during QAT; gamma and beta still
+    train through the folded kernel): the convolution the TFLite converter writes.
     """
-    kernel = ops.convert_to_tensor(layer.kernel)
-    bias = ops.convert_to_tensor(layer.bias) if layer.use_bias else None
-    if bn is not None:
-        scale, shift = batch_norm_factors(bn)
-        if _is_depthwise(layer):
-            kernel = kernel * ops.reshape(scale, tuple(kernel.shape[2:]))
-        elif isinstance(layer, keras.layers.Conv2DTranspose):
-            kernel = kernel * ops.reshape(scale, (1, 1, -1, 1))
-        else:
-            kernel = kernel * scale
-        bias = shift if bias is None else bias * scale + shift
-    return (quantize_kernel(kernel, _kernel_axis(layer)) if quantize else kernel), bias
+    kernel = ops.convert_to_tensor(kernel)
+    bias = ops.convert_to_tensor(bias) if bias is not None else None
+    if bn is None:
+        return kernel, bias
+    scale, shift = batch_norm_factors(bn)
+    if axis == "depthwise":
+        shape = tuple(kernel.shape[2:])
+    else:
+        shape = [1] * len(kernel.shape)
+        shape[axis] = -1
+    kernel = kernel * ops.reshape(scale, shape)
+    return kernel, (shift if bias is None else bias * scale + shift)
 
 
-def _bias_add(y, bias, data_format):
+def folded_parameters(layer, bn=None, quantize=True):
+    """(fake-quantized kernel, bias or None) of a convolution or Dense, `bn` folded in (`fold_batch_norm`)."""
+    axis = _kernel_axis(layer)
+    kernel, bias = fold_batch_norm(layer.kernel, layer.bias if layer.use_bias else None, bn,
+                                   -1 if axis is None else axis)
+    return (quantize_kernel(kernel, axis) if quantize else kernel), bias
+
+
+def bias_add(y, bias, data_format):
     if bias is None:
         return y
     if data_format == "channels_first" and len(y.shape) == 4:
@@ -215,12 +223,12 @@ def _bias_add(y, bias, data_format):
     return y + bias
 
 
-def quantized_call(layer, x, bn=None):
+def quantized_call(layer, x, bn=None, activation=True):
     """`layer` (Conv1D/2D, DepthwiseConv2D, Conv2DTranspose or Dense) with its quantized, BN-folded kernel.
 
     The activation of the layer itself (e.g. `Conv2D(activation="relu")`) is
-    applied; the output is not fake-quantized here (the caller's point does it,
-    after any fused activation).
+    applied unless `activation=False`; the output is not fake-quantized here
+    (the caller's point does it, after any fused activation).
     """
     kernel, bias = folded_parameters(layer, bn)
     data_format = getattr(layer, "data_format", "channels_last")
@@ -235,5 +243,5 @@ def quantized_call(layer, x, bn=None):
                                dilation_rate=layer.dilation_rate)
     else:
         y = layer.convolution_op(x, kernel)
-    y = _bias_add(y, bias, data_format)
-    return layer.activation(y) if layer.activation is not None else y
+    y = bias_add(y, bias, data_format)
+    return layer.activation(y) if activation and layer.activation is not None else y
