@@ -499,10 +499,12 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
 def _is_convertible_qat_model(model, quantization):
     """True for a Keras 3 QAT model, which converts to int8 only and only once its ranges are set (else an error)."""
     # Imported here: keras_attention.quantization imports this module.
-    from keras_attention.quantization import is_qat_model, uncalibrated
+    from keras_attention.quantization import is_qat_model
 
-    if not is_qat_model(model):
+    if not is_qat_model(model):  # always False under tf_keras, whose QAT models are tfmot's
         return False
+    from keras_attention.quantization import uncalibrated
+
     if quantization != "int8":
         raise ValueError(
             f"keras_attention.tflite.convert: {model.name!r} is a QAT model (it holds fake-quantization "
