@@ -1,10 +1,17 @@
 """The end-to-end demo behind `keras-attention demo` (and `make demo`).
 
 MobileNetV2 (alpha 0.35) gets CBAM through `attach`, is fine-tuned on
-scikit-learn's digits (or a folder of images), quantized to full-integer int8
-TFLite, verified in the LiteRT interpreter and compared with the same backbone
-without CBAM. Writes `model.keras`, `model_int8.tflite`, `report.json` and
-`attention.png` into the output folder.
+scikit-learn's digits (or a folder of images), then fine-tuned again with
+quantization-aware training (Keras 3 QAT, or tfmot under tf_keras) and
+converted to full-integer int8 TFLite, verified in the LiteRT interpreter and
+compared with post-training int8 and with the same backbone without CBAM.
+Writes `model.keras`, `model_qat.keras`, `model_int8.tflite` (the QAT file),
+`report.json` and `attention.png` into the output folder.
+
+Determinism: the seed fixes data order, initial weights and dropout
+(`keras.utils.set_random_seed`), and TensorFlow's op determinism is switched
+on, so two CPU runs with the same seed print the same numbers. Not covered:
+a different machine or thread count (float sums reorder), or a GPU.
 """
 
 import json
@@ -82,6 +89,26 @@ def _has_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def quantization_aware_training(model, data, epochs, batch_size=32):
+    """The QAT copy of a fine-tuned `model`, trained `epochs` more at a low learning rate; its test accuracy."""
+    from keras_attention import quantization
+
+    (x_train, y_train), (x_test, y_test) = data
+    qat = quantization.quantize_model(model)
+    if not IS_LEGACY:  # ranges from data before the first step (tfmot's start at [-6, 6])
+        quantization.calibrate(qat, x_train[:256])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    qat.compile(keras.optimizers.Adam(1e-4), loss, metrics=["accuracy"])
+    qat.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, validation_data=(x_test, y_test), verbose=1)
+    return qat
+
+
+def _accuracy(flatbuffer, test_set):
+    from keras_attention import tflite
+
+    return float(np.mean(np.argmax(tflite.run(flatbuffer, test_set[0])[0], -1) == test_set[1]))
+
+
 def train(model, data, epochs, fine_tune_from_imagenet, batch_size=32):
     (x_train, y_train), (x_test, y_test) = data
     # XLA pays off on a GPU; on a CPU, compiling MobileNetV2 takes a minute and its steps run slower.
@@ -116,6 +143,9 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
                            "(unset KERAS_BACKEND or set it to tensorflow).")
     os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(seed)
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
     if data:
         train_set, test_set, class_names = load_image_folder(data, size)
     else:
@@ -133,16 +163,32 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
         models[name] = build_classifier(len(class_names), size, weights, attention)
         accuracy[name] = train(models[name], (train_set, test_set), epochs, weights == "imagenet")
     model = models["cbam"]
+    calibration = train_set[0][:200]
+    post_training = {name: tflite.convert(m, "int8", representative_data=calibration) for name, m in models.items()}
+    qat_epochs = 1 if fast else max(1, epochs // 2)
+    qat_models, qat_files, qat_keras_accuracy = {}, {}, {}
+    for name, m in models.items():
+        print(f"\n== quantization-aware training ({name}, {qat_epochs} epochs)")
+        qat_models[name] = quantization_aware_training(m, (train_set, test_set), qat_epochs)
+        qat_keras_accuracy[name] = float(qat_models[name].evaluate(test_set[0], test_set[1], verbose=0)[1])
+        # Keras 3 QAT needs no representative data (tfmot's path still calibrates with it).
+        qat_files[name] = tflite.convert(qat_models[name], "int8", representative_data=calibration)
 
     model_path = os.path.join(out, "model.keras")
     model.save(model_path)
-    calibration = train_set[0][:200]
-    int8 = {name: tflite.convert(m, "int8", representative_data=calibration) for name, m in models.items()}
+    qat_path = os.path.join(out, "model_qat.keras" if not IS_LEGACY else "model_qat.h5")
+    if IS_LEGACY:
+        from keras_attention.quantization import save_qat_model
+
+        save_qat_model(qat_models["cbam"], qat_path)
+    else:
+        qat_models["cbam"].save(qat_path)
+    int8 = qat_files
     tflite_path = os.path.join(out, "model_int8.tflite")
     with open(tflite_path, "wb") as f:
         f.write(int8["cbam"])
-    verification = tflite.verify(model, int8["cbam"], test_set[0][:64], latency_runs=0)
-    int8_accuracy = float(np.mean(np.argmax(tflite.run(int8["cbam"], test_set[0])[0], -1) == test_set[1]))
+    verification = tflite.verify(qat_models["cbam"], int8["cbam"], test_set[0][:64], latency_runs=0)
+    int8_accuracy = _accuracy(int8["cbam"], test_set)
     sample = [test_set[0][:1]]
     latency = {name: tflite.measure_latency(fb, threads=(1,), runs=30, sample=sample)[1] for name, fb in int8.items()}
 
@@ -160,7 +206,12 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
         "train_images": int(len(train_set[1])), "test_images": int(len(test_set[1])),
         "epochs": epochs, "image_size": size, "weights": weights,
         "float_accuracy": accuracy["cbam"], "plain_float_accuracy": accuracy["plain"],
-        "int8_accuracy": int8_accuracy,
+        "int8_accuracy": int8_accuracy, "plain_int8_accuracy": _accuracy(int8["plain"], test_set),
+        "post_training_int8_accuracy": _accuracy(post_training["cbam"], test_set),
+        "plain_post_training_int8_accuracy": _accuracy(post_training["plain"], test_set),
+        "qat_keras_accuracy": qat_keras_accuracy["cbam"], "plain_qat_keras_accuracy": qat_keras_accuracy["plain"],
+        "qat_epochs": qat_epochs, "qat": "tfmot (tf_keras)" if IS_LEGACY else "Keras 3 (fake_quant_with_min_max_vars)",
+        "seed": seed,
         "int8_top1_agreement": verification.top1_agreement,
         "int8_end_to_end": verification.int8_end_to_end,
         "builtin_ops_only": verification.all_builtin,
@@ -171,7 +222,7 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
         "cbam_params_ratio": model.count_params() / models["plain"].count_params(),
         "attention_layers": len(maps),
         "seconds": time.time() - started,
-        "files": {"model": model_path, "tflite": tflite_path, "attention": str(attention_png)},
+        "files": {"model": model_path, "qat_model": qat_path, "tflite": tflite_path, "attention": str(attention_png)},
     }
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -182,8 +233,12 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
 def print_report(report):
     rows = [
         ("float accuracy (CBAM / plain)", f"{report['float_accuracy']:.4f} / {report['plain_float_accuracy']:.4f}"),
-        ("int8 TFLite accuracy (CBAM)", f"{report['int8_accuracy']:.4f}"),
-        ("int8 top-1 agreement with Keras", f"{report['int8_top1_agreement']:.4f}"),
+        ("post-training int8 accuracy (CBAM / plain)",
+         f"{report['post_training_int8_accuracy']:.4f} / {report['plain_post_training_int8_accuracy']:.4f}"),
+        ("QAT int8 TFLite accuracy (CBAM / plain)", f"{report['int8_accuracy']:.4f} / {report['plain_int8_accuracy']:.4f}"),
+        ("QAT Keras accuracy (CBAM / plain)",
+         f"{report['qat_keras_accuracy']:.4f} / {report['plain_qat_keras_accuracy']:.4f}"),
+        ("QAT int8 top-1 agreement with Keras QAT", f"{report['int8_top1_agreement']:.4f}"),
         ("int8 end to end, builtin ops only", f"{report['int8_end_to_end']}, {report['builtin_ops_only']}"),
         ("TFLite size (CBAM / plain)", f"{report['tflite_size_kib']:.1f} / {report['plain_tflite_size_kib']:.1f} KiB"),
         ("TFLite latency, 1 thread (CBAM / plain)",

@@ -216,6 +216,33 @@ def test_attention_layers_int8_file_computes_what_qat_computes(case):
         assert ("SPACE_TO_DEPTH", "int8") in tflite.op_counts(flatbuffer)
 
 
+def _thundernet_model(gate="sigmoid", per_channel=True):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    c4 = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu")(x)
+    c5 = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(c4)
+    cem = ka.ContextEnhancement(channels=12)([c4, c5])
+    features, objectness, deltas = ka.LightRPNHead(num_anchors=3, filters=8)(cem)
+    sam = ka.RPNGuidedSpatialAttention(gate=gate, per_channel=per_channel)([cem, features])
+    pooled = [keras.layers.GlobalAveragePooling2D()(t) for t in (sam, objectness, deltas)]
+    return keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Concatenate()(pooled)))
+
+
+@tensorflow_only
+@pytest.mark.parametrize("gate, per_channel", [("sigmoid", True), ("hard_sigmoid", False)])
+def test_thundernet_layers_int8_file_computes_what_qat_computes(gate, per_channel):
+    from keras_attention import quantization, tflite
+
+    x, y = _data(size=32)
+    qat = _fit(quantization.quantize_model(_thundernet_model(gate, per_channel)), x, y)
+    assert {"ContextEnhancement", "LightRPNHead", "RPNGuidedSpatialAttention"} <= {
+        type(layer).__name__ for layer in qat.layers if getattr(layer, "quantization", None) == "int8"}
+    flatbuffer, expected, got = _check_int8_file(qat, x, min_top1=0.95)
+    step = (expected.max() - min(expected.min(), 0)) / 255
+    assert np.abs(expected - got).max() <= 3 * step + 1e-6
+    assert ("ADD", "int8") in tflite.op_counts(flatbuffer)  # the CEM sum is int8 as well
+
+
 def _every_standard_layer_model():
     layers = keras.layers
     inputs = keras.Input((16, 16, 3))

@@ -12,6 +12,11 @@ convolutions with bias and no BatchNorm in the CEM; BatchNorm after the SAM's
 1x1 convolution) and PyTorch's BatchNorm defaults (momentum 0.1, i.e. Keras
 momentum 0.9, epsilon 1e-5).
 
+All three take `quantization="int8"` (what `keras_attention.quantization.
+quantize_model` sets under Keras 3): their convolutions then run with
+fake-quantized, BatchNorm-folded kernels and every tensor the int8 TFLite file
+holds gets its range; in float the same code runs without them.
+
 All three layers compute in channels_last internally and transpose at their
 edges for `data_format="channels_first"` (TensorFlow's CPU kernels reject
 NCHW convolutions). Spatial sizes may be unknown; channel counts must be known.
@@ -19,6 +24,7 @@ NCHW convolutions). Spatial sizes may be unknown; channel counts must be known.
 
 from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
+from keras_attention.layers._quantization import QuantizationPoints
 
 # PyTorch's BatchNorm2d defaults (torch momentum 0.1 == Keras momentum 0.9).
 _BN_MOMENTUM = 0.9
@@ -111,7 +117,7 @@ def _dims(x):
 
 
 @register
-class ContextEnhancement(keras.layers.Layer):
+class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
     """ThunderNet's Context Enhancement Module (CEM).
 
     `F_CEM = conv1x1(C4) + up2(conv1x1(C5)) + broadcast(conv1x1(GAP(C5)))`:
@@ -152,7 +158,7 @@ class ContextEnhancement(keras.layers.Layer):
     _names = ("C4", "C5")
 
     def __init__(self, channels=245, data_format=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
         self.channels = v.check_positive_int(name, "channels", channels)
         self.data_format = v.normalize_data_format(name, data_format)
@@ -191,15 +197,19 @@ class ContextEnhancement(keras.layers.Layer):
         build_sublayer(self.c4_lateral, (None, None, None, c4_channels))
         build_sublayer(self.c5_lateral, (None, None, None, c5_channels))
         build_sublayer(self.global_context, (None, 1, 1, c5_channels))
+        self._build_quantization_points()
         self.built = True
+
+    def quantization_points(self):
+        return ["c4_lateral", "c5_lateral", "pooled", "global_context", "c4_plus_c5", "output"]
 
     def call(self, inputs):
         static = [_static_shape(x) for x in inputs] if isinstance(inputs, (list, tuple)) else inputs
         self._check_shapes(static)
         c4 = v.to_channels_last(inputs[0], self.data_format)
         c5 = v.to_channels_last(inputs[1], self.data_format)
-        lateral4 = self.c4_lateral(c4)
-        lateral5 = self.c5_lateral(c5)
+        lateral4 = self.at_point("c4_lateral", self.convolve(self.c4_lateral, c4))
+        lateral5 = self.at_point("c5_lateral", self.convolve(self.c5_lateral, c5))
         # Nearest x2: C4 pixel (i, j) takes C5 pixel (i // 2, j // 2).
         up5 = ops.repeat(ops.repeat(lateral5, 2, axis=1), 2, axis=2)
         _, h4, w4, _ = _dims(c4)
@@ -208,9 +218,11 @@ class ContextEnhancement(keras.layers.Layer):
             up5 = up5[:, :h4]
         if not (isinstance(w4, int) and isinstance(w5, int) and w4 == 2 * w5):
             up5 = up5[:, :, :w4]
-        pooled = ops.mean(ops.cast(c5, "float32"), axis=(1, 2), keepdims=True)
-        context = ops.cast(self.global_context(pooled), lateral4.dtype)
-        return v.from_channels_last(lateral4 + up5 + context, self.data_format)
+        pooled = self.at_point("pooled", ops.mean(ops.cast(c5, "float32"), axis=(1, 2), keepdims=True))
+        context = ops.cast(self.at_point("global_context", self.convolve(self.global_context, pooled)),
+                           lateral4.dtype)
+        merged = self.at_point("c4_plus_c5", lateral4 + up5)
+        return v.from_channels_last(self.at_point("output", merged + context), self.data_format)
 
     def compute_output_shape(self, input_shape):
         shapes, _ = self._check_shapes(input_shape)
@@ -219,12 +231,12 @@ class ContextEnhancement(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, data_format=self.data_format)
+        config.update(channels=self.channels, data_format=self.data_format, **self.quantization_config())
         return config
 
 
 @register
-class LightRPNHead(keras.layers.Layer):
+class LightRPNHead(QuantizationPoints, keras.layers.Layer):
     """ThunderNet's light-weight RPN head.
 
     `F_RPN = ReLU(BN(conv1x1(ReLU(BN(dwconv5x5(F))))))` with `filters`
@@ -258,7 +270,7 @@ class LightRPNHead(keras.layers.Layer):
     """
 
     def __init__(self, num_anchors, filters=256, kernel_size=5, data_format=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
         self.num_anchors = v.check_positive_int(name, "num_anchors", num_anchors)
         self.filters = v.check_positive_int(name, "filters", filters)
@@ -301,14 +313,20 @@ class LightRPNHead(keras.layers.Layer):
         build_sublayer(self.pointwise_bn, (None, None, None, self.filters))
         build_sublayer(self.objectness, (None, None, None, self.filters))
         build_sublayer(self.box_deltas, (None, None, None, self.filters))
+        self._build_quantization_points()
         self.built = True
+
+    def quantization_points(self):
+        # ReLU fuses into the convolution before it: one int8 tensor after each.
+        return ["depthwise", "features", "objectness", "box_deltas"]
 
     def call(self, inputs, training=None):
         x = v.to_channels_last(inputs, self.data_format)
-        x = ops.relu(self.depthwise_bn(self.depthwise(x), training=training))
-        features = ops.relu(self.pointwise_bn(self.pointwise(x), training=training))
-        objectness = self.objectness(features)
-        deltas = self.box_deltas(features)
+        x = self.at_point("depthwise", ops.relu(self.convolve(self.depthwise, x, self.depthwise_bn, training)))
+        features = self.at_point(
+            "features", ops.relu(self.convolve(self.pointwise, x, self.pointwise_bn, training)))
+        objectness = self.at_point("objectness", self.convolve(self.objectness, features))
+        deltas = self.at_point("box_deltas", self.convolve(self.box_deltas, features))
         return [v.from_channels_last(t, self.data_format) for t in (features, objectness, deltas)]
 
     def compute_output_shape(self, input_shape):
@@ -322,12 +340,12 @@ class LightRPNHead(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(num_anchors=self.num_anchors, filters=self.filters, kernel_size=self.kernel_size,
-                      data_format=self.data_format)
+                      data_format=self.data_format, **self.quantization_config())
         return config
 
 
 @register
-class RPNGuidedSpatialAttention(keras.layers.Layer):
+class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
     """ThunderNet's Spatial Attention Module (SAM), guided by the RPN.
 
     `F_SAM = F_CEM * gate(BN(theta(F_RPN)))`, theta a 1x1 convolution from the
@@ -373,7 +391,7 @@ class RPNGuidedSpatialAttention(keras.layers.Layer):
     _names = ("cem", "rpn")
 
     def __init__(self, use_batchnorm=True, gate="sigmoid", per_channel=True, data_format=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
         self.use_batchnorm = bool(use_batchnorm)
         self.gate = v.check_choice(name, "gate", gate, v.GATES)
@@ -406,21 +424,26 @@ class RPNGuidedSpatialAttention(keras.layers.Layer):
                 axis=-1, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype="float32", name="theta_bn",
             )
             build_sublayer(self.theta_bn, (None, None, None, gate_channels))
+        self._build_quantization_points()
         self.built = True
+
+    def quantization_points(self):
+        return ["logits", *self.gate_points(), *self.output_point()]
 
     def compute_gate(self, inputs, training=None):
         """The float32 attention `gate(BN(theta(rpn)))`, shaped like `cem` (in the layer's data format),
         or with one channel when `per_channel=False`."""
         self._check_shapes([_static_shape(x) for x in inputs] if isinstance(inputs, (list, tuple)) else inputs)
-        logits = ops.cast(self.theta(v.to_channels_last(inputs[1], self.data_format)), "float32")
-        if self.use_batchnorm:
-            logits = self.theta_bn(logits, training=training)
-        return v.from_channels_last(v.apply_gate(logits, self.gate, 1.0), self.data_format)
+        rpn = v.to_channels_last(inputs[1], self.data_format)
+        # theta_bn is float32: it casts theta's output (float16 under mixed precision) on the way in.
+        logits = self.convolve(self.theta, rpn, self.theta_bn if self.use_batchnorm else None, training)
+        logits = self.at_point("logits", ops.cast(logits, "float32"))
+        return v.from_channels_last(self.apply_gate(logits), self.data_format)
 
     def call(self, inputs, training=None):
         gate = self.compute_gate(inputs, training=training)
         cem = inputs[0]
-        return cem * ops.cast(gate, cem.dtype)
+        return self.at_point("output", cem * ops.cast(gate, cem.dtype))
 
     def compute_output_shape(self, input_shape):
         shapes, _ = self._check_shapes(input_shape)
@@ -429,5 +452,5 @@ class RPNGuidedSpatialAttention(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(use_batchnorm=self.use_batchnorm, gate=self.gate, per_channel=self.per_channel,
-                      data_format=self.data_format)
+                      data_format=self.data_format, **self.quantization_config())
         return config
