@@ -8,7 +8,8 @@ def _demo(args):
     from keras_attention.demo import run_demo
 
     weights = None if args.weights in (None, "none") else args.weights
-    run_demo(out=args.out, data=args.data, epochs=args.epochs, fast=args.fast, weights=weights, size=args.size)
+    run_demo(out=args.out, data=args.data, epochs=args.epochs, fast=args.fast, weights=weights, size=args.size,
+             seed=args.seed)
 
 
 def _convert(args):
@@ -43,6 +44,7 @@ def main(argv=None):
     demo.add_argument("--out", default="keras_attention_demo", help="output folder")
     demo.add_argument("--weights", default=None, help="'imagenet' (needs network) or none (default)")
     demo.add_argument("--size", type=int, default=96, help="input height and width")
+    demo.add_argument("--seed", type=int, default=0, help="random seed; the same seed prints the same numbers")
     demo.set_defaults(run=_demo)
     convert = commands.add_parser("convert", help=".keras file or SavedModel directory in, .tflite out, verified")
     convert.add_argument("model", help="a .keras/.h5 file or a SavedModel directory")
