@@ -9,33 +9,36 @@ is then quantized two ways:
 2. QAT: `quantization.quantize_model(model)`, fine-tuned a few epochs with the
    int8 arithmetic simulated, then converted to int8 and checked with
    `tflite.verify` (op inventory, int8 end to end, Keras-vs-LiteRT agreement).
+   Under Keras 3 that is the package's own QAT (`fake_quant_with_min_max_vars`,
+   ranges calibrated on the representative images first; no representative
+   data at conversion); with TF_USE_LEGACY_KERAS=1 it is tfmot's.
 
 It prints the accuracy table (float Keras, both int8 models in the LiteRT
 interpreter, and, without --fast, post-training int8 with the CBAM blocks left
-in float, which shows how much of its loss the attention causes) and writes the float and QAT models (`.h5`), the two `.tflite`
-files and `results.json` to --out.
+in float, which shows how much of its loss the attention causes) and writes the float and QAT models
+(`.keras`, or `.h5` under tf_keras), the two `.tflite` files and `results.json` to --out.
 
-    TF_USE_LEGACY_KERAS=1 python examples/qat_mobilenetv2_cbam.py [--fast] [--out DIR]
+    python examples/qat_mobilenetv2_cbam.py [--fast] [--out DIR]                        # Keras 3 QAT
+    TF_USE_LEGACY_KERAS=1 python examples/qat_mobilenetv2_cbam.py [--fast] [--out DIR]  # tfmot
 
-tfmot needs tf_keras, so the script sets TF_USE_LEGACY_KERAS=1 itself when
-the variable is unset (it must be set before TensorFlow is imported).
+Same model, data, seed and epochs on both paths. The two Keras modes train
+different float models from the same seed; `--float-weights DIR/float_weights.npz`
+(written by every run) starts from another run's float model instead, so the QAT
+paths can be compared on the very same weights.
 """
 
+import argparse
+import json
 import os
+import tempfile
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow / keras_attention are imported
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from keras_attention import quantization, tflite  # noqa: E402
-from keras_attention.backbones import attach, attention_layers  # noqa: E402
-from keras_attention.backend import keras  # noqa: E402
-from keras_attention.data import digits  # noqa: E402
+from keras_attention import quantization, tflite
+from keras_attention.backbones import attach, attention_layers
+from keras_attention.backend import IS_LEGACY, keras
+from keras_attention.data import digits
 
 
 def build_model(size=96, alpha=0.35, num_classes=10):
@@ -123,6 +126,21 @@ def post_training_int8_attention_in_float(model, ptq_flatbuffer, calibration, x_
     return tflite_accuracy(debugger.get_nondebug_quantized_model(), x_test, y_test)
 
 
+def save_float_weights(model, path):
+    """Per layer (tf_keras orders a model's weights trainable-first, Keras 3 layer by layer)."""
+    np.savez(path, **{f"{layer.name}/{i}": w for layer in model.layers for i, w in enumerate(layer.get_weights())})
+
+
+def load_float_weights(model, path):
+    with np.load(path) as saved:
+        for layer in model.layers:
+            weights = [saved[f"{layer.name}/{i}"] for i in range(len(layer.get_weights()))
+                       if f"{layer.name}/{i}" in saved.files]
+            if len(weights) != len(layer.get_weights()):
+                raise SystemExit(f"--float-weights {path}: no weights for layer {layer.name!r} of this model.")
+            layer.set_weights(weights)
+
+
 def compile_model(model, learning_rate):
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -138,6 +156,8 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=96, help="input height and width")
     parser.add_argument("--calibration", type=int, default=200, help="representative samples for int8")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float-weights", default=None,
+                        help="float_weights.npz of an earlier run (either Keras mode): skip float training")
     parser.add_argument("--fast", action="store_true",
                         help="a smoke run: 32x32, a subset, 1 float + 1 QAT epoch (accuracy meaningless)")
     parser.add_argument("--out", default=None, help="output directory (default: a temp dir)")
@@ -163,10 +183,14 @@ def main(argv=None):
     steps = max(1, args.epochs * -(-len(x_train) // batch))
     compile_model(model, keras.optimizers.schedules.CosineDecay(3e-3, steps))
     start = time.time()
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=batch, verbose=2 if not args.fast else 0)
+    if args.float_weights:  # the other Keras mode's float model: both QAT paths start from the same weights
+        load_float_weights(model, args.float_weights)
+    else:
+        model.fit(x_train, y_train, epochs=args.epochs, batch_size=batch, verbose=2 if not args.fast else 0)
     float_accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
     print(f"float training: {time.time() - start:.0f} s, test accuracy {float_accuracy:.4f}")
-    model.save(os.path.join(out, "float_model.h5"))
+    model.save(os.path.join(out, "float_model.h5" if IS_LEGACY else "float_model.keras"))
+    save_float_weights(model, os.path.join(out, "float_weights.npz"))
 
     # 2. Post-training int8.
     start = time.time()
@@ -182,15 +206,21 @@ def main(argv=None):
     # 3. Quantization-aware training, then int8.
     start = time.time()
     qat_model = quantization.quantize_model(model)
+    if not IS_LEGACY:  # ranges from data before the first step (tfmot's start at [-6, 6])
+        quantization.calibrate(qat_model, calibration)
     print(f"quantize_model: {time.time() - start:.0f} s")
     compile_model(qat_model, 1e-4)
     qat_model.fit(x_train, y_train, epochs=args.qat_epochs, batch_size=batch, verbose=2 if not args.fast else 0)
     qat_keras_accuracy = None if args.fast else float(qat_model.evaluate(x_test, y_test, verbose=0)[1])
     print(f"QAT fine-tuning: {time.time() - start:.0f} s"
           + ("" if qat_keras_accuracy is None else f", Keras (fake-quant) accuracy {qat_keras_accuracy:.4f}"))
-    quantization.save_qat_model(qat_model, os.path.join(out, "qat_model.h5"))
+    if IS_LEGACY:
+        quantization.save_qat_model(qat_model, os.path.join(out, "qat_model.h5"))
+    else:
+        qat_model.save(os.path.join(out, "qat_model.keras"))
     start = time.time()
-    qat = tflite.convert(qat_model, "int8", representative_data=calibration,
+    # Keras 3 QAT models carry their ranges; tfmot's path still calibrates with representative data.
+    qat = tflite.convert(qat_model, "int8", representative_data=calibration if IS_LEGACY else None,
                          path=os.path.join(out, "qat_int8.tflite"))
     qat_accuracy = tflite_accuracy(qat, x_test, y_test)
     report = tflite.verify(qat_model, qat, x_test[:32], latency_runs=0 if args.fast else 20,
@@ -212,7 +242,7 @@ def main(argv=None):
     print(f"QAT int8 int8 end to end: {report.int8_end_to_end}; builtin ops only: {report.all_builtin}")
 
     results = dict(
-        fast=args.fast, size=args.size, epochs=args.epochs, qat_epochs=args.qat_epochs,
+        qat="tfmot (tf_keras)" if IS_LEGACY else "Keras 3 (keras_attention.quantization)", fast=args.fast, size=args.size, epochs=args.epochs, qat_epochs=args.qat_epochs,
         train_images=int(len(x_train)), test_images=int(len(x_test)),
         float_accuracy=float_accuracy, ptq_int8_accuracy=ptq_accuracy, ptq_note=ptq_note,
         ptq_int8_cbam_float_accuracy=ptq_attention_float,

@@ -2,6 +2,7 @@
 
 from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
+from keras_attention.layers._quantization import QuantizationPoints
 from keras_attention.layers.spatial import SpatialAttention
 
 
@@ -11,7 +12,7 @@ def _msra_fill():
 
 
 @register
-class SAGMaskHead(keras.layers.Layer):
+class SAGMaskHead(QuantizationPoints, keras.layers.Layer):
     """SAG-Mask: CenterMask's mask head with spatial attention (Lee & Park, CVPR 2020).
 
     RoI features (14x14 from `RoIAlign`) -> `num_convs` 3x3 convolutions with
@@ -34,6 +35,8 @@ class SAGMaskHead(keras.layers.Layer):
             head, for ablations).
         data_format: "channels_last" (RoIs `(..., 14, 14, C)`) or "channels_first"
             (`(..., C, 14, 14)`); computed channels_last inside.
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         `(batch, num_boxes, size, size, C)` (what `RoIAlign` gives) or flattened
@@ -52,7 +55,7 @@ class SAGMaskHead(keras.layers.Layer):
 
     def __init__(self, num_classes, filters=256, num_convs=4, class_agnostic=False, use_attention=True,
                  data_format=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"{name}: `num_classes` must be an integer >= 1; got {num_classes!r}.")
@@ -98,7 +101,8 @@ class SAGMaskHead(keras.layers.Layer):
         self.attention = None
         if self.use_attention:
             self.attention = SpatialAttention(kernel_size=3, use_batchnorm=False, use_bias=False, gate="sigmoid",
-                                              data_format="channels_last", dtype=self.dtype_policy, name="sam")
+                                              data_format="channels_last", quantization=self.quantization,
+                                              dtype=self.dtype_policy, name="sam")
             build_sublayer(self.attention, (None, None, None, width))
         self.deconv = keras.layers.Conv2DTranspose(
             self.filters, 2, strides=2, padding="valid", activation="relu", kernel_initializer=_msra_fill(),
@@ -110,7 +114,12 @@ class SAGMaskHead(keras.layers.Layer):
             dtype=self.dtype_policy, name="predictor",
         )
         build_sublayer(self.predictor, (None, None, None, self.filters))
+        self._build_quantization_points()
         self.built = True
+
+    def quantization_points(self):
+        # Each convolution's ReLU fuses into it; the attention quantizes its own tensors.
+        return [conv.name for conv in self.convs] + ["deconv", "output"]
 
     def _flatten(self, inputs):
         """(..., C, S, S) or (..., S, S, C) -> (R, S, S, C) channels_last, and how to undo it."""
@@ -134,16 +143,17 @@ class SAGMaskHead(keras.layers.Layer):
 
     def _features(self, x):
         for conv in self.convs:
-            x = conv(x)
+            x = self.at_point(conv.name, self.convolve(conv, x))
         return x
 
     def call(self, inputs):
+        v.check_floating(type(self).__name__, inputs)
         x, lead = self._flatten(inputs)
         x = self._features(x)
         if self.attention is not None:
             x = self.attention(x)
-        x = self.predictor(self.deconv(x))
-        return self._unflatten(x, lead)
+        x = self.at_point("deconv", self.convolve(self.deconv, x))
+        return self._unflatten(self.at_point("output", self.convolve(self.predictor, x)), lead)
 
     def attention_map(self, inputs):
         """The spatial attention gate, `(batch, num_boxes, S, S)` or `(num_rois, S, S)`, float32.
@@ -176,5 +186,6 @@ class SAGMaskHead(keras.layers.Layer):
             class_agnostic=self.class_agnostic,
             use_attention=self.use_attention,
             data_format=self.data_format,
+            **self.quantization_config(),
         )
         return config

@@ -163,16 +163,20 @@ def _is_depthwise(layer):
     return isinstance(layer, keras.layers.DepthwiseConv2D)
 
 
-def _kernel_axis(layer):
-    """The axis of a kernel that TFLite quantizes per channel (its output channels)."""
+def _output_axis(layer):
+    """The output-channel axis of a kernel ("depthwise": (kh, kw, C, m))."""
     if _is_depthwise(layer):
         return "depthwise"
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        return -2  # (kh, kw, out, in)
-    if isinstance(layer, keras.layers.Dense):
-        # FULLY_CONNECTED: the converter transposes the kernel and refuses a per-channel axis on it.
+    return -2 if isinstance(layer, keras.layers.Conv2DTranspose) else -1  # transposed: (kh, kw, out, in)
+
+
+def _kernel_axis(layer):
+    """The axis TFLite quantizes a kernel along (its output channels); None: per tensor."""
+    if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2DTranspose)):
+        # FULLY_CONNECTED and TRANSPOSE_CONV: the converter transposes the kernel and refuses a
+        # per-channel axis on it ("mismatched quantized axes").
         return None
-    return -1
+    return _output_axis(layer)
 
 
 def batch_norm_factors(bn):
@@ -209,10 +213,8 @@ def fold_batch_norm(kernel, bias, bn, axis=-1):
 
 def folded_parameters(layer, bn=None, quantize=True):
     """(fake-quantized kernel, bias or None) of a convolution or Dense, `bn` folded in (`fold_batch_norm`)."""
-    axis = _kernel_axis(layer)
-    kernel, bias = fold_batch_norm(layer.kernel, layer.bias if layer.use_bias else None, bn,
-                                   -1 if axis is None else axis)
-    return (quantize_kernel(kernel, axis) if quantize else kernel), bias
+    kernel, bias = fold_batch_norm(layer.kernel, layer.bias if layer.use_bias else None, bn, _output_axis(layer))
+    return (quantize_kernel(kernel, _kernel_axis(layer)) if quantize else kernel), bias
 
 
 def bias_add(y, bias, data_format):
