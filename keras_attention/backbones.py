@@ -471,8 +471,9 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
     Raises:
         ValueError: a model that cannot be traced (subclassed, or a Sequential
             without input shape), an unknown attention, an unknown layer name in
-            `where`, a `where` that matches nothing or a layer whose output is
-            not a 4-D feature map.
+            `where`, a `where` that matches nothing, a layer whose output is
+            not a 4-D feature map, or a model that already holds attention
+            layers (attach once, on the plain backbone).
 
     Example:
     >>> backbone = keras.applications.ResNet50(weights=None, include_top=False,
@@ -493,6 +494,13 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
     data_format = attention_kwargs.get("data_format") or image_data_format()
     get_attention(cls, start_as_identity=preserve_outputs, **attention_kwargs)  # bad arguments fail here
 
+    existing = attention_layers(model) if isinstance(model, keras.Model) else []
+    if existing:
+        raise ValueError(
+            f"attach: {getattr(model, 'name', 'the model')!r} already has {len(existing)} attention layer(s) "
+            f"({', '.join(repr(layer.name) for layer in existing[:3])}{', ...' if len(existing) > 3 else ''}); "
+            "attaching again would stack a second block on each. Call attach once, on the plain backbone."
+        )
     graph = _Graph(model)
     anchors = {id(t): t for t in _select_anchors(graph, where, data_format)}
 

@@ -18,8 +18,16 @@ def _convert(args):
     from keras_attention import tflite
 
     calibration = None
-    if args.representative:
-        calibration = np.load(args.representative) if args.representative.endswith(".npy") else args.representative
+    if args.representative and args.representative.endswith(".npy"):
+        try:
+            calibration = np.load(args.representative)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--representative: no file at {args.representative!r}.") from None
+        except Exception as error:  # numpy raises ValueError, UnpicklingError, EOFError... for a bad file
+            raise ValueError(f"--representative: {args.representative!r} is not a readable .npy array "
+                             f"({type(error).__name__}: {error}).") from None
+    elif args.representative:
+        calibration = args.representative
     tflite.convert(args.model, quantization=args.quantization, representative_data=calibration,
                    int8_io=args.int8_io, path=args.output)
     print(f"wrote {args.output}")
@@ -56,10 +64,13 @@ def main(argv=None):
     convert.set_defaults(run=_convert)
     info = commands.add_parser("info", help="which Keras and backend are active")
     info.set_defaults(run=_info)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as error:
+    except (ValueError, RuntimeError, OSError) as error:  # expected failures: one line, exit status 2
+        if args.debug:
+            raise
         print(f"keras-attention {args.command}: {error}", file=sys.stderr)
         return 2
     return 0

@@ -47,6 +47,10 @@ def digits(size=32, channels=1, test_fraction=0.25, seed=0):
         ) from error
     if channels not in (1, 3):
         raise ValueError(f"digits: `channels` must be 1 or 3; got {channels!r}.")
+    _check_count("digits", "size", size)
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f"digits: `test_fraction` must be a number strictly between 0 and 1 (a share of the "
+                         f"images held out); got {test_fraction!r}.")
     bunch = load_digits()
     images = (bunch.images.astype("float32") * (255.0 / 16.0))[..., None]
     if size != 8:
@@ -63,6 +67,11 @@ def digits(size=32, channels=1, test_fraction=0.25, seed=0):
 
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
+
+
+def _check_count(function, arg, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{function}: `{arg}` must be an integer >= {minimum}; got {value!r}.")
 
 
 def _polygon_mask(ys, xs, vertices):
@@ -129,6 +138,9 @@ def shapes(num_images=256, image_size=64, max_shapes=3, min_shapes=1, min_radius
     """
     if channels not in (1, 3):
         raise ValueError(f"shapes: `channels` must be 1 or 3; got {channels!r}.")
+    for arg, value in (("num_images", num_images), ("image_size", image_size), ("max_shapes", max_shapes),
+                       ("min_shapes", min_shapes)):
+        _check_count("shapes", arg, value)
     if not 1 <= min_shapes <= max_shapes:
         raise ValueError(f"shapes: need 1 <= min_shapes <= max_shapes; got {min_shapes}, {max_shapes}.")
     if not 0 < min_radius <= max_radius or 2 * max_radius + 2 > image_size:
@@ -153,7 +165,7 @@ def shapes(num_images=256, image_size=64, max_shapes=3, min_shapes=1, min_radius
         occupied = np.zeros((s, s), bool)
         wanted = int(rng.integers(min_shapes, max_shapes + 1))
         k = 0
-        for _ in range(wanted * 20):
+        for _ in range(wanted * 100):
             if k == wanted:
                 break
             kind = int(rng.integers(0, 3))
@@ -176,6 +188,11 @@ def shapes(num_images=256, image_size=64, max_shapes=3, min_shapes=1, min_radius
             colour = rng.uniform(120, 255, size=3).astype("float32")
             images[i][mask] = colour
             k += 1
+        if k < min_shapes:
+            raise ValueError(
+                f"shapes: could place only {k} of min_shapes={min_shapes} non-overlapping shapes in image {i} "
+                f"({s}x{s}, radius {min_radius}-{max_radius}); lower min_shapes or max_radius, or raise image_size."
+            )
         counts[i] = k
     images += rng.normal(0.0, noise, size=images.shape).astype("float32")
     images = np.clip(images, 0, 255)

@@ -16,10 +16,13 @@ a different machine or thread count (float sums reorder), or a GPU.
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import numpy as np
 
+from keras_attention._io import check_folder
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -133,15 +136,59 @@ def train(model, data, epochs, fine_tune_from_imagenet, batch_size=32):
     return float(model.evaluate(x_test, y_test, verbose=0)[1])
 
 
-def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weights=None, size=96, seed=0):
-    """Runs the whole pipeline and returns the report dictionary (also written to report.json)."""
-    from keras_attention import tflite, visualize
-    from keras_attention.data import digits
+def _check_arguments(out, epochs, size, seed):
+    name = "keras_attention demo"
+    for argument, value, minimum in (("epochs", epochs, 1), ("size", size, 32), ("seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            why = " (MobileNetV2's smallest input)" if argument == "size" else ""
+            raise ValueError(f"{name}: `{argument}` must be an integer >= {minimum}{why}; got {value!r}.")
+    check_folder(out, name)
 
+
+# What one run writes; a new run replaces all of them or (when it fails) none.
+OUTPUT_FILES = ("model.keras", "model_qat.keras", "model_qat.h5", "model_int8.tflite", "attention.png",
+                "report.json")
+
+
+def _publish(staging, out):
+    """Moves a finished run's files from `staging` into `out`, replacing the previous run's.
+
+    report.json goes first out and last in, so a folder interrupted half-way has no report.
+    """
+    os.makedirs(out, exist_ok=True)
+    stale = [name for name in OUTPUT_FILES if os.path.exists(os.path.join(out, name))]
+    for name in sorted(stale, key=lambda n: n != "report.json"):
+        os.remove(os.path.join(out, name))
+    for name in sorted(os.listdir(staging), key=lambda n: n == "report.json"):
+        os.replace(os.path.join(staging, name), os.path.join(out, name))
+
+
+def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weights=None, size=96, seed=0):
+    """Runs the whole pipeline and returns the report dictionary (also written to report.json).
+
+    Files are written to a staging folder beside `out` and moved in only when
+    the run succeeds: a failed or interrupted run leaves `out` as it was.
+    """
+    _check_arguments(out, epochs, size, seed)
     if BACKEND != "tensorflow":
         raise RuntimeError("keras-attention demo converts to TFLite and needs the TensorFlow backend "
                            "(unset KERAS_BACKEND or set it to tensorflow).")
-    os.makedirs(out, exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", suffix=".partial", dir=parent)
+    try:
+        report = _run(staging, out, data, epochs, fast, weights, size, seed)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print_report(report)
+    return report
+
+
+def _run(staging, out, data, epochs, fast, weights, size, seed):
+    from keras_attention import tflite, visualize
+    from keras_attention.data import digits
+
     keras.utils.set_random_seed(seed)
     import tensorflow as tf
 
@@ -174,18 +221,16 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
         # Keras 3 QAT needs no representative data (tfmot's path still calibrates with it).
         qat_files[name] = tflite.convert(qat_models[name], "int8", representative_data=calibration)
 
-    model_path = os.path.join(out, "model.keras")
-    model.save(model_path)
-    qat_path = os.path.join(out, "model_qat.keras" if not IS_LEGACY else "model_qat.h5")
+    model.save(os.path.join(staging, "model.keras"))
+    qat_name = "model_qat.keras" if not IS_LEGACY else "model_qat.h5"
     if IS_LEGACY:
         from keras_attention.quantization import save_qat_model
 
-        save_qat_model(qat_models["cbam"], qat_path)
+        save_qat_model(qat_models["cbam"], os.path.join(staging, qat_name))
     else:
-        qat_models["cbam"].save(qat_path)
+        qat_models["cbam"].save(os.path.join(staging, qat_name))
     int8 = qat_files
-    tflite_path = os.path.join(out, "model_int8.tflite")
-    with open(tflite_path, "wb") as f:
+    with open(os.path.join(staging, "model_int8.tflite"), "wb") as f:
         f.write(int8["cbam"])
     verification = tflite.verify(qat_models["cbam"], int8["cbam"], test_set[0][:64], latency_runs=0)
     int8_accuracy = _accuracy(int8["cbam"], test_set)
@@ -197,8 +242,8 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
     panels = [(f"{name}\n(spatial gate)", gate) for name, gate in (maps[0], maps[-1])]
     panels += [(f"Grad-CAM {name}", visualize.grad_cam(m, images, layer_name=visualize.last_conv_layer_name(m)))
                for name, m in models.items()]
-    attention_png = visualize.save_overlays(os.path.join(out, "attention.png"), images, panels,
-                                            titles=[f"class {class_names[y]}" for y in test_set[1][:4]])
+    visualize.save_overlays(os.path.join(staging, "attention.png"), images, panels,
+                            titles=[f"class {class_names[y]}" for y in test_set[1][:4]])
 
     report = {
         "keras": "tf_keras" if IS_LEGACY else f"keras {keras.__version__} ({BACKEND})",
@@ -222,11 +267,12 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
         "cbam_params_ratio": model.count_params() / models["plain"].count_params(),
         "attention_layers": len(maps),
         "seconds": time.time() - started,
-        "files": {"model": model_path, "qat_model": qat_path, "tflite": tflite_path, "attention": str(attention_png)},
+        "files": {key: os.path.join(out, name) for key, name in (
+            ("model", "model.keras"), ("qat_model", qat_name), ("tflite", "model_int8.tflite"),
+            ("attention", "attention.png"))},
     }
-    with open(os.path.join(out, "report.json"), "w") as f:
+    with open(os.path.join(staging, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    print_report(report)
     return report
 
 

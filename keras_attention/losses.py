@@ -25,6 +25,9 @@ def _check_boxes(name, boxes):
     boxes = np.asarray(boxes, dtype="float64")
     if boxes.ndim < 1 or boxes.shape[-1] != 4:
         raise ValueError(f"{name}: boxes must have shape (..., 4) as (y1, x1, y2, x2); got {boxes.shape}.")
+    if not np.all(np.isfinite(boxes)):
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(boxes))[0][:-1])
+        raise ValueError(f"{name}: boxes must be finite; got {boxes[first].tolist()} at index {first}.")
     bad = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -58,8 +61,9 @@ def crop_mask_targets(masks, boxes, size=28, threshold=0.5):
     over the box, then `>= threshold`. Boxes are `(y1, x1, y2, x2)` in image
     pixels (pixel `i` covers `[i, i+1)`), as `data.shapes()` and `RoIAlign` use.
     Parts of a box outside the image read as background. Zero-area boxes (e.g.
-    all-zero padding) give the mask value at that point; they are ignored by the
-    loss when their class is -1.
+    all-zero padding) give all-zero targets, as Detectron2's RoIAlign (no
+    sampling points in an empty box); they are ignored by the loss when their
+    class is -1.
 
     Args:
         masks: `(..., H, W)` binary (or [0, 1]) full-image masks, one per box.
@@ -75,6 +79,8 @@ def crop_mask_targets(masks, boxes, size=28, threshold=0.5):
             masks and boxes with different leading shapes.
     """
     name = "crop_mask_targets"
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"{name}: `size` must be a positive integer (28 in Mask R-CNN); got {size!r}.")
     boxes = _check_boxes(name, boxes)
     masks = np.asarray(masks, dtype="float64")
     if masks.ndim < 2 or masks.shape[:-2] != boxes.shape[:-1]:
@@ -87,6 +93,8 @@ def crop_mask_targets(masks, boxes, size=28, threshold=0.5):
     flat_boxes = boxes.reshape((-1, 4))
     out = np.zeros((len(flat_boxes), size, size), "float64")
     for i, ((y1, x1, y2, x2), mask) in enumerate(zip(flat_boxes, flat_masks)):
+        if y2 == y1 or x2 == x1:
+            continue  # an empty box has no sampling points: 0, as Detectron2
         yl, yh, wyl, wyh = _aligned_axis(y1, y2 - y1, size, height)
         xl, xh, wxl, wxh = _aligned_axis(x1, x2 - x1, size, width)
         value = 0.0
@@ -148,7 +156,12 @@ def mask_loss(targets, logits, classes):
     Returns:
         Scalar float32: the mean over all pixels of all positive RoIs (0 when
         there are none, with gradient 0), as Detectron2's `mask_rcnn_loss`.
+
+    Raises:
+        ValueError: shapes that do not line up (no broadcasting: one target per
+            RoI), non-integer classes, or (for concrete arrays) a class >= K.
     """
+    _check_mask_loss_inputs(targets, logits, classes)
     logits = ops.cast(logits, "float32")
     targets = ops.cast(targets, "float32")
     classes = ops.cast(classes, "int32")
@@ -162,6 +175,37 @@ def mask_loss(targets, logits, classes):
     per_pixel = _bce_with_logits(targets, selected)  # (..., S, S)
     weight = positive[..., None, None] * ops.ones_like(per_pixel)
     return ops.sum(per_pixel * weight) / ops.maximum(ops.sum(weight), 1.0)
+
+
+def _concrete(x):
+    """`x` as a NumPy array when it holds values now (not a symbolic or traced tensor), else None."""
+    try:
+        return np.asarray(x)
+    except Exception:  # symbolic tensors and tracers refuse; their values are checked nowhere
+        return None
+
+
+def _check_mask_loss_inputs(targets, logits, classes):
+    name = "mask_loss"
+    t_shape, l_shape, c_shape = (tuple(getattr(x, "shape", np.shape(x))) for x in (targets, logits, classes))
+    if len(l_shape) < 3:
+        raise ValueError(f"{name}: logits must be (..., S, S, K); got shape {l_shape}.")
+
+    def same(a, b):
+        return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+    if not same(t_shape, l_shape[:-1]):
+        raise ValueError(f"{name}: targets must be (..., S, S) = {l_shape[:-1]}, one per RoI of the logits "
+                         f"{l_shape}; got {t_shape} (targets are not broadcast over RoIs).")
+    if not same(c_shape, l_shape[:-3]):
+        raise ValueError(f"{name}: classes must be (...) = {l_shape[:-3]}, one per RoI of the logits "
+                         f"{l_shape}; got {c_shape}.")
+    dtype = getattr(getattr(classes, "dtype", None), "name", None) or str(getattr(classes, "dtype", ""))
+    if "int" not in dtype:
+        raise ValueError(f"{name}: classes must be integers (negative: ignored RoI); got dtype {dtype}.")
+    values = _concrete(classes)
+    if values is not None and values.size and l_shape[-1] not in (None, 1) and values.max() >= l_shape[-1]:
+        raise ValueError(f"{name}: classes must be < K = {l_shape[-1]} (the logits' channels); got {values.max()}.")
 
 
 @register

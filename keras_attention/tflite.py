@@ -43,6 +43,7 @@ from collections import Counter
 import numpy as np
 
 from keras_attention import backend
+from keras_attention._io import check_destination, write_bytes
 from keras_attention.backend import IS_LEGACY, all_layers, keras
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -291,6 +292,21 @@ def _as_sample_lists(data, specs, limit, what):
                     f"keras_attention.tflite: {what} has shape {array.shape}; the model input "
                     f"{spec.name} expects rank {rank} (batch first), e.g. {tuple(spec.shape)}."
                 )
+            expected = tuple(spec.shape)[1:]
+            if any(e is not None and e != a for e, a in zip(expected, array.shape[1:])):
+                raise ValueError(
+                    f"keras_attention.tflite: {what} has samples of shape {array.shape[1:]}; the model input "
+                    f"{spec.name} expects {expected}."
+                )
+            if not np.issubdtype(array.dtype, np.number):
+                raise ValueError(f"keras_attention.tflite: {what} must be numeric; got dtype {array.dtype}.")
+            if not len(array):
+                raise ValueError(f"keras_attention.tflite: {what} is empty; expected ~100 typical inputs.")
+            if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+                raise ValueError(
+                    f"keras_attention.tflite: {what} holds {int(np.sum(~np.isfinite(array)))} NaN or infinite "
+                    "values; calibration ranges from them would be meaningless."
+                )
             batched.append(array)
         count = batched[0].shape[0]
         return [[b[i: i + 1] for b in batched] for i in range(count)]
@@ -401,6 +417,11 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
         raise ValueError(
             f"keras_attention.tflite.convert: int8_io=True needs quantization='int8'; got {quantization!r}."
         )
+    if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "inputs"):
+        raise TypeError(f"keras_attention.tflite.convert: expected a Keras model, a .keras/.h5 file or a "
+                        f"SavedModel directory; got {type(model).__name__}.")
+    if path is not None:  # before minutes of conversion
+        check_destination(path, "keras_attention.tflite.convert")
     saved_model = None
     if isinstance(model, (str, os.PathLike)):
         model, saved_model = _load_model_path(model)
@@ -481,18 +502,9 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
     if custom:
         raise _flex_error(model, [(op["op"], _scope_of(op["outputs"][0]) if op["outputs"] else None)
                                   for op in custom], quantization)
-    degenerate = degenerate_activations(flatbuffer)
-    if degenerate:
-        crash = _crashes_interpreter(flatbuffer)
-        if crash:
-            raise TFLiteConversionError(_degenerate_message(degenerate, model, crash))
-        warnings.warn(_degenerate_message(degenerate, model), stacklevel=2)
+    _refuse_if_it_crashes(flatbuffer, TFLiteConversionError, model, warn=True)
     if path is not None:
-        directory = os.path.dirname(os.fspath(path))
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        with open(path, "wb") as handle:
-            handle.write(flatbuffer)
+        write_bytes(path, flatbuffer, "keras_attention.tflite.convert")
     return flatbuffer
 
 
@@ -562,9 +574,28 @@ def _load_model_path(path):
             f"keras_attention.tflite: cannot tell what {path!r} is: give a Keras model, a .keras/.h5 file "
             "or a SavedModel directory."
         )
+    _check_model_file(path)
     import keras_attention  # noqa: F401 - registers the layers for safe loading
 
     return keras.models.load_model(path), None
+
+
+def _check_model_file(path):
+    """A clear error for an empty, truncated or foreign file (Keras reports some of them as "File not found")."""
+    import zipfile
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if path.endswith(".keras"):
+        ok = size > 0 and zipfile.is_zipfile(path)
+        expected = "a .keras file is a zip archive"
+    else:
+        ok = head == b"\x89HDF\r\n\x1a\n"
+        expected = "an .h5 file starts with the HDF5 signature"
+    if not ok:
+        raise ValueError(f"keras_attention.tflite: {path!r} ({size} bytes) is not a readable Keras model file: "
+                         f"{expected}; it is empty, truncated or something else.")
 
 
 def _saved_model_signature(directory):
@@ -889,7 +920,7 @@ DEGENERATE_SCALE = 1e-7
 
 
 def degenerate_activations(tflite_model):
-    """Names of quantized activation tensors whose scale is below `DEGENERATE_SCALE`.
+    """Names of quantized activation tensors whose scale is below `DEGENERATE_SCALE`, or not finite.
 
     Such a tensor never varied during calibration (constant activations: a
     layer at an identity initialisation, dead units, constant calibration
@@ -910,10 +941,24 @@ def degenerate_activations(tflite_model):
             if tensor.Type() not in (_schema().TensorType.INT8, _schema().TensorType.UINT8,
                                      _schema().TensorType.INT16):
                 continue
-            if float(np.min(quant.ScaleAsNumpy())) < DEGENERATE_SCALE:
+            scales = quant.ScaleAsNumpy()
+            if not np.all(np.isfinite(scales)) or float(np.min(scales)) < DEGENERATE_SCALE:
                 raw = tensor.Name()
                 found.append(raw.decode() if isinstance(raw, bytes) else str(raw))
     return found
+
+
+def _refuse_if_it_crashes(data, error, model=None, warn=False):
+    """Before running a model with degenerate activation scales in this process, runs it once in a
+    child process: a crash there becomes `error`; a model that runs gets a warning when `warn`."""
+    degenerate = degenerate_activations(data)
+    if not degenerate:
+        return
+    crash = _crashes_interpreter(data)
+    if crash:
+        raise error(_degenerate_message(degenerate, model, crash))
+    if warn:
+        warnings.warn(_degenerate_message(degenerate, model), stacklevel=3)
 
 
 def _crashes_interpreter(data):
@@ -949,7 +994,7 @@ def _degenerate_message(names, model=None, crash=None):
         layers.append(f"  - {name.split(';')[0]}" + (f" (layer {layer})" if layer else ""))
     return (
         "keras_attention.tflite: int8 calibration found activations that never varied (their "
-        f"quantization scale is below {DEGENERATE_SCALE:g}); "
+        f"quantization scale is below {DEGENERATE_SCALE:g} or not a number); "
         + (f"{crash}. " if crash else "such int8 models can crash the XNNPACK kernels and their "
            "numbers mean little. ")
         + "Tensors:\n" + "\n".join(layers[:10]) + ("\n  ..." if len(layers) > 10 else "")
@@ -1099,6 +1144,7 @@ def run(tflite_model, data):
     outputs dequantized).
     """
     flatbuffer = load_flatbuffer(tflite_model)
+    _refuse_if_it_crashes(flatbuffer, InvalidTFLiteModelError)
     runner = _Runner(flatbuffer)
     samples = _samples_from_arrays(data, len(runner.input_details))
     per_sample = [runner(sample) for sample in samples]
@@ -1111,6 +1157,12 @@ def _samples_from_arrays(data, n_inputs):
               else np.asarray(_to_numpy(a)) for a in arrays]
     if len(arrays) != n_inputs:
         raise ValueError(f"keras_attention.tflite: got {len(arrays)} input arrays; the model has {n_inputs} inputs.")
+    counts = {a.shape[0] if a.ndim else 0 for a in arrays}
+    if counts == {0}:
+        raise ValueError("keras_attention.tflite: got no samples (an empty array); expected (N, ...) with N >= 1.")
+    if len(counts) > 1:
+        raise ValueError(f"keras_attention.tflite: the input arrays hold different numbers of samples "
+                         f"({[a.shape[0] for a in arrays]}); expected the same N for every input.")
     return [[a[i: i + 1] for a in arrays] for i in range(arrays[0].shape[0])]
 
 
@@ -1131,11 +1183,7 @@ def measure_latency(tflite_model, threads=(1, 2), runs=30, warmup=3, sample=None
         `{threads: median_ms}`.
     """
     data = load_flatbuffer(tflite_model)
-    degenerate = degenerate_activations(data)
-    if degenerate:
-        crash = _crashes_interpreter(data)
-        if crash:
-            raise InvalidTFLiteModelError(_degenerate_message(degenerate, crash=crash))
+    _refuse_if_it_crashes(data, InvalidTFLiteModelError)
     results = {}
     for n in threads:
         runner = _Runner(data, num_threads=n)
@@ -1293,12 +1341,7 @@ def verify(model, tflite_model, data, latency_runs=20, threads=(1, 2), analyze_g
         keras_model, saved_model = _load_model_path(model)
         model = keras_model if keras_model is not None else _SavedModelCallable(saved_model)
     inventory = op_inventory(flatbuffer)
-    degenerate = degenerate_activations(flatbuffer)
-    if degenerate:
-        crash = _crashes_interpreter(flatbuffer)
-        if crash:
-            raise InvalidTFLiteModelError(
-                _degenerate_message(degenerate, model if hasattr(model, "layers") else None, crash))
+    _refuse_if_it_crashes(flatbuffer, InvalidTFLiteModelError, model if hasattr(model, "layers") else None)
     runner = _Runner(flatbuffer)
     samples = _samples_from_arrays(data, len(runner.input_details))
     arrays = [np.concatenate([s[i] for s in samples], axis=0) for i in range(len(samples[0]))]

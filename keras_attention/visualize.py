@@ -9,6 +9,7 @@ heat maps over the images to a PNG (matplotlib, no display needed).
 
 import numpy as np
 
+from keras_attention._io import atomic_path
 from keras_attention.backend import keras, require_tensorflow
 from keras_attention.layers.cbam import CBAM
 from keras_attention.layers.spatial import SpatialAttention
@@ -79,6 +80,11 @@ def grad_cam(model, images, class_index=None, layer_name=None):
     import tensorflow as tf
 
     layer_name = layer_name or last_conv_layer_name(model)
+    num_classes = model.output.shape[-1]
+    if class_index is not None and (isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer))
+                                    or not 0 <= class_index < (num_classes or class_index + 1)):
+        raise ValueError(f"grad_cam: `class_index` must be an integer in [0, {num_classes}) (the model's "
+                         f"outputs); got {class_index!r}.")
     probe = keras.Model(_single_or_list(model.inputs), [model.get_layer(layer_name).output, model.output])
     images = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:
@@ -107,6 +113,14 @@ def save_overlays(path, images, panels, titles=None, alpha=0.5, dpi=100):
     import matplotlib.pyplot as plt
 
     images = np.asarray(images, dtype="float32")
+    if images.ndim != 4:
+        raise ValueError(f"save_overlays: expected images (batch, H, W, C); got shape {images.shape}.")
+    for title, maps in panels:
+        if len(maps) < len(images):
+            raise ValueError(f"save_overlays: panel {title!r} has {len(maps)} maps for {len(images)} images; "
+                             "expected one map per image.")
+    if titles is not None and len(titles) < len(images):
+        raise ValueError(f"save_overlays: {len(titles)} titles for {len(images)} images; expected one per image.")
     shown = (images - images.min()) / max(float(np.ptp(images)), 1e-6)
     if shown.shape[-1] == 1:
         shown = shown[..., 0]
@@ -125,8 +139,11 @@ def save_overlays(path, images, panels, titles=None, alpha=0.5, dpi=100):
     for ax in axes.ravel():
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        with atomic_path(path, "save_overlays") as temporary:
+            fig.savefig(temporary, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -41,3 +41,43 @@ def test_convert_without_representative_data_fails_clearly(tmp_path):
     result = _cli("convert", str(tmp_path / "missing.keras"), str(tmp_path / "m.tflite"), "--quantization", "int8")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "keras-attention convert:" in result.stderr
+
+
+def _bad_cli_case(tmp_path, case):
+    model, output, extra = tmp_path / "m.keras", tmp_path / "m.tflite", []
+    if case == "missing model":
+        return [str(tmp_path / "missing.keras"), str(output)], "no model at"
+    if case == "empty .keras":
+        model.write_bytes(b"")
+        return [str(model), str(output)], "(0 bytes) is not a readable Keras model file"
+    if case == "random bytes .keras":
+        model.write_bytes(np.random.default_rng(0).bytes(3000))
+        return [str(model), str(output)], "(3000 bytes) is not a readable Keras model file"
+    keras.Model(*(lambda i: (i, keras.layers.Dense(2)(i)))(keras.Input((3,)))).save(model)
+    if case == "missing .npy":
+        extra = ["--quantization", "int8", "--representative", str(tmp_path / "missing.npy")]
+        return [str(model), str(output), *extra], "--representative: no file at"
+    if case == "corrupt .npy":
+        (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY garbage")
+        extra = ["--quantization", "int8", "--representative", str(tmp_path / "bad.npy")]
+        return [str(model), str(output), *extra], "is not a readable .npy array"
+    if case == "output under a file":
+        (tmp_path / "a_file").write_bytes(b"")
+        return [str(model), str(tmp_path / "a_file" / "m.tflite")], "a_file' is a file, not a folder"
+    raise AssertionError(case)
+
+
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="converts Keras 3 .keras files on TensorFlow")
+@pytest.mark.parametrize("case", ["missing model", "empty .keras", "random bytes .keras", "missing .npy",
+                                  "corrupt .npy", "output under a file"])
+def test_convert_failures_are_one_line_with_status_2(tmp_path, case):
+    args, message = _bad_cli_case(tmp_path, case)
+    result = _cli("convert", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("keras-attention convert: ") and message in last, last
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "m.tflite").exists()
+    if case == "missing model":  # --debug shows where it failed
+        debug = _cli("--debug", "convert", *args)
+        assert debug.returncode != 0 and "Traceback" in debug.stderr

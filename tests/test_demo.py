@@ -94,3 +94,26 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "keras-attention demo: demo --data:" in result.stderr and "is not a folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "`epochs` must be an integer >= 1; got 0"),
+    (["--epochs", "-3"], "`epochs` must be an integer >= 1; got -3"),
+    (["--size", "0"], "`size` must be an integer >= 32 (MobileNetV2's smallest input); got 0"),
+    (["--seed", "-1"], "`seed` must be an integer >= 0; got -1"),
+])
+def test_bad_demo_arguments_fail_at_once_in_one_line(tmp_path, args, message):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "report.json").write_text("{}")
+    result = _demo(*args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"keras-attention demo: keras_attention demo: {message}."
+    assert "Traceback" not in result.stderr
+    assert os.listdir(tmp_path / "out") == ["report.json"]  # nothing written, nothing removed
+
+
+def test_demo_output_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = _demo("--out", str(tmp_path / "a_file" / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "a_file' is a file, not a folder" in result.stderr.strip().splitlines()[-1]

@@ -335,6 +335,49 @@ def test_identity_initialised_attention_that_crashes_xnnpack_in_int8_is_refused(
         tflite.convert(model, "int8", representative_data=data)
 
 
+def _with_scale(flatbuffer, scale):
+    """The flatbuffer with the scale of its last int8 activation (per-tensor) replaced by `scale`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_content=flatbuffer).get_tensor_details()
+    old = [d["quantization_parameters"]["scales"][0] for d in details
+           if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) == 1][-1]
+    pattern = np.float32(old).tobytes()
+    assert pattern in flatbuffer  # control: the scale is stored where we patch it
+    return flatbuffer.replace(pattern, np.float32(scale).tobytes())
+
+
+@tf_only
+@pytest.mark.parametrize("scale", [float("nan"), 0.0])
+def test_nan_or_zero_activation_scales_are_refused_not_crashed_on(scale):
+    """A hand-edited or broken int8 file: run, verify and measure_latency refuse it instead of segfaulting."""
+    model = _model(lambda x: keras.layers.Conv2D(4, 3, name="conv")(x), (8, 8, 3))
+    data = np.random.default_rng(0).uniform(size=(16, 8, 8, 3)).astype("float32")
+    good = tflite.convert(model, "int8", representative_data=data)
+    assert not tflite.degenerate_activations(good)  # control: the unpatched file is fine
+    bad = _with_scale(good, scale)
+    assert tflite.degenerate_activations(bad)
+    for call in (lambda: tflite.run(bad, data[:2]), lambda: tflite.verify(model, bad, data[:2], latency_runs=0),
+                 lambda: tflite.measure_latency(bad, threads=(1,), runs=1)):
+        try:
+            call()
+        except tflite.InvalidTFLiteModelError as error:
+            assert "never varied" in str(error) and "crashed" in str(error)
+        # Or it ran: the child-process probe found no crash, so running in this process was safe.
+
+
+@tf_only
+def test_run_refuses_empty_or_mismatched_data():
+    model = _model(lambda x: keras.layers.Dense(2)(x), (3,))
+    flatbuffer = tflite.convert(model)
+    with pytest.raises(ValueError, match="got no samples"):
+        tflite.run(flatbuffer, np.zeros((0, 3), "float32"))
+    inputs = [keras.Input((3,)), keras.Input((3,))]
+    two = tflite.convert(keras.Model(inputs, keras.layers.Add()(inputs)))
+    with pytest.raises(ValueError, match=r"different numbers of samples \(\[2, 3\]\)"):
+        tflite.run(two, [np.zeros((2, 3), "float32"), np.zeros((3, 3), "float32")])
+
+
 # ------------------------------------------------- GPU delegate (analyzer)
 
 

@@ -29,6 +29,19 @@ def normalize_pooling(layer_name, pooling):
     return pooling
 
 
+def check_floating(layer_name, inputs):
+    """Attention multiplies by a gate in (0, 1): an integer input would truncate it to 0 everywhere."""
+    for x in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+        dtype = getattr(x, "dtype", None)
+        name = getattr(dtype, "name", None) or str(dtype)
+        if dtype is not None and not ("float" in name or name == "bfloat16"):
+            raise TypeError(
+                f"{layer_name}: expected a floating-point input; got dtype {name}. Cast it first "
+                "(e.g. keras.layers.Rescaling(1 / 255) or ops.cast(x, 'float32')): with integers the "
+                "gate in (0, 1) would be truncated to 0."
+            )
+
+
 def normalize_data_format(layer_name, data_format):
     data_format = data_format or image_data_format()
     return check_choice(layer_name, "data_format", data_format, ("channels_last", "channels_first"))

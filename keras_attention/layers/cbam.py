@@ -31,6 +31,8 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
         start_as_identity: both parts start as the identity, so the block
             returns its input exactly at initialisation.
         data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` or channels_first.
@@ -93,6 +95,7 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
         return ["channel_scaled", "output"] if self.arrangement == "parallel" else []
 
     def call(self, inputs, training=None):
+        v.check_floating(type(self).__name__, inputs)
         ca, sa = self.channel_attention, self.spatial_attention
         if self.arrangement == "channel_first":
             if not self.quantization and xla_compiling(inputs) and can_fuse_cbam(self, inputs):

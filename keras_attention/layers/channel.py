@@ -56,6 +56,7 @@ class _ChannelGateBase(QuantizationPoints, keras.layers.Layer):
         return gate
 
     def call(self, inputs, training=None):
+        v.check_floating(type(self).__name__, inputs)
         gate = self.compute_gate(inputs, training=training)
         return self.at_point("output", inputs * ops.cast(gate, inputs.dtype))
 
@@ -97,6 +98,8 @@ class ChannelAttention(_ChannelGateBase):
             False is the paper's initialisation.
         data_format: "channels_last" or "channels_first"; default: Keras' global
             image data format.
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` (channels_last) or
@@ -246,6 +249,8 @@ class SqueezeExcitation(ChannelAttention):
         gate: "sigmoid" or "hard_sigmoid" (the latter is timm's "ese" flavour).
         start_as_identity: start as the identity (see `ChannelAttention`).
         data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         4-D tensor, `(batch, height, width, channels)` or channels_first.
@@ -261,7 +266,10 @@ class SqueezeExcitation(ChannelAttention):
 
     def __init__(self, reduction=16, min_channels=None, use_bias=True, gate="sigmoid",
                  start_as_identity=False, data_format=None, **kwargs):
-        kwargs.pop("pooling", None)  # fixed to average pooling
+        pooling = kwargs.pop("pooling", "avg")  # the paper's squeeze: average pooling only
+        if v.normalize_pooling(type(self).__name__, pooling) != ("avg",):
+            raise ValueError(f"SqueezeExcitation: `pooling` is fixed to average pooling (the paper's squeeze); "
+                             f"got {pooling!r}. ChannelAttention(pooling=...) takes max pooling.")
         super().__init__(
             reduction=reduction, min_channels=min_channels, pooling=("avg",), use_bias=use_bias,
             gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs,
@@ -294,6 +302,8 @@ class EfficientChannelAttention(_ChannelGateBase):
         gate: "sigmoid" or "hard_sigmoid".
         start_as_identity: start as the identity (zero kernel, gate 2 * gate).
         data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         4-D tensor, `(batch, height, width, channels)` or channels_first.
@@ -310,8 +320,15 @@ class EfficientChannelAttention(_ChannelGateBase):
     def __init__(self, kernel_size=None, gamma=2, beta=1, gate="sigmoid",
                  start_as_identity=False, data_format=None, **kwargs):
         super().__init__(gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs)
+        name = type(self).__name__
         if kernel_size is not None:
-            v.check_odd_kernel_size(type(self).__name__, kernel_size)
+            v.check_odd_kernel_size(name, kernel_size)
+        for arg, value in (("gamma", gamma), ("beta", beta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (arg == "gamma" and value <= 0):
+                expected = "a positive number" if arg == "gamma" else "a finite number"
+                raise ValueError(f"{name}: `{arg}` must be {expected} (the kernel-size rule "
+                                 f"|log2(C) + beta| / gamma); got {value!r}.")
         self.kernel_size = kernel_size
         self.gamma = gamma
         self.beta = beta

@@ -211,7 +211,35 @@ class RoIAlign(keras.layers.Layer):
                 f"{name}: got {len(levels)} feature level(s) but {len(self.strides)} stride(s) "
                 f"{self.strides}; give one stride per level."
             )
+        batches = {s[0] for s in levels + [boxes] if s[0] is not None}
+        if len(batches) > 1:
+            raise ValueError(
+                f"{name}: features and boxes must have the same batch size (boxes of image i sample "
+                f"features of image i); got feature levels {levels} and boxes {boxes}."
+            )
+        self._check_level_order(levels)
         return levels, boxes, channels[0]
+
+    def _check_level_order(self, levels):
+        """Levels fine to coarse, and (where sizes are known) at the resolutions `strides` say."""
+        name = type(self).__name__
+        heights = [s[1] if self.data_format == "channels_last" else s[2] for s in levels]
+        if self.strides is not None and any(b <= a for a, b in zip(self.strides, self.strides[1:])):
+            raise ValueError(f"{name}: `strides` must increase from the finest level to the coarsest; "
+                             f"got {self.strides}.")
+        for i, (a, b) in enumerate(zip(heights, heights[1:])):
+            if a is None or b is None:
+                continue
+            if b > a:
+                raise ValueError(f"{name}: feature levels must go from fine to coarse (P3, P4, ...); level {i + 1} "
+                                 f"has height {b}, more than level {i}'s {a}. Give the levels finest first.")
+            if self.strides is not None:
+                expected = a * self.strides[i] / self.strides[i + 1]
+                if abs(b - expected) > 1:
+                    raise ValueError(
+                        f"{name}: level {i + 1} has height {b}, but strides {self.strides[i]} -> "
+                        f"{self.strides[i + 1]} put it at about {expected:g} (level {i} has height {a}); "
+                        "the strides do not match the feature maps.")
 
     def build(self, input_shape):
         levels, _, self.channels = self._split_shapes(input_shape)

@@ -31,6 +31,8 @@ class SpatialAttention(QuantizationPoints, keras.layers.Layer):
             gradient in the first step unless `use_batchnorm`, whose zero gamma
             holds it back for one step.
         data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         4-D tensor `(batch, height, width, channels)` or
@@ -130,6 +132,7 @@ class SpatialAttention(QuantizationPoints, keras.layers.Layer):
         return gate
 
     def call(self, inputs, training=None):
+        v.check_floating(type(self).__name__, inputs)
         gate = self.compute_gate(inputs, training=training)
         return self.at_point("output", inputs * ops.cast(gate, inputs.dtype))
 

@@ -140,6 +140,8 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
             channels per bin).
         data_format: "channels_last" or "channels_first"; default: Keras'
             global image data format.
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         A list `[C4, C5]` of 4-D tensors, C4 `(batch, H4, W4, c4)` and C5
@@ -204,6 +206,7 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
         return ["c4_lateral", "c5_lateral", "pooled", "global_context", "c4_plus_c5", "output"]
 
     def call(self, inputs):
+        v.check_floating(type(self).__name__, inputs)
         static = [_static_shape(x) for x in inputs] if isinstance(inputs, (list, tuple)) else inputs
         self._check_shapes(static)
         c4 = v.to_channels_last(inputs[0], self.data_format)
@@ -254,6 +257,8 @@ class LightRPNHead(QuantizationPoints, keras.layers.Layer):
         filters: channels of the RPN feature map (256).
         kernel_size: size of the depthwise convolution (5), odd.
         data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         4-D tensor `(batch, H, W, C)` (or channels_first), usually the CEM map.
@@ -321,6 +326,7 @@ class LightRPNHead(QuantizationPoints, keras.layers.Layer):
         return ["depthwise", "features", "objectness", "box_deltas"]
 
     def call(self, inputs, training=None):
+        v.check_floating(type(self).__name__, inputs)
         x = v.to_channels_last(inputs, self.data_format)
         x = self.at_point("depthwise", ops.relu(self.convolve(self.depthwise, x, self.depthwise_bn, training)))
         features = self.at_point(
@@ -373,6 +379,8 @@ class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
         per_channel: True (paper): theta maps F_RPN to as many channels as
             F_CEM; False: to one channel, broadcast over F_CEM's channels.
         data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
 
     Input shape:
         A list `[cem_features, rpn_features]` of 4-D tensors with the same
@@ -441,6 +449,7 @@ class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
         return v.from_channels_last(self.apply_gate(logits), self.data_format)
 
     def call(self, inputs, training=None):
+        v.check_floating(type(self).__name__, inputs)
         gate = self.compute_gate(inputs, training=training)
         cem = inputs[0]
         return self.at_point("output", cem * ops.cast(gate, cem.dtype))

@@ -56,6 +56,7 @@ import types
 import zipfile
 
 from keras_attention import backend
+from keras_attention._io import atomic_path
 from keras_attention.backend import keras
 from keras_attention.layers._validation import from_channels_last, to_channels_last
 from keras_attention.tflite import float32_copy, is_mixed_precision
@@ -934,10 +935,10 @@ def save_qat_model(model, path, include_optimizer=True):
     if _is_keras_v3_path(path):
         raise ValueError(_KERAS_V3_ERROR.format(feature=f"{_FEATURE}.save_qat_model", path=path))
     save = getattr(model, "_ka_unguarded_save", None) or model.save
-    if path.lower().endswith((".h5", ".hdf5")):
-        save(path, save_format="h5", include_optimizer=include_optimizer)
-    else:
-        save(path, save_format="tf", include_optimizer=include_optimizer)
+    save_format = "h5" if path.lower().endswith((".h5", ".hdf5")) else "tf"
+    # Whole or not at all: a failed save leaves the previous file or folder as it was.
+    with atomic_path(path, f"{_FEATURE}.save_qat_model", allow_directory=save_format == "tf") as temporary:
+        save(temporary, save_format=save_format, include_optimizer=include_optimizer)
     return path
 
 
