@@ -144,6 +144,22 @@ def test_quantize_model_trains_with_jit_and_moves_every_weight():
     assert quantization.is_qat_model(qat)
 
 
+def test_float_and_qat_models_train_independently():
+    """The QAT copy owns its weights: training the float model afterwards (JAX donates the buffers of a
+    jitted step) neither breaks nor moves the QAT model, and the other way round."""
+    from keras_attention import quantization
+
+    x, y = _data()
+    model = _small_model(ka.CBAM(reduction=2))
+    qat = quantization.quantize_model(model)
+    qat_before = [_np(w).copy() for w in qat.weights]
+    _fit(model, x, y, jit=BACKEND == "jax")
+    assert all(np.array_equal(_np(w), b) for w, b in zip(qat.weights, qat_before))
+    float_after = [_np(w).copy() for w in model.weights]
+    _fit(qat, x, y, jit=BACKEND == "jax")  # failed on JAX with "Array has been deleted" before the copy
+    assert all(np.array_equal(_np(w), a) for w, a in zip(model.weights, float_after))
+
+
 def test_qat_keras_file_reloads_in_a_fresh_process_and_trains_on(tmp_path):
     from keras_attention import quantization
 

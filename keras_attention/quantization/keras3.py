@@ -257,7 +257,9 @@ def _copy_weights(copies):
             key = _relative(variable)
             if key not in targets:  # pragma: no cover - a layer whose QAT form renamed a variable
                 raise RuntimeError(f"quantize_model: {source.name!r} has {key!r}, which its QAT form lacks.")
-            targets[key].assign(variable)
+            # A copy: assigning the variable itself would alias its JAX array, which the float
+            # model's next jitted step donates (deletes) under the QAT model's feet.
+            targets[key].assign(keras.ops.convert_to_numpy(variable))
 
 
 def quantize_model(model, leave_float=()):
