@@ -26,6 +26,7 @@ Example:
 """
 
 import os
+import re
 import warnings
 
 from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras
@@ -75,7 +76,14 @@ class DataParallelEngine:
         return f"DataParallelEngine({self.name}.{kind}, {self.num_replicas} replicas: {self.devices})"
 
 
-def _select(available, devices, what):
+def _device_key(name):
+    """"/job:localhost/replica:0/task:0/device:GPU:0", "/gpu:0", "gpu:0" -> "gpu:0"."""
+    match = re.search(r"(cpu|gpu|tpu):(\d+)$", str(name).lower().replace("device:", ""))
+    return f"{match.group(1)}:{match.group(2)}" if match else str(name).lower()
+
+
+def _select(available, devices, what, known=None):
+    """The chosen devices; a list is checked against `known` (every device of this machine)."""
     if devices is None:
         return list(available)
     if isinstance(devices, int) and not isinstance(devices, bool):
@@ -87,7 +95,15 @@ def _select(available, devices, what):
         return list(available[:devices])
     if isinstance(devices, str):
         raise ValueError(f"data_parallel: `devices` must be a list of device names or a count; got {devices!r}.")
-    return list(devices)
+    devices = list(devices)
+    if not devices:
+        raise ValueError("data_parallel: `devices` is an empty list; expected device names or a count.")
+    known = list(available) if known is None else list(known)
+    missing = [d for d in devices if _device_key(d) not in {_device_key(k) for k in known}]
+    if missing:
+        raise ValueError(f"data_parallel: no device {', '.join(map(repr, missing))} on this machine; "
+                         f"it has {known}.")
+    return devices
 
 
 def data_parallel(devices=None, strategy=None):
@@ -135,7 +151,7 @@ def data_parallel(devices=None, strategy=None):
         what = "GPUs"
         if not available:
             available, what = [d.name for d in tf.config.list_logical_devices("CPU")], "CPU devices"
-        chosen = _select(available, devices, what)
+        chosen = _select(available, devices, what, known=[d.name for d in tf.config.list_logical_devices()])
         mirrored = tf.distribute.MirroredStrategy(devices=chosen)
         return DataParallelEngine(mirrored, name, chosen, mirrored.num_replicas_in_sync)
 

@@ -403,6 +403,11 @@ def test_data_parallel_in_this_process():
         distribute.data_parallel(64)
     with pytest.raises(ValueError, match="list of device names or a count"):
         distribute.data_parallel("gpu:0")
+    with pytest.raises(ValueError, match=r"data_parallel: no device '/gpu:7' on this machine; it has \["):
+        distribute.data_parallel(["/gpu:7"])
+    with pytest.raises(ValueError, match="`devices` is an empty list"):
+        distribute.data_parallel([])
+    assert len(distribute.data_parallel(["cpu:0"]).devices) == 1  # control: a device it has
     if BACKEND == "jax":
         with pytest.raises(ValueError, match="needs the TensorFlow backend"):
             distribute.data_parallel(strategy=object())
