@@ -204,3 +204,11 @@ def test_grad_cam_class_out_of_range():
     with pytest.raises(ValueError, match=r"grad_cam: `class_index` must be an integer in \[0, 3\).*got 3"):
         visualize.grad_cam(model, images, class_index=3)
     assert visualize.grad_cam(model, images, class_index=2).shape[0] == 2  # control
+
+
+def test_context_enhancement_says_which_layout_it_assumed():
+    c4, c5 = np.zeros((1, 16, 20, 20), "float32"), np.zeros((1, 32, 10, 10), "float32")  # channels_first data
+    with pytest.raises(ValueError, match=r"ContextEnhancement: .*as channels_last"):
+        ka.ContextEnhancement(channels=4, data_format="channels_last")([c4, c5])
+    out = ka.ContextEnhancement(channels=4, data_format="channels_first")([c4, c5])  # control
+    assert tuple(out.shape) == (1, 4, 20, 20)

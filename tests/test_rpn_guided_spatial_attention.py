@@ -71,7 +71,7 @@ def test_shared_gate_is_one_map_for_all_channels():
     model = build_model(layer, _shapes("channels_last"))
     randomize_weights(layer, seed=5)
     cem, rpn = random_inputs(_shapes("channels_last"), seed=6)
-    gate = to_numpy(layer.compute_gate([cem, rpn], training=False))
+    gate = sam_gate_output(layer, rpn)  # NumPy: sigmoid(BN(theta(rpn))) from the layer's weights
     assert gate.shape == (2, 7, 9, 1)
     np.testing.assert_allclose(to_numpy(model([cem, rpn])), cem * gate, rtol=1e-5, atol=1e-6)
 

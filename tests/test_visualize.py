@@ -34,7 +34,10 @@ def test_attention_maps_equal_the_gates_of_the_formula():
     )
     expected = ref.spatial_gate(after_channel, w(sa.conv.kernel))[..., 0]
     np.testing.assert_allclose(maps["cbam"], expected, rtol=1e-5, atol=1e-5)
-    assert maps["sa"].shape == (2, 12, 12)
+    after_cbam = np.asarray(keras.Model(model.inputs, cbam.output)(images)).astype("float64")
+    sa_layer = model.get_layer("sa")
+    np.testing.assert_allclose(maps["sa"], ref.spatial_gate(after_cbam, w(sa_layer.conv.kernel))[..., 0],
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_attention_maps_need_a_spatial_gate():

@@ -175,12 +175,14 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
             if small >= big and big > 1:
                 raise ValueError(
                     f"{name}: C5 must be coarser than C4 (at half its resolution); got C4 {axis} {big} "
-                    f"and C5 {axis} {small}. Pass the inputs as [C4, C5]."
+                    f"and C5 {axis} {small}, reading the shapes {shapes} as {self.data_format}. Pass the "
+                    "inputs as [C4, C5], in the layer's data_format."
                 )
             if small != -(-big // 2):
                 raise ValueError(
                     f"{name}: C5 must be at half C4's resolution, ceil({axis} / 2) = {-(-big // 2)} for a "
-                    f"C4 {axis} of {big}; got a C5 {axis} of {small}."
+                    f"C4 {axis} of {big}; got a C5 {axis} of {small}, reading the shapes {shapes} as "
+                    f"{self.data_format}."
                 )
         return shapes, channels
 
