@@ -93,7 +93,7 @@ def _has_gpu():
 
 
 def quantization_aware_training(model, data, epochs, batch_size=32):
-    """The QAT copy of a fine-tuned `model`, trained `epochs` more at a low learning rate; its test accuracy."""
+    """The QAT copy of a fine-tuned `model`, calibrated, then trained `epochs` more at a low learning rate."""
     from keras_attention import quantization
 
     (x_train, y_train), (x_test, y_test) = data
