@@ -206,6 +206,11 @@ def _is_concat(node):
     )
 
 
+def _is_scaled_residual_sum(node):
+    # InceptionResNetV2's residual sum is not an Add but its own layer (the same in Keras 3 and tf_keras).
+    return node.kind == "CustomScaleLayer" and len(node.inputs) == 2 and hasattr(node.op, "scale")
+
+
 def _is_pass_through(node):
     if node.kind in _PASS_THROUGH:
         return True
@@ -220,7 +225,7 @@ def _residual_anchors(graph):
 
     Add: the shortcut is the input nearest to the model's inputs (fewest layers
     on its longest path; on a tie, the first input); every other input is a
-    residual branch. Concatenate: a dense connection (DenseNet) when one input
+    residual branch. Inception-ResNet's `CustomScaleLayer` (x + scale * r): r. Concatenate: a dense connection (DenseNet) when one input
     is computed from another; the inputs computed from another are the new
     features. The anchor is the branch's last layer, looked up through
     Dropout / StochasticDepth / linear Activation.
@@ -235,6 +240,8 @@ def _residual_anchors(graph):
             branches = [t for i, t in enumerate(inputs) if i != shortcut]
             # Only same-shape branches: a broadcast (e.g. a global-context) add is no residual block.
             branches = [t for t in branches if tuple(t.shape) == tuple(node.outputs[0].shape)]
+        elif _is_scaled_residual_sum(node):
+            branches = [inputs[1]]  # keras.applications' Inception-ResNet blocks compute x + scale * r
         elif _is_concat(node):
             branches = [t for t in inputs if any(s is not t and graph.is_ancestor(s, t) for s in inputs)]
         else:
@@ -355,8 +362,8 @@ def _select_anchors(graph, where, data_format):
             if not anchors:
                 raise ValueError(
                     f"attach: where='residual' matches nothing: model {model_name!r} has no residual "
-                    "(Add) or dense (Concatenate) block on a 4-D feature map. Use where='stages' "
-                    "(e.g. for VGG), a list of layer names or a callable."
+                    "(Add, or Inception-ResNet's scaled sum) or dense (Concatenate) block on a 4-D feature "
+                    "map. Use where='stages' (e.g. for VGG, InceptionV3), a list of layer names or a callable."
                 )
             return anchors
         if where == "stages":
@@ -447,7 +454,11 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
               the Add nearest to the model's input; Dropout/StochasticDepth just
               before the Add are looked through (attention goes before them).
               A dense connection (DenseNet's Concatenate of a block's input and
-              its new features) counts too: attention goes on the new features.
+              its new features) counts too: attention goes on the new features;
+              so does InceptionResNetV2's scaled sum `x + scale * r` (on r).
+              NASNet's cells sum pairs of branches: each sum's deeper input
+              gets attention. Families without such merges (VGG, MobileNet,
+              InceptionV3) are refused with a pointer to "stages".
             - "stages": after the last layer of each resolution stage of the
               backbone's trunk (before each downsampling, and on the last
               feature map), e.g. VGG, which has no residual blocks.

@@ -48,7 +48,7 @@ def main(argv=None):
     demo = commands.add_parser("demo", help="fine-tune MobileNetV2 + CBAM, quantize to int8 TFLite, verify, report")
     demo.add_argument("--data", help="image folder, one sub-folder per class (default: scikit-learn's digits)")
     demo.add_argument("--epochs", type=int, default=5)
-    demo.add_argument("--fast", action="store_true", help="1 epoch on a subset: a smoke run")
+    demo.add_argument("--fast", action="store_true", help="1 epoch on a subset, run eagerly: a smoke run")
     demo.add_argument("--out", default="keras_attention_demo", help="output folder")
     demo.add_argument("--weights", default=None, help="'imagenet' (needs network) or none (default)")
     demo.add_argument("--size", type=int, default=96, help="input height and width")

@@ -8,6 +8,8 @@ triangles with their classes, boxes and instance masks, for detection and masks.
 
 import numpy as np
 
+from keras_attention._checks import check_int
+
 
 def resize_bilinear(images, size):
     """Bilinear resize of (N, H, W, C) float images to (N, size, size, C), half-pixel centres."""
@@ -47,7 +49,7 @@ def digits(size=32, channels=1, test_fraction=0.25, seed=0):
         ) from error
     if channels not in (1, 3):
         raise ValueError(f"digits: `channels` must be 1 or 3; got {channels!r}.")
-    _check_count("digits", "size", size)
+    check_int("digits", "size", size)
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise ValueError(f"digits: `test_fraction` must be a number strictly between 0 and 1 (a share of the "
                          f"images held out); got {test_fraction!r}.")
@@ -67,11 +69,6 @@ def digits(size=32, channels=1, test_fraction=0.25, seed=0):
 
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
-
-
-def _check_count(function, arg, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{function}: `{arg}` must be an integer >= {minimum}; got {value!r}.")
 
 
 def _polygon_mask(ys, xs, vertices):
@@ -140,7 +137,7 @@ def shapes(num_images=256, image_size=64, max_shapes=3, min_shapes=1, min_radius
         raise ValueError(f"shapes: `channels` must be 1 or 3; got {channels!r}.")
     for arg, value in (("num_images", num_images), ("image_size", image_size), ("max_shapes", max_shapes),
                        ("min_shapes", min_shapes)):
-        _check_count("shapes", arg, value)
+        check_int("shapes", arg, value)
     if not 1 <= min_shapes <= max_shapes:
         raise ValueError(f"shapes: need 1 <= min_shapes <= max_shapes; got {min_shapes}, {max_shapes}.")
     if not 0 < min_radius <= max_radius or 2 * max_radius + 2 > image_size:

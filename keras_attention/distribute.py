@@ -99,7 +99,8 @@ def _select(available, devices, what, known=None):
     if not devices:
         raise ValueError("data_parallel: `devices` is an empty list; expected device names or a count.")
     known = list(available) if known is None else list(known)
-    missing = [d for d in devices if _device_key(d) not in {_device_key(k) for k in known}]
+    known_keys = {_device_key(k) for k in known}
+    missing = [d for d in devices if _device_key(d) not in known_keys]
     if missing:
         raise ValueError(f"data_parallel: no device {', '.join(map(repr, missing))} on this machine; "
                          f"it has {known}.")

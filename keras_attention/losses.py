@@ -16,6 +16,7 @@ Two ways to use it:
 
 import numpy as np
 
+from keras_attention._checks import check_int
 from keras_attention.backend import keras, ops, register
 
 IGNORE = -1.0
@@ -79,8 +80,7 @@ def crop_mask_targets(masks, boxes, size=28, threshold=0.5):
             masks and boxes with different leading shapes.
     """
     name = "crop_mask_targets"
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"{name}: `size` must be a positive integer (28 in Mask R-CNN); got {size!r}.")
+    size = check_int(name, "size", size, note=" (28 in Mask R-CNN)")
     boxes = _check_boxes(name, boxes)
     masks = np.asarray(masks, dtype="float64")
     if masks.ndim < 2 or masks.shape[:-2] != boxes.shape[:-1]:
@@ -129,8 +129,10 @@ def encode_mask_targets(targets, classes, num_classes):
             f"encode_mask_targets: targets (..., S, S) and classes (...) must have the same leading "
             f"shape; got {targets.shape} and {classes.shape}."
         )
-    if num_classes < 1:
-        raise ValueError(f"encode_mask_targets: num_classes must be >= 1; got {num_classes}.")
+    num_classes = check_int("encode_mask_targets", "num_classes", num_classes)
+    if classes.dtype.kind not in "iu":
+        raise ValueError(f"encode_mask_targets: classes must be integers (negative: ignored RoI); got dtype "
+                         f"{classes.dtype}.")
     if num_classes > 1 and (classes >= num_classes).any():
         raise ValueError(f"encode_mask_targets: classes must be < num_classes ({num_classes}); got {classes.max()}.")
     channel = np.where(classes >= 0, 0 if num_classes == 1 else classes, -1)
@@ -159,7 +161,9 @@ def mask_loss(targets, logits, classes):
 
     Raises:
         ValueError: shapes that do not line up (no broadcasting: one target per
-            RoI), non-integer classes, or (for concrete arrays) a class >= K.
+            RoI), non-integer classes, or (for NumPy classes) a class >= K.
+            Tensor classes are not copied to the host to check them: a class
+            >= K makes the loss NaN instead of reading a zero logit.
     """
     _check_mask_loss_inputs(targets, logits, classes)
     logits = ops.cast(logits, "float32")
@@ -170,19 +174,13 @@ def mask_loss(targets, logits, classes):
     if num_outputs == 1:
         selected = logits[..., 0]
     else:
-        onehot = ops.one_hot(ops.maximum(classes, 0), num_outputs)  # (..., K)
+        onehot = ops.one_hot(ops.maximum(classes, 0), num_outputs)  # (..., K); all zero for a class >= K
         selected = ops.sum(logits * onehot[..., None, None, :], axis=-1)
+        # A class >= K (not checked on tensors) makes its RoI's loss NaN rather than read a zero logit.
+        selected = selected + ops.where(classes < num_outputs, 0.0, float("nan"))[..., None, None]
     per_pixel = _bce_with_logits(targets, selected)  # (..., S, S)
     weight = positive[..., None, None] * ops.ones_like(per_pixel)
     return ops.sum(per_pixel * weight) / ops.maximum(ops.sum(weight), 1.0)
-
-
-def _concrete(x):
-    """`x` as a NumPy array when it holds values now (not a symbolic or traced tensor), else None."""
-    try:
-        return np.asarray(x)
-    except Exception:  # symbolic tensors and tracers refuse; their values are checked nowhere
-        return None
 
 
 def _check_mask_loss_inputs(targets, logits, classes):
@@ -203,7 +201,8 @@ def _check_mask_loss_inputs(targets, logits, classes):
     dtype = getattr(getattr(classes, "dtype", None), "name", None) or str(getattr(classes, "dtype", ""))
     if "int" not in dtype:
         raise ValueError(f"{name}: classes must be integers (negative: ignored RoI); got dtype {dtype}.")
-    values = _concrete(classes)
+    # Only host data is read: reading a device tensor would sync every training step (see the NaN above).
+    values = np.asarray(classes) if isinstance(classes, (np.ndarray, list, tuple)) else None
     if values is not None and values.size and l_shape[-1] not in (None, 1) and values.max() >= l_shape[-1]:
         raise ValueError(f"{name}: classes must be < K = {l_shape[-1]} (the logits' channels); got {values.max()}.")
 

@@ -585,13 +585,12 @@ def _check_model_file(path):
     import zipfile
 
     size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        head = handle.read(8)
     if path.endswith(".keras"):
         ok = size > 0 and zipfile.is_zipfile(path)
         expected = "a .keras file is a zip archive"
     else:
-        ok = head == b"\x89HDF\r\n\x1a\n"
+        with open(path, "rb") as handle:
+            ok = handle.read(8) == b"\x89HDF\r\n\x1a\n"
         expected = "an .h5 file starts with the HDF5 signature"
     if not ok:
         raise ValueError(f"keras_attention.tflite: {path!r} ({size} bytes) is not a readable Keras model file: "

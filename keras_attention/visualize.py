@@ -9,6 +9,7 @@ heat maps over the images to a PNG (matplotlib, no display needed).
 
 import numpy as np
 
+from keras_attention._checks import check_int
 from keras_attention._io import atomic_path
 from keras_attention.backend import keras, require_tensorflow
 from keras_attention.layers.cbam import CBAM
@@ -81,10 +82,8 @@ def grad_cam(model, images, class_index=None, layer_name=None):
 
     layer_name = layer_name or last_conv_layer_name(model)
     num_classes = model.output.shape[-1]
-    if class_index is not None and (isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer))
-                                    or not 0 <= class_index < (num_classes or class_index + 1)):
-        raise ValueError(f"grad_cam: `class_index` must be an integer in [0, {num_classes}) (the model's "
-                         f"outputs); got {class_index!r}.")
+    class_index = check_int("grad_cam", "class_index", class_index, minimum=0, allow_none=True,
+                            maximum=None if num_classes is None else num_classes - 1, note=" (the model's outputs)")
     probe = keras.Model(_single_or_list(model.inputs), [model.get_layer(layer_name).output, model.output])
     images = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:

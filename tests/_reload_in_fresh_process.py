@@ -1,10 +1,13 @@
 """Run as a script in a fresh interpreter: reload a saved model and compare outputs.
 
-    python _reload_in_fresh_process.py FORMAT PATH EXPECTED.npz
+    python _reload_in_fresh_process.py FORMAT PATH EXPECTED.npz [FORMAT PATH EXPECTED.npz ...]
 
 FORMAT: keras | h5 | tf_keras_savedmodel (loaded with the Keras loader) |
 savedmodel (Keras 3 `model.export`, served with `tf.saved_model.load`, no
-keras_attention import needed). Exits non-zero on any difference.
+keras_attention import needed). EXPECTED.npz holds the inputs (`in00`, `in01`,
+...), the outputs (`out00`, ...) and, for a model compiled with a loss,
+`y_true` and the `loss` value, which the reloaded model's own loss must give.
+Exits non-zero on any difference.
 """
 
 import sys
@@ -12,10 +15,14 @@ import sys
 import numpy as np
 
 
-def main(fmt, path, expected_path):
+def _sorted(data, prefix):
+    return [data[k] for k in sorted(k for k in data.files if k.startswith(prefix))]
+
+
+def check(fmt, path, expected_path):
     data = np.load(expected_path)
-    inputs = data["inputs"]
-    expected = [data[k] for k in sorted(k for k in data.files if k.startswith("out"))]
+    inputs, expected = _sorted(data, "in"), _sorted(data, "out")
+    inputs = inputs[0] if len(inputs) == 1 else inputs
     if fmt == "savedmodel":
         import tensorflow as tf
 
@@ -36,8 +43,15 @@ def main(fmt, path, expected_path):
             np.testing.assert_allclose(np.asarray(out), exp, rtol=1e-6, atol=1e-6, err_msg=f"output {i} ({fmt})")
         else:
             np.testing.assert_array_equal(np.asarray(out), exp, err_msg=f"output {i} ({fmt})")
+    if "loss" in data.files:
+        name = type(model.loss).__name__
+        value = float(np.asarray(model.loss(data["y_true"], outputs[0])))
+        np.testing.assert_allclose(value, float(data["loss"]), rtol=1e-6, err_msg=f"the reloaded {name}")
+        print(f"LOSS_OK {name}")
     print(f"RELOAD_OK {fmt} {len(expected)} outputs")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    args = sys.argv[1:]
+    for start in range(0, len(args), 3):
+        check(*args[start:start + 3])

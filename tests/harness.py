@@ -2,11 +2,12 @@
 
 `run_layer_test(cls, init_kwargs, input_shape, ...)` checks, for the active
 Keras (Keras 3 on TensorFlow or JAX, or tf_keras):
-  1. symbolic and eager output shapes (and an unknown spatial size when allowed);
+  1. symbolic and eager output shapes;
   2. `get_config()` round trip: same config, and the clone computes the same
      with the same weights; deserialization by the registered name;
   3. `.keras` save and reload (in process, `safe_mode=True`): identical outputs;
   4. the NumPy reference of the paper's formula, on random weights, to 1e-5;
+     with unknown sizes allowed, a model built on them computes the same in `predict`;
   5. a training step inside `compile(jit_compile=True)`: loss finite, every
      trainable weight moved (plain SGD moves a weight iff its gradient is non-zero);
   6. `mixed_float16` and `mixed_bfloat16`: output in the compute dtype, finite,
@@ -77,11 +78,19 @@ def check_shapes(layer_cls, init_kwargs, input_shapes, expected_output_shapes):
     return layer, model
 
 
-def check_unknown_sizes(layer_cls, init_kwargs, dynamic_shapes, input_shapes):
-    """The layer builds on shapes with unknown (None) sizes and runs on concrete ones."""
-    model = build_model(layer_cls(**init_kwargs), dynamic_shapes)
-    for out in _call(model, random_inputs(input_shapes)):
-        assert np.all(np.isfinite(out))
+def check_unknown_sizes(layer_cls, init_kwargs, model, dynamic_shapes, input_shapes):
+    """Built on shapes with unknown (None) sizes, the layer computes what the fixed-size `model` does.
+
+    `predict` runs a compiled graph in which the sizes stay unknown (on TensorFlow
+    SpatialAttention then takes its plain convolution), the fixed-size model runs
+    eagerly: two formulations, one function.
+    """
+    dynamic = build_model(layer_cls(**init_kwargs), dynamic_shapes)
+    dynamic.set_weights(model.get_weights())
+    inputs = random_inputs(input_shapes, seed=8)
+    actual = as_list_outputs(dynamic.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0))
+    _assert_outputs_close([to_numpy(o) for o in actual], _call(model, inputs), 1e-5, 1e-5,
+                          "the model built with unknown sizes differs from the fixed-size one")
 
 
 def check_config_round_trip(layer, model, input_shapes):
@@ -173,13 +182,13 @@ def run_layer_test(
     input_shapes = as_list(input_shape)
     expected = as_list(expected_output_shape or input_shape)
     layer, model = check_shapes(layer_cls, init_kwargs, input_shapes, expected)
-    if dynamic_input_shape is not None:
-        check_unknown_sizes(layer_cls, init_kwargs, as_list(dynamic_input_shape), input_shapes)
     check_config_round_trip(layer, model, input_shapes)
     if tmp_path is not None:
         check_keras_file(model, input_shapes, tmp_path)
     if reference_fn is not None:
-        check_reference(layer, model, input_shapes, reference_fn)
+        check_reference(layer, model, input_shapes, reference_fn)  # leaves random (not identity) weights
+    if dynamic_input_shape is not None:
+        check_unknown_sizes(layer_cls, init_kwargs, model, as_list(dynamic_input_shape), input_shapes)
     if run_dtype_policies:
         check_dtype_policies(layer_cls, init_kwargs, model, input_shapes)
     if run_training:

@@ -28,10 +28,12 @@ import pytest
 import keras_attention as ka
 from keras_attention.backbones import attention_layers
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from tests.harness import to_numpy
 
 L = keras.layers
 KERAS3_TF = not IS_LEGACY and BACKEND == "tensorflow"
 REPRESENTATIVE = {"ResNet50", "MobileNetV2", "EfficientNetB0", "ConvNeXtTiny", "user_cnn"}
+LEGACY_ONLY = {"RegNetX002", "ResNetRS50"}  # families tf_keras has and Keras 3 dropped
 
 
 # ----------------------------------------------------------------------------
@@ -178,7 +180,29 @@ SPECS = [
          anchors=["block1_conv2_cbam", "block2_conv2_cbam", "block3_conv3_cbam", "block4_conv3_cbam",
                   "block5_conv3_cbam"]),
     Spec("Xception", known=3 + 8 + 1, anchors=r"^(block\d+_pool|block\d+_sepconv3_bn)_cbam$", size=71),
+    # The residual sum is keras.applications' own CustomScaleLayer (x + scale * r), not an Add.
+    Spec("InceptionResNetV2", count=count_class("CustomScaleLayer"), known=10 + 20 + 10, size=75,
+         anchors=r"^block(35|17|8)_\d+_conv_cbam$"),
+    # No residual blocks: each cell sums pairs of branches (80 Adds: the deeper input of each) and
+    # concatenates those sums with its input (52 new features), counted from Keras 3.15's graph.
+    Spec("NASNetMobile", count=lambda m: count_add_layers(m) + 52, known=132,
+         anchors=r"^(separable_conv_\d_bn_|add_|normal_add_|normal_(left|right)|reduction_left).*cbam$"),
+    # tf_keras only (Keras 3 dropped them). RegNetX-200MF's depths (1, 1, 4, 7); the sum is `x + skip`.
+    Spec("RegNetX002", count=lambda m: 1 + 1 + 4 + 7, known=13, anchors=r"^regnetx002_Stage_\d_XBlock_\d_conv_1x1_2_bn_cbam$"),
+    Spec("ResNetRS50", known=3 + 4 + 6 + 3, anchors=r"^BlockGroup\d__block_\d__se_se_excite_cbam$"),
 ]
+# Families with no residual or dense merge: where="residual" is refused with a pointer to "stages".
+NO_RESIDUAL = {"VGG16": "vgg16", "VGG19": "vgg19", "MobileNet": "mobilenet", "InceptionV3": "inception_v3"}
+
+
+def applications_families():
+    """Every model family of the active Keras' applications: module name -> its constructors."""
+    families = {}
+    for name in dir(keras.applications):
+        constructor = getattr(keras.applications, name)
+        if name[:1].isupper() and callable(constructor):
+            families.setdefault(constructor.__module__.rsplit(".", 1)[-1], []).append(name)
+    return families
 
 
 def spec_params():
@@ -187,7 +211,9 @@ def spec_params():
         marks = []
         if spec.name != "user_cnn":
             marks.append(pytest.mark.slow)
-        if not KERAS3_TF and spec.name not in REPRESENTATIVE:
+        if spec.name != "user_cnn" and not hasattr(keras.applications, spec.name):
+            marks.append(pytest.mark.skip(reason=f"this Keras has no keras.applications.{spec.name}"))
+        elif not KERAS3_TF and spec.name not in REPRESENTATIVE | LEGACY_ONLY:
             marks.append(pytest.mark.skip(
                 reason="the full backbone list runs under Keras 3 on TensorFlow; JAX and tf_keras run "
                        "a representative subset (ResNet50, MobileNetV2, EfficientNetB0, ConvNeXtTiny, user CNN)"))
@@ -198,10 +224,6 @@ def spec_params():
 # ----------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------
-
-
-def to_numpy(x):
-    return np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype="float64")
 
 
 def images(n, size, seed=0):
@@ -291,6 +313,24 @@ def test_attach_backbone(spec):
     for before, w in zip(weights_before, original.weights[:4]):
         np.testing.assert_array_equal(before, w.numpy())
     np.testing.assert_array_equal(to_numpy(original(x, training=False)), expected)
+
+
+def test_every_applications_family_is_covered():
+    """A family the active Keras adds fails here until attach(where="residual") is tested on it."""
+    families = applications_families()
+    tested = {getattr(keras.applications, spec.name).__module__.rsplit(".", 1)[-1]
+              for spec in SPECS if spec.where == "residual" and hasattr(keras.applications, spec.name)}
+    assert not set(families) - tested - set(NO_RESIDUAL.values()), families
+    assert all(name in families[family] for name, family in NO_RESIDUAL.items())
+
+
+@pytest.mark.parametrize("name", sorted(NO_RESIDUAL))
+def test_families_without_residual_blocks_are_refused_with_a_pointer(name):
+    size = 75 if name == "InceptionV3" else 32
+    original = getattr(keras.applications, name)(weights=None, include_top=False, input_shape=(size, size, 3))
+    with pytest.raises(ValueError, match=f"where='residual' matches nothing: model '{original.name}'.*where='stages'"):
+        ka.attach(original, "cbam")
+    assert attention_layers(ka.attach(original, "cbam", where="stages"))  # control: the pointer works
 
 
 @pytest.mark.parametrize("size", [None, 48])

@@ -128,6 +128,19 @@ def test_mask_loss_refuses_what_it_would_silently_misread(change, message):
     assert np.isfinite(float(np.asarray(mask_loss(*good))))  # control
 
 
+def test_mask_loss_on_tensors_makes_a_class_out_of_range_loud():
+    """Tensor classes are not read back to the host (a sync per step); a class >= K gives NaN, not a zero logit."""
+    from keras_attention.backend import ops
+    from keras_attention.losses import mask_loss
+    from tests.harness import to_numpy
+
+    targets, logits, classes = _mask_inputs()
+    bad = ops.convert_to_tensor(np.where(classes == 1, 2, classes))
+    assert np.isnan(float(to_numpy(mask_loss(targets, logits, bad))))
+    good = ops.convert_to_tensor(classes)  # control: the same tensors with classes in range
+    assert np.isfinite(float(to_numpy(mask_loss(targets, logits, good))))
+
+
 @pytest.mark.parametrize("case, message", [
     ("batch", "features and boxes must have the same batch size"),
     ("coarse_first", "feature levels must go from fine to coarse"),
@@ -159,7 +172,7 @@ def test_crop_mask_targets_empty_boxes_nan_boxes_and_size():
     assert crop_mask_targets(masks, np.array([[2, 2, 2.5, 6], [3, 3, 4, 4]], "float32"), size=4).all()  # control
     with pytest.raises(ValueError, match=r"crop_mask_targets: boxes must be finite; got \[nan, 0.0, 4.0, 4.0\]"):
         crop_mask_targets(masks, np.array([[np.nan, 0, 4, 4], [0, 0, 4, 4]], "float32"))
-    with pytest.raises(ValueError, match="crop_mask_targets: `size` must be a positive integer"):
+    with pytest.raises(ValueError, match="crop_mask_targets: `size` must be an integer >= 1"):
         crop_mask_targets(masks, np.array([[0, 0, 4, 4], [0, 0, 4, 4]], "float32"), size=0)
 
 
@@ -201,7 +214,7 @@ def test_grad_cam_class_out_of_range():
     if backend.BACKEND != "tensorflow":
         pytest.skip("grad_cam uses TensorFlow's GradientTape")
     model, images = _tiny_model(), np.zeros((2, 8, 8, 3), "float32")
-    with pytest.raises(ValueError, match=r"grad_cam: `class_index` must be an integer in \[0, 3\).*got 3"):
+    with pytest.raises(ValueError, match=r"grad_cam: `class_index` must be an integer in \[0, 2\].*got 3"):
         visualize.grad_cam(model, images, class_index=3)
     assert visualize.grad_cam(model, images, class_index=2).shape[0] == 2  # control
 
@@ -212,3 +225,17 @@ def test_context_enhancement_says_which_layout_it_assumed():
         ka.ContextEnhancement(channels=4, data_format="channels_last")([c4, c5])
     out = ka.ContextEnhancement(channels=4, data_format="channels_first")([c4, c5])  # control
     assert tuple(out.shape) == (1, 4, 20, 20)
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: ka.CBAM(reductoin=4, **kw), lambda **kw: ka.ChannelAttention(reductoin=4, **kw),
+    lambda **kw: ka.SpatialAttention(kernel=7, **kw), lambda **kw: ka.SqueezeExcitation(reductoin=4, **kw),
+    lambda **kw: ka.EfficientChannelAttention(kernel=3, **kw), lambda **kw: ka.ContextEnhancement(chanels=8, **kw),
+    lambda **kw: ka.LightRPNHead(5, filter=8, **kw), lambda **kw: ka.RPNGuidedSpatialAttention(gates="sigmoid", **kw),
+    lambda **kw: ka.SAGMaskHead(3, filter=8, **kw), lambda **kw: ka.RoIAlign(strides=4, outputsize=7, **kw),
+])
+def test_an_unknown_keyword_names_the_layer_and_what_it_takes(make):
+    with pytest.raises(TypeError, match=r"^\w+: unknown keyword argument\(s\) \['\w+'\]; \w+ takes \[.+\] and Keras"):
+        make()
+    with pytest.raises(TypeError, match="unknown keyword"):
+        make(name="x")  # Keras' own arguments do not hide it

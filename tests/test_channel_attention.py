@@ -77,7 +77,7 @@ def test_unknown_channels():
         (dict(gate="relu"), "unknown `gate` 'relu'"),
         (dict(pooling=("avg", "lse")), "unknown `pooling` 'lse'"),
         (dict(pooling=()), "`pooling` must be a non-empty selection"),
-        (dict(reduction=0), "`reduction` must be a positive integer"),
+        (dict(reduction=0), "`reduction` must be an integer >= 1"),
         (dict(data_format="NHWC"), "unknown `data_format` 'NHWC'"),
     ],
 )

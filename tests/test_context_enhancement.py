@@ -137,7 +137,7 @@ def test_mismatched_batch_and_eager_sizes():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="ContextEnhancement: `channels` must be a positive integer; got 0"):
+    with pytest.raises(ValueError, match="ContextEnhancement: `channels` must be an integer >= 1; got 0"):
         ka.ContextEnhancement(0)
     with pytest.raises(ValueError, match="ContextEnhancement: unknown `data_format` 'nhwc'"):
         ka.ContextEnhancement(data_format="nhwc")

@@ -75,7 +75,7 @@ def test_batchnorm_uses_batch_statistics_when_training():
 def test_bad_counts(arg, value):
     kwargs = dict(num_anchors=3)
     kwargs[arg] = value
-    with pytest.raises(ValueError, match=f"LightRPNHead: `{arg}` must be a positive integer"):
+    with pytest.raises(ValueError, match=f"LightRPNHead: `{arg}` must be an integer >= 1"):
         ka.LightRPNHead(**kwargs)
 
 

@@ -107,3 +107,8 @@ def test_encode_mask_targets_bad_inputs():
         losses.encode_mask_targets(np.zeros((2, 3, 28, 28)), np.zeros((2, 4), int), 3)
     with pytest.raises(ValueError, match="classes must be < num_classes"):
         losses.encode_mask_targets(np.zeros((1, 28, 28)), np.array([3]), 3)
+    with pytest.raises(ValueError, match="encode_mask_targets: classes must be integers.*got dtype float64"):
+        losses.encode_mask_targets(np.zeros((1, 28, 28)), np.array([1.5]), 3)
+    with pytest.raises(ValueError, match="encode_mask_targets: `num_classes` must be an integer >= 1; got 0"):
+        losses.encode_mask_targets(np.zeros((1, 28, 28)), np.array([0]), 0)
+    assert losses.encode_mask_targets(np.zeros((1, 28, 28)), np.array([2]), 3).shape == (1, 28, 28, 3)  # control

@@ -270,38 +270,19 @@ def test_savedmodel_round_trip(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
-_RELOAD_SCRIPT = """
-import sys
-import numpy as np
-import keras_attention  # registers the layers: no custom_objects
-from keras_attention.backend import keras
-for path, data_path in zip(sys.argv[1::2], sys.argv[2::2]):
-    data = np.load(data_path)
-    model = keras.models.load_model(path, safe_mode=True)
-    outputs = model([data["c4"], data["c5"]], training=False)
-    for i, out in enumerate(outputs):
-        np.testing.assert_array_equal(np.asarray(out), data[f"out{i}"])
-print("RELOAD_OK")
-"""
-
-
 @pytest.mark.slow
 def test_keras_file_reloads_in_a_fresh_process(tmp_path):
     """`import keras_attention` is all a fresh process needs: safe_mode, no custom_objects, both data formats."""
+    from tests.test_serialization import reload_elsewhere, save_expected
+
     args = []
     for data_format in ("channels_last", "channels_first"):
         model = _trained_like_graph(data_format)
         inputs = _graph_inputs_for(data_format, seed=7)
-        outputs = _outputs(model, inputs)
-        path, data_path = tmp_path / f"{data_format}.keras", tmp_path / f"{data_format}.npz"
+        path = tmp_path / f"{data_format}.keras"
         model.save(str(path))
-        np.savez(data_path, c4=inputs[0], c5=inputs[1], **{f"out{i}": o for i, o in enumerate(outputs)})
-        args += [str(path), str(data_path)]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", _RELOAD_SCRIPT, *args],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0 and "RELOAD_OK" in result.stdout, result.stdout + result.stderr[-3000:]
+        args += ["keras", path, save_expected(tmp_path / f"{data_format}.npz", inputs, _outputs(model, inputs))]
+    reload_elsewhere(*args)
 
 
 # --- examples/thundernet_sam.py ---------------------------------------------------------------

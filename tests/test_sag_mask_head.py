@@ -171,7 +171,7 @@ def test_bad_arguments():
     for bad in (0, -2, 1.5, True, None):
         with pytest.raises(ValueError, match="SAGMaskHead: `num_classes` must be an integer >= 1"):
             ka.SAGMaskHead(bad)
-    with pytest.raises(ValueError, match="`filters` must be a positive integer"):
+    with pytest.raises(ValueError, match="`filters` must be an integer >= 1"):
         ka.SAGMaskHead(3, filters=0)
     with pytest.raises(ValueError, match="`num_convs` must be an integer >= 0"):
         ka.SAGMaskHead(3, num_convs=-1)

@@ -42,13 +42,25 @@ def every_layer_model():
     return model
 
 
-def _reload_elsewhere(fmt, path, expected_path):
-    env = dict(os.environ)
+def save_expected(path, inputs, outputs, **extra):
+    """The npz `_reload_in_fresh_process.py` reads: inputs `in00`..., outputs `out00`..., extras."""
+    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    np.savez(path, **{f"in{i:02d}": x for i, x in enumerate(inputs)},
+             **{f"out{i:02d}": to_numpy(o).astype("float32") for i, o in enumerate(outputs)}, **extra)
+    return path
+
+
+def reload_elsewhere(*fmt_path_expected):
+    """Runs `_reload_in_fresh_process.py` on (format, path, expected.npz) triples; returns its stdout."""
+    root = os.path.dirname(HERE)
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "_reload_in_fresh_process.py"), fmt, str(path), str(expected_path)],
+        [sys.executable, os.path.join(HERE, "_reload_in_fresh_process.py"), *map(str, fmt_path_expected)],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert result.returncode == 0 and "RELOAD_OK" in result.stdout, result.stdout + result.stderr[-3000:]
+    return result.stdout
 
 
 def _formats():
@@ -64,16 +76,39 @@ def _formats():
 def test_reload_in_fresh_process(tmp_path):
     model = every_layer_model()
     inputs = np.random.default_rng(0).normal(size=(3, 12, 10, 32)).astype("float32")
-    outputs = [to_numpy(o).astype("float32") for o in model(inputs, training=False)]
-    expected_path = tmp_path / "expected.npz"
-    np.savez(expected_path, inputs=inputs, **{f"out{i:02d}": o for i, o in enumerate(outputs)})
+    expected_path = save_expected(tmp_path / "expected.npz", inputs, model(inputs, training=False))
+    args = []
     for fmt, name in _formats():
         path = tmp_path / name
         if fmt == "savedmodel":
             model.export(str(path), verbose=False)
         else:
             model.save(str(path))
-        _reload_elsewhere(fmt, path, expected_path)
+        args += [fmt, path, expected_path]
+    reload_elsewhere(*args)
+
+
+@pytest.mark.slow
+def test_centermask_parts_reload_in_a_fresh_process(tmp_path):
+    """RoIAlign feeding SAGMaskHead, compiled with MaskLoss: outputs and the reloaded loss are the same."""
+    from keras_attention.losses import MaskLoss, encode_mask_targets
+
+    features, boxes = keras.Input((16, 16, 8)), keras.Input((3, 4))
+    rois = ka.RoIAlign(output_size=7, strides=4)([features, boxes])
+    model = keras.Model([features, boxes], ka.SAGMaskHead(3, filters=8, num_convs=1)(rois))
+    for layer in model.layers:
+        if layer.weights:
+            randomize_weights(layer, seed=5)
+    model.compile(loss=MaskLoss())
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(2, 16, 16, 8)).astype("float32"),
+         np.array([[[2, 3, 40, 50], [0, 0, 63, 63], [10.5, 20.25, 30, 33]]] * 2, "float32")]
+    outputs = model(x, training=False)
+    y_true = encode_mask_targets(rng.uniform(size=(2, 3, 14, 14)), np.array([[0, 2, -1], [1, 1, 0]]), 3)
+    loss = float(to_numpy(MaskLoss()(y_true, outputs)))
+    model.save(str(tmp_path / "centermask.keras"))
+    expected = save_expected(tmp_path / "expected.npz", x, outputs, y_true=y_true, loss=loss)
+    assert "LOSS_OK MaskLoss" in reload_elsewhere("keras", tmp_path / "centermask.keras", expected)
 
 
 def test_saved_config_names_the_package():

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
+from keras_attention.backend import keras
 from tests.harness import build_model, random_inputs, run_layer_test
 from tests.layer_reference import reference_output
 
@@ -49,6 +50,13 @@ def test_start_as_identity_is_exact_and_trains():
     model = build_model(layer, [(2, 12, 12, 8)])
     x = random_inputs([(2, 12, 12, 8)], scale=3.0)[0]
     np.testing.assert_allclose(np.asarray(model(x)), x, rtol=1e-6, atol=1e-6)
+    # Away from the identity by training: the target halves the left half of every map.
+    target = x * np.where(np.arange(12) < 6, 0.5, 1.0)[None, None, :, None].astype("float32")
+    kernel = np.array(layer.conv.kernel.numpy())
+    model.compile(keras.optimizers.Adam(0.005), loss="mse")
+    history = model.fit(x, target, epochs=20, verbose=0).history["loss"]
+    assert history[-1] < 0.7 * history[0], history
+    assert not np.array_equal(kernel, layer.conv.kernel.numpy())
 
 
 @pytest.mark.parametrize("kernel_size", [0, 4, -3, 2.0, True])

@@ -5,8 +5,13 @@ under XLA, and on TensorFlow `CBAM` runs as one function with a hand-written
 gradient (see `layers/_xla.py`); eager calls, which the harness checks, take the
 plain layers. Here the compiled forward pass is compared with the NumPy
 reference and its gradients with those of the plain (non-XLA) graph, which
-TensorFlow's and JAX's autodiff compute.
+TensorFlow's and JAX's autodiff compute. On JAX `jax.grad` traces too, which a
+layer cannot tell from XLA tracing, so the reference forces the plain layers and
+each test counts which path traced.
 """
+
+import contextlib
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,8 +21,39 @@ from keras_attention.backend import BACKEND
 from tests.layer_reference import randomize_weights, reference_output
 
 
+@contextlib.contextmanager
+def _counting_shifted_sums(calls):
+    """Counts SpatialAttention's XLA-only convolution (a sum of shifted views) into `calls`."""
+    import keras_attention.layers.spatial as spatial
+
+    original = spatial.shifted_sum_conv
+    with mock.patch.object(spatial, "shifted_sum_conv", lambda *a: calls.append(1) or original(*a)):
+        yield
+
+
+@contextlib.contextmanager
+def _plain_layers():
+    """Forces the plain formulation: under `jax.grad` every value is a tracer, which reads as XLA tracing."""
+    import keras_attention.layers.cbam as cbam
+    import keras_attention.layers.spatial as spatial
+
+    never = lambda tensor: False  # noqa: E731
+    with mock.patch.object(spatial, "xla_compiling", never), mock.patch.object(cbam, "xla_compiling", never):
+        yield
+
+
 def _compiled_forward_and_grad(layer, x, g):
-    """Forward output and d(sum(out * g))/d(x, weights) under XLA, plus the plain-graph gradient."""
+    """Forward output and d(sum(out * g))/d(x, weights) under XLA, the plain-graph gradient, and how
+    many shifted-sum convolutions each traced (the control that the two took different paths)."""
+    compiled_calls, plain_calls = [], []
+    with _counting_shifted_sums(compiled_calls):
+        out, grads = _forward_and_grad(layer, x, g, jit=True)
+    with _counting_shifted_sums(plain_calls), _plain_layers():
+        _, plain = _forward_and_grad(layer, x, g, jit=False)
+    return out, grads, plain, (len(compiled_calls), len(plain_calls))
+
+
+def _forward_and_grad(layer, x, g, jit):
     if BACKEND == "jax":
         import jax
 
@@ -25,11 +61,10 @@ def _compiled_forward_and_grad(layer, x, g):
         frozen = [v.value for v in layer.non_trainable_variables]
         forward = lambda p, x: layer.stateless_call(p, frozen, x)[0]  # noqa: E731
         loss = lambda p, x: (forward(p, x) * g).sum()  # noqa: E731
-        out = jax.jit(forward)(params, x)
-        grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
-        plain = jax.grad(loss, argnums=(0, 1))(params, x)  # op by op, no trace: plain layers
-        flat = lambda gr: [np.asarray(t) for t in gr[0]] + [np.asarray(gr[1])]  # noqa: E731
-        return np.asarray(out), flat(grads), flat(plain)
+        maybe_jit = jax.jit if jit else (lambda f: f)
+        out = maybe_jit(forward)(params, x)
+        grads = maybe_jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+        return np.asarray(out), [np.asarray(t) for t in grads[0]] + [np.asarray(grads[1])]
     import tensorflow as tf
 
     x = tf.constant(x)
@@ -41,9 +76,8 @@ def _compiled_forward_and_grad(layer, x, g):
             loss = tf.reduce_sum(out * g)
         return out, tape.gradient(loss, layer.trainable_variables + [x])
 
-    out, grads = tf.function(forward_and_grad, jit_compile=True)(x)
-    _, plain = tf.function(forward_and_grad)(x)
-    return out.numpy(), [t.numpy() for t in grads], [t.numpy() for t in plain]
+    out, grads = tf.function(forward_and_grad, jit_compile=jit)(x)
+    return out.numpy(), [t.numpy() for t in grads]
 
 
 @pytest.mark.parametrize(
@@ -65,10 +99,13 @@ def test_xla_forward_matches_reference_and_gradients_match_plain_graph(make_laye
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape).astype("float32")
     g = rng.normal(size=shape).astype("float32")
-    out, grads, plain = _compiled_forward_and_grad(layer, x, g)
+    out, grads, plain, (compiled_calls, plain_calls) = _compiled_forward_and_grad(layer, x, g)
     np.testing.assert_allclose(out, reference_output(layer, x), rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, plain):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert plain_calls == 0  # the reference gradient came from the plain layers
+    if isinstance(layer, ka.SpatialAttention):
+        assert compiled_calls > 0  # and the compiled one from the shifted sums
 
 
 def test_xla_path_under_mixed_precision():
@@ -100,10 +137,11 @@ def test_cbam_xla_gradient_splits_ties_like_autodiff(channels):
     x[..., :3] = 0.0
     x[..., 5] = 1.0
     g = rng.normal(size=shape).astype("float32")
-    out, grads, plain = _compiled_forward_and_grad(layer, x, g)
+    out, grads, plain, (_, plain_calls) = _compiled_forward_and_grad(layer, x, g)
     np.testing.assert_allclose(out, reference_output(layer, x), rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, plain):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert plain_calls == 0
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused CBAM is TensorFlow's XLA path only")

@@ -12,7 +12,7 @@ layer's one forward pass, and the int8 file computes what QAT trained.
 """
 
 from keras_attention.backend import IS_LEGACY, build_sublayer
-from keras_attention.layers._validation import apply_gate
+from keras_attention.layers._validation import apply_gate, check_layer_kwargs
 
 QUANTIZATIONS = (None, "int8")
 
@@ -33,7 +33,7 @@ class QuantizationPoints:
             )
         self.quantization = quantization
         self._quantizers = {}
-        return kwargs
+        return check_layer_kwargs(self, kwargs)
 
     def quantization_points(self):
         """Names of the int8 tensors inside the layer (subclasses list theirs)."""

@@ -3,6 +3,7 @@
 Every error names the layer, what it got and what it expects.
 """
 
+from keras_attention._checks import check_int  # noqa: F401 - re-exported for the layers
 from keras_attention.backend import image_data_format, ops
 
 GATES = ("sigmoid", "hard_sigmoid")
@@ -27,6 +28,30 @@ def normalize_pooling(layer_name, pooling):
     for kind in pooling:
         check_choice(layer_name, "pooling", kind, POOLINGS)
     return pooling
+
+
+# What Keras' base Layer (Keras 3 or tf_keras) takes besides a layer's own arguments.
+BASE_LAYER_KWARGS = frozenset({
+    "name", "dtype", "trainable", "autocast", "dynamic", "input_shape", "batch_input_shape", "batch_size",
+    "input_dim", "weights", "activity_regularizer",
+})
+
+
+def check_layer_kwargs(layer, kwargs):
+    """An unknown keyword (a typo such as `reductoin`) named with the layer's own arguments.
+
+    Keras 3 would say "Unrecognized keyword arguments", tf_keras only "Keyword
+    argument not understood"; neither lists what the layer takes.
+    """
+    import inspect
+
+    unknown = sorted(set(kwargs) - BASE_LAYER_KWARGS)
+    if unknown:
+        name = type(layer).__name__
+        own = [p for p in inspect.signature(type(layer).__init__).parameters if p not in ("self", "kwargs")]
+        raise TypeError(f"{name}: unknown keyword argument(s) {unknown}; {name} takes {own} and Keras' layer "
+                        "arguments (name, dtype, trainable).")
+    return kwargs
 
 
 def check_floating(layer_name, inputs):
@@ -54,14 +79,6 @@ def check_odd_kernel_size(layer_name, kernel_size):
             f"its size with 'same' padding); got {kernel_size!r}."
         )
     return kernel_size
-
-
-def check_positive_int(layer_name, arg, value, allow_none=False):
-    if value is None and allow_none:
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{layer_name}: `{arg}` must be a positive integer; got {value!r}.")
-    return value
 
 
 def channels_of(layer_name, input_shape, data_format):

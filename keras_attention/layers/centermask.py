@@ -57,13 +57,9 @@ class SAGMaskHead(QuantizationPoints, keras.layers.Layer):
                  data_format=None, **kwargs):
         super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"{name}: `num_classes` must be an integer >= 1; got {num_classes!r}.")
-        self.num_classes = num_classes
-        self.filters = v.check_positive_int(name, "filters", filters)
-        if isinstance(num_convs, bool) or not isinstance(num_convs, int) or num_convs < 0:
-            raise ValueError(f"{name}: `num_convs` must be an integer >= 0; got {num_convs!r}.")
-        self.num_convs = num_convs
+        self.num_classes = v.check_int(name, "num_classes", num_classes)
+        self.filters = v.check_int(name, "filters", filters)
+        self.num_convs = v.check_int(name, "num_convs", num_convs, minimum=0)
         self.class_agnostic = bool(class_agnostic)
         self.use_attention = bool(use_attention)
         self.data_format = v.normalize_data_format(name, data_format)

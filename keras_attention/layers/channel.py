@@ -129,8 +129,8 @@ class ChannelAttention(_ChannelGateBase):
     ):
         super().__init__(gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs)
         name = type(self).__name__
-        self.reduction = v.check_positive_int(name, "reduction", reduction)
-        self.min_channels = v.check_positive_int(name, "min_channels", min_channels, allow_none=True)
+        self.reduction = v.check_int(name, "reduction", reduction)
+        self.min_channels = v.check_int(name, "min_channels", min_channels, allow_none=True)
         self._pooling = v.normalize_pooling(name, pooling)
         self.use_bias = bool(use_bias)
 

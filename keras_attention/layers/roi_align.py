@@ -63,8 +63,8 @@ def _pair(layer_name, arg, value, allow_none=False):
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise ValueError(f"{layer_name}: `{arg}` must be an int or a pair (height, width); got {value!r}.")
-        return tuple(v.check_positive_int(layer_name, arg, x) for x in value)
-    value = v.check_positive_int(layer_name, arg, value)
+        return tuple(v.check_int(layer_name, arg, x) for x in value)
+    value = v.check_int(layer_name, arg, value)
     return (value, value)
 
 
@@ -151,7 +151,7 @@ class RoIAlign(keras.layers.Layer):
     def __init__(self, output_size=14, sampling_ratio=2, aligned=True, strides=None, image_size=None,
                  data_format=None, **kwargs):
         kwargs.setdefault("autocast", False)  # boxes stay float32 under mixed precision
-        super().__init__(**kwargs)
+        super().__init__(**v.check_layer_kwargs(self, kwargs))
         name = type(self).__name__
         self.output_size = _pair(name, "output_size", output_size)
         if sampling_ratio == 0:
@@ -160,7 +160,7 @@ class RoIAlign(keras.layers.Layer):
                 "would depend on each box's size, which XLA and TFLite cannot compile. Use a "
                 "positive int (CenterMask uses 2)."
             )
-        self.sampling_ratio = v.check_positive_int(name, "sampling_ratio", sampling_ratio)
+        self.sampling_ratio = v.check_int(name, "sampling_ratio", sampling_ratio)
         self.aligned = bool(aligned)
         if strides is None and image_size is None:
             raise ValueError(

@@ -162,7 +162,7 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
     def __init__(self, channels=245, data_format=None, **kwargs):
         super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
-        self.channels = v.check_positive_int(name, "channels", channels)
+        self.channels = v.check_int(name, "channels", channels)
         self.data_format = v.normalize_data_format(name, data_format)
 
     def _check_shapes(self, input_shape):
@@ -279,8 +279,8 @@ class LightRPNHead(QuantizationPoints, keras.layers.Layer):
     def __init__(self, num_anchors, filters=256, kernel_size=5, data_format=None, **kwargs):
         super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
-        self.num_anchors = v.check_positive_int(name, "num_anchors", num_anchors)
-        self.filters = v.check_positive_int(name, "filters", filters)
+        self.num_anchors = v.check_int(name, "num_anchors", num_anchors)
+        self.filters = v.check_int(name, "filters", filters)
         self.kernel_size = v.check_odd_kernel_size(name, kernel_size)
         self.data_format = v.normalize_data_format(name, data_format)
 
