@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-tf test-jax test-legacy clean
+.PHONY: demo test test-tf test-jax test-legacy battery clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test-jax: $(STAMP)
 	KERAS_BACKEND=jax $(PYTEST) tests $(ARGS)
 test-legacy: $(STAMP)
 	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests $(ARGS)
+
+# Bad inputs across the public API in the three modes: clear / vague / silent / crash counts.
+battery: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PY) tools/bad_input_battery.py
+	KERAS_BACKEND=jax $(PY) tools/bad_input_battery.py
+	TF_USE_LEGACY_KERAS=1 $(PY) tools/bad_input_battery.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info keras_attention_demo

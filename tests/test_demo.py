@@ -102,18 +102,21 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     (["--size", "0"], "`size` must be an integer >= 32 (MobileNetV2's smallest input); got 0"),
     (["--seed", "-1"], "`seed` must be an integer >= 0; got -1"),
 ])
-def test_bad_demo_arguments_fail_at_once_in_one_line(tmp_path, args, message):
+def test_bad_demo_arguments_fail_at_once_in_one_line(tmp_path, capsys, args, message):
+    # In process (the entry point itself is run by test_cli_reports_errors_without_a_traceback).
+    from keras_attention.cli import main
+
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "report.json").write_text("{}")
-    result = _demo(*args, "--out", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"keras-attention demo: keras_attention demo: {message}."
-    assert "Traceback" not in result.stderr
+    assert main(["demo", *args, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"keras-attention demo: keras_attention demo: {message}."]
     assert os.listdir(tmp_path / "out") == ["report.json"]  # nothing written, nothing removed
 
 
-def test_demo_output_under_a_file_is_one_line(tmp_path):
+def test_demo_output_under_a_file_is_one_line(tmp_path, capsys):
+    from keras_attention.cli import main
+
     (tmp_path / "a_file").write_text("")
-    result = _demo("--out", str(tmp_path / "a_file" / "out"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "a_file' is a file, not a folder" in result.stderr.strip().splitlines()[-1]
+    assert main(["demo", "--out", str(tmp_path / "a_file" / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "a_file' is a file, not a folder" in lines[0]
