@@ -141,11 +141,13 @@ def load_float_weights(model, path):
             layer.set_weights(weights)
 
 
-def compile_model(model, learning_rate):
+def compile_model(model, learning_rate, eager=False):
+    # eager (--fast): for a few steps, tracing MobileNetV2's training graph costs more than the steps.
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        run_eagerly=eager,
     )
 
 
@@ -159,7 +161,7 @@ def main(argv=None):
     parser.add_argument("--float-weights", default=None,
                         help="float_weights.npz of an earlier run (either Keras mode): skip float training")
     parser.add_argument("--fast", action="store_true",
-                        help="a smoke run: 32x32, a subset, 1 float + 1 QAT epoch (accuracy meaningless)")
+                        help="a smoke run: 32x32, a subset, 1 float + 1 QAT epoch, run eagerly (accuracy meaningless)")
     parser.add_argument("--out", default=None, help="output directory (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.fast:
@@ -181,7 +183,7 @@ def main(argv=None):
     print(f"MobileNetV2 (alpha 0.35) + {n_cbam} CBAM blocks, {model.count_params():,} parameters")
     batch = 32
     steps = max(1, args.epochs * -(-len(x_train) // batch))
-    compile_model(model, keras.optimizers.schedules.CosineDecay(3e-3, steps))
+    compile_model(model, keras.optimizers.schedules.CosineDecay(3e-3, steps), eager=args.fast)
     start = time.time()
     if args.float_weights:  # the other Keras mode's float model: both QAT paths start from the same weights
         load_float_weights(model, args.float_weights)
@@ -209,7 +211,7 @@ def main(argv=None):
     if not IS_LEGACY:  # ranges from data before the first step (tfmot's start at [-6, 6])
         quantization.calibrate(qat_model, calibration)
     print(f"quantize_model: {time.time() - start:.0f} s")
-    compile_model(qat_model, 1e-4)
+    compile_model(qat_model, 1e-4, eager=args.fast)
     qat_model.fit(x_train, y_train, epochs=args.qat_epochs, batch_size=batch, verbose=2 if not args.fast else 0)
     qat_keras_accuracy = None if args.fast else float(qat_model.evaluate(x_test, y_test, verbose=0)[1])
     print(f"QAT fine-tuning: {time.time() - start:.0f} s"
