@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-tf test-jax test-legacy battery clean
+.PHONY: demo test lint test-tf test-jax test-legacy battery clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ demo: $(STAMP)
 
 # Keras 3 on TensorFlow, Keras 3 on JAX, then tf_keras (TF_USE_LEGACY_KERAS=1); two pytest-xdist
 # workers each (CI has 2 cores; much of a test is single-threaded graph building).
-test: $(STAMP)
+test: $(STAMP) lint
 	KERAS_BACKEND=tensorflow $(PYTEST) tests
 	KERAS_BACKEND=jax $(PYTEST) tests
 	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests
+
+# ruff (configured in pyproject.toml): lint, and the format check (`ruff format .` applies it).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PYTEST) tests $(ARGS)

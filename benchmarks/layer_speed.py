@@ -37,9 +37,9 @@ def reference_weights(channels):
     hidden = channels // REDUCTION
     rng = np.random.default_rng(channels)
     return {
-        "w1": rng.normal(0, channels ** -0.5, (channels, hidden)).astype("float32"),
+        "w1": rng.normal(0, channels**-0.5, (channels, hidden)).astype("float32"),
         "b1": rng.normal(0, 0.1, hidden).astype("float32"),
-        "w2": rng.normal(0, hidden ** -0.5, (hidden, channels)).astype("float32"),
+        "w2": rng.normal(0, hidden**-0.5, (hidden, channels)).astype("float32"),
         "b2": rng.normal(0, 0.1, channels).astype("float32"),
         "k": rng.normal(0, 0.1, (KERNEL, KERNEL, 2, 1)).astype("float32"),
     }
@@ -67,8 +67,11 @@ def check(layer, output, x, w):
 def keras_layer(name, channels, w):
     import keras_attention as ka
 
-    layer = {"cbam": lambda: ka.CBAM(REDUCTION, KERNEL), "channel": lambda: ka.ChannelAttention(REDUCTION),
-             "spatial": lambda: ka.SpatialAttention(KERNEL)}[name]()
+    layer = {
+        "cbam": lambda: ka.CBAM(REDUCTION, KERNEL),
+        "channel": lambda: ka.ChannelAttention(REDUCTION),
+        "spatial": lambda: ka.SpatialAttention(KERNEL),
+    }[name]()
     layer.build((None, None, None, channels))
     ca = layer.channel_attention if name == "cbam" else layer if name == "channel" else None
     sa = layer.spatial_attention if name == "cbam" else layer if name == "spatial" else None
@@ -165,8 +168,10 @@ def run_torch(shapes, reps):
             self.fc2 = torch.nn.Linear(*w["w2"].shape)
             self.conv = torch.nn.Conv2d(2, 1, KERNEL, padding=KERNEL // 2, bias=False)
             with torch.no_grad():
-                self.fc1.weight.copy_(torch.from_numpy(w["w1"].T)); self.fc1.bias.copy_(torch.from_numpy(w["b1"]))
-                self.fc2.weight.copy_(torch.from_numpy(w["w2"].T)); self.fc2.bias.copy_(torch.from_numpy(w["b2"]))
+                self.fc1.weight.copy_(torch.from_numpy(w["w1"].T))
+                self.fc1.bias.copy_(torch.from_numpy(w["b1"]))
+                self.fc2.weight.copy_(torch.from_numpy(w["w2"].T))
+                self.fc2.bias.copy_(torch.from_numpy(w["b2"]))
                 self.conv.weight.copy_(torch.from_numpy(w["k"].transpose(3, 2, 0, 1).copy()))
 
         def channel(self, x):
@@ -204,6 +209,7 @@ def run_torch(shapes, reps):
                     with torch.no_grad():
                         m(x)
                     sync()
+
                 return call
 
             def fwd_bwd(m):
@@ -212,12 +218,15 @@ def run_torch(shapes, reps):
                     xg.grad = None
                     m(xg).backward(g)
                     sync()
+
                 return call
 
             candidates = {
                 "copy": lambda: np.copy(x_np),
-                "fwd eager": fwd(module), "fwd torch.compile": fwd(compiled),
-                "fwd+bwd eager": fwd_bwd(module), "fwd+bwd torch.compile": fwd_bwd(compiled),
+                "fwd eager": fwd(module),
+                "fwd torch.compile": fwd(compiled),
+                "fwd+bwd eager": fwd_bwd(module),
+                "fwd+bwd torch.compile": fwd_bwd(compiled),
             }
             results.append(_record("torch", shape, name, error, interleaved_medians(candidates, reps)))
     return results
@@ -225,9 +234,15 @@ def run_torch(shapes, reps):
 
 def _record(engine, shape, layer, error, medians):
     copy = medians.pop("copy")
-    return {"engine": engine, "shape": list(shape), "layer": layer, "max_error_vs_numpy": error,
-            "copy_ms": copy * 1e3, "ms": {k: v * 1e3 for k, v in medians.items()},
-            "x_copy": {k: v / copy for k, v in medians.items()}}
+    return {
+        "engine": engine,
+        "shape": list(shape),
+        "layer": layer,
+        "max_error_vs_numpy": error,
+        "copy_ms": copy * 1e3,
+        "ms": {k: v * 1e3 for k, v in medians.items()},
+        "x_copy": {k: v / copy for k, v in medians.items()},
+    }
 
 
 ENGINES = {"tensorflow": run_tensorflow, "jax": run_jax, "torch": run_torch}
@@ -271,8 +286,16 @@ def main(argv=None):
     rows = []
     for r in results:
         for variant, ratio in r["x_copy"].items():
-            rows.append([r["engine"], "x".join(map(str, r["shape"])), r["layer"], variant,
-                         f"{r['ms'][variant]:.2f}", f"{ratio:.2f}x"])
+            rows.append(
+                [
+                    r["engine"],
+                    "x".join(map(str, r["shape"])),
+                    r["layer"],
+                    variant,
+                    f"{r['ms'][variant]:.2f}",
+                    f"{ratio:.2f}x",
+                ]
+            )
     print_table(["engine", "shape (NHWC)", "layer", "variant", "median ms", "x copy"], rows)
     if skipped:
         print(f"not installed, skipped: {', '.join(skipped)}")

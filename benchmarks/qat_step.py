@@ -54,20 +54,30 @@ def time_steps(size, batch, steps):
     jit = {} if IS_LEGACY else {"jit_compile": BACKEND == "jax"}
     for m in (model, qat):
         m.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True), **jit)
-    medians = interleaved_medians({"float": lambda: model.train_on_batch(x, y),
-                                   "qat": lambda: qat.train_on_batch(x, y)}, steps, warmup=3)
+    medians = interleaved_medians(
+        {"float": lambda: model.train_on_batch(x, y), "qat": lambda: qat.train_on_batch(x, y)}, steps, warmup=3
+    )
     return medians
 
 
 def run_path(path, size, batch, steps):
     env = dict(os.environ, PYTHONPATH=ROOT, **PATHS[path][0])
-    args = [sys.executable, os.path.abspath(__file__), "--child", "--size", str(size), "--batch", str(batch),
-            "--steps", str(steps)]
+    args = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--size",
+        str(size),
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+    ]
     result = subprocess.run(args, capture_output=True, text=True, env=env)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode or not lines:
         raise RuntimeError(f"qat_step ({path}) failed:\n{result.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv=None):
@@ -91,14 +101,30 @@ def main(argv=None):
         print(f"timing {path} ...", flush=True)
         results[path] = timing = run_path(path, args.size, args.batch, args.steps)
         timing["qat_over_float"] = timing["qat"] / timing["float"]
-        rows.append([path, PATHS[path][1], f"{1e3 * timing['float']:.1f}", f"{1e3 * timing['qat']:.1f}",
-                     f"{timing['qat_over_float']:.2f}"])
+        rows.append(
+            [
+                path,
+                PATHS[path][1],
+                f"{1e3 * timing['float']:.1f}",
+                f"{1e3 * timing['qat']:.1f}",
+                f"{timing['qat_over_float']:.2f}",
+            ]
+        )
     if "tensorflow" in results and "tf_keras" in results:
         results["keras3_qat_over_tfmot_qat"] = results["tensorflow"]["qat"] / results["tf_keras"]["qat"]
         print(f"Keras 3 QAT step / tfmot QAT step (TensorFlow, no XLA): {results['keras3_qat_over_tfmot_qat']:.2f}")
     print_table(["path", "QAT by", "float step ms", "QAT step ms", "QAT / float"], rows)
-    write_json(args.out, {"machine": machine_info(), "model": "MobileNetV2 0.35 + 10 CBAM", "size": args.size,
-                          "batch": args.batch, "steps": args.steps, "results": results})
+    write_json(
+        args.out,
+        {
+            "machine": machine_info(),
+            "model": "MobileNetV2 0.35 + 10 CBAM",
+            "size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "results": results,
+        },
+    )
     return results
 
 

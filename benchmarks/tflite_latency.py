@@ -42,8 +42,9 @@ def _interpreter(flatbuffer, threads):
 
     runner = tflite._Runner(tflite.load_flatbuffer(flatbuffer), num_threads=threads)  # noqa: SLF001
     rng = np.random.default_rng(0)
-    sample = [(rng.uniform(0, 255, size=tuple(int(s) for s in d["shape"]))).astype("float32")
-              for d in runner.input_details]
+    sample = [
+        (rng.uniform(0, 255, size=tuple(int(s) for s in d["shape"]))).astype("float32") for d in runner.input_details
+    ]
     runner.set_inputs(sample)
     return runner.interpreter
 
@@ -75,7 +76,9 @@ def interleaved_latency(models, threads=(1, 2), runs=50, warmup=5):
 def latency_table(results, sizes=None, baseline=None):
     """Markdown rows: model, size, median ms per thread count, ratio to `baseline`."""
     threads = sorted({n for r in results.values() for n in r})
-    headers = ["model"] + (["size (KiB)"] if sizes else []) + [f"{n} thread{'s' if n > 1 else ''} (ms)" for n in threads]
+    headers = (
+        ["model"] + (["size (KiB)"] if sizes else []) + [f"{n} thread{'s' if n > 1 else ''} (ms)" for n in threads]
+    )
     if baseline:
         headers += [f"x {baseline} ({n}t)" for n in threads]
     rows = []
@@ -91,16 +94,25 @@ def _variants(size, ablation, alpha):
     """Keras models to compare: plain MobileNetV2, + CBAM, and with --ablation CBAM's parts."""
     from reference_models import mobilenet_v2
 
-    models = {"mobilenetv2": mobilenet_v2(size, alpha=alpha),
-              "mobilenetv2_cbam": mobilenet_v2(size, cbam=True, alpha=alpha, preserve_outputs=False)}
+    models = {
+        "mobilenetv2": mobilenet_v2(size, alpha=alpha),
+        "mobilenetv2_cbam": mobilenet_v2(size, cbam=True, alpha=alpha, preserve_outputs=False),
+    }
     if ablation:
-        from keras_attention.backend import keras
-        import keras_attention as ka
         from reference_models import _rescaled
 
+        import keras_attention as ka
+        from keras_attention.backend import keras
+
         def attached(attention, **kwargs):
-            base = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, weights=None,
-                                                  include_top=True, classes=10, classifier_activation=None)
+            base = keras.applications.MobileNetV2(
+                input_shape=(size, size, 3),
+                alpha=alpha,
+                weights=None,
+                include_top=True,
+                classes=10,
+                classifier_activation=None,
+            )
             return _rescaled(ka.attach(base, attention, where="residual", preserve_outputs=False, **kwargs), size)
 
         models["+channel(avg,max)"] = attached("channel", reduction=16)
@@ -115,7 +127,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tflite_files", nargs="*", help="compare these .tflite files instead of building models")
     parser.add_argument("--size", type=int, default=224, help="input size of the built models (224)")
-    parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (0.35; 1.0 is Keras' default)")
+    parser.add_argument(
+        "--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier (0.35; 1.0 is Keras' default)"
+    )
     parser.add_argument("--quantizations", default="int8,float32", help="comma-separated (int8,float32)")
     parser.add_argument("--runs", type=int, default=50, help="timed rounds per thread count (50)")
     parser.add_argument("--threads", default="1,2")
@@ -143,8 +157,9 @@ def main(argv=None):
         flatbuffers = {}
         for name, model in keras_models.items():
             start = time.time()
-            flatbuffers[name] = tflite.convert(model, quantization, representative_data=calibration,
-                                               calibration_steps=16)
+            flatbuffers[name] = tflite.convert(
+                model, quantization, representative_data=calibration, calibration_steps=16
+            )
             print(f"converted {name} ({quantization}) in {time.time() - start:.1f}s", flush=True)
         results = interleaved_latency(flatbuffers, threads, args.runs)
         print(f"\n{quantization}, {args.size}x{args.size}, LiteRT + XNNPACK, median of {args.runs} interleaved runs")
@@ -152,9 +167,12 @@ def main(argv=None):
         print(markdown_table(headers, rows) + "\n")
         ops = {name: dict(tflite.op_counts(fb)) for name, fb in flatbuffers.items()}
         payload["results"][quantization] = {
-            name: {"latency_ms": {str(n): v for n, v in results[name].items()}, "size_bytes": len(flatbuffers[name]),
-                   "ratio_to_plain": {str(n): results[name][n] / results["mobilenetv2"][n] for n in threads},
-                   "ops": {f"{op} [{dtype}]": count for (op, dtype), count in sorted(ops[name].items())}}
+            name: {
+                "latency_ms": {str(n): v for n, v in results[name].items()},
+                "size_bytes": len(flatbuffers[name]),
+                "ratio_to_plain": {str(n): results[name][n] / results["mobilenetv2"][n] for n in threads},
+                "ops": {f"{op} [{dtype}]": count for (op, dtype), count in sorted(ops[name].items())},
+            }
             for name in flatbuffers
         }
         extra = Counter_diff(ops["mobilenetv2_cbam"], ops["mobilenetv2"])

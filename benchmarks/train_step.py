@@ -33,8 +33,9 @@ def build(name, attention, size, xla):
     model = getattr(keras.applications, BACKBONES[name])(weights=None, input_shape=(size, size, 3), classes=10)
     if attention:
         model = ka.attach(model, "cbam")
-    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=False),
-                  jit_compile=xla)
+    model.compile(
+        keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=False), jit_compile=xla
+    )
     return model
 
 
@@ -58,14 +59,15 @@ def time_backbone(name, size, batch, steps):
 
 def peak_memory_mb(name, size, batch, attention, xla):
     """Peak RSS of a fresh process that builds one variant and runs three steps."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     code = (
-        "import sys, resource, numpy as np; sys.path.insert(0, %r);"
+        f"import sys, resource, numpy as np; sys.path.insert(0, {root!r});"
         "from benchmarks.train_step import build;"
-        "m = build(%r, %r, %d, %r);"
-        "x = np.zeros((%d, %d, %d, 3), 'float32'); y = np.zeros(%d, 'int32');"
+        f"m = build({name!r}, {attention!r}, {size:d}, {xla!r});"
+        f"x = np.zeros(({batch:d}, {size:d}, {size:d}, 3), 'float32'); y = np.zeros({batch:d}, 'int32');"
         "[m.train_on_batch(x, y) for _ in range(3)];"
         "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    ) % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name, attention, size, xla, batch, size, size, batch)
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     lines = [line for line in out.stdout.splitlines() if line.startswith("PEAK")]
     if not lines:
@@ -99,12 +101,29 @@ def main(argv=None):
             plain, cbam = timing[label(False, xla)], timing[label(True, xla)]
             cbam["cbam_over_plain_images_per_s"] = cbam["images_per_s"] / plain["images_per_s"]
         for key, r in timing.items():
-            rows.append([name, key, f"{r['images_per_s']:.2f}", f"{r['params'] / 1e6:.2f}M",
-                         f"{r.get('cbam_over_plain_images_per_s', 1.0):.3f}", f"{r.get('peak_rss_mb', float('nan')):.0f}"])
+            rows.append(
+                [
+                    name,
+                    key,
+                    f"{r['images_per_s']:.2f}",
+                    f"{r['params'] / 1e6:.2f}M",
+                    f"{r.get('cbam_over_plain_images_per_s', 1.0):.3f}",
+                    f"{r.get('peak_rss_mb', float('nan')):.0f}",
+                ]
+            )
         results[name] = timing
     print_table(["backbone", "variant", "images/s", "params", "x plain (same XLA)", "peak RSS MB"], rows)
-    write_json(args.out, {"machine": machine_info(), "keras": "tf_keras" if IS_LEGACY else BACKEND,
-                          "size": args.size, "batch": args.batch, "steps": args.steps, "results": results})
+    write_json(
+        args.out,
+        {
+            "machine": machine_info(),
+            "keras": "tf_keras" if IS_LEGACY else BACKEND,
+            "size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "results": results,
+        },
+    )
     return results
 
 

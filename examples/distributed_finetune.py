@@ -31,32 +31,58 @@ import numpy as np
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=None,
-                        help="replicas to use (default: every GPU, every TPU core on JAX, else every CPU device)")
-    parser.add_argument("--multi-worker", action="store_true",
-                        help="several machines: TensorFlow's MultiWorkerMirroredStrategy (cluster from TF_CONFIG), "
-                             "or on JAX keras.distribution.initialize() (from KERAS_DISTRIBUTION_* variables)")
-    parser.add_argument("--tpu", default=None,
-                        help='TensorFlow: a TPUStrategy on this TPU ("" or "local" on a TPU VM); '
-                             "JAX finds TPU cores by itself")
-    parser.add_argument("--cpu-devices", type=int, default=None,
-                        help="split the CPU into this many logical devices first (to try without accelerators)")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="replicas to use (default: every GPU, every TPU core on JAX, else every CPU device)",
+    )
+    parser.add_argument(
+        "--multi-worker",
+        action="store_true",
+        help="several machines: TensorFlow's MultiWorkerMirroredStrategy (cluster from TF_CONFIG), "
+        "or on JAX keras.distribution.initialize() (from KERAS_DISTRIBUTION_* variables)",
+    )
+    parser.add_argument(
+        "--tpu",
+        default=None,
+        help='TensorFlow: a TPUStrategy on this TPU ("" or "local" on a TPU VM); JAX finds TPU cores by itself',
+    )
+    parser.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=None,
+        help="split the CPU into this many logical devices first (to try without accelerators)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="per-replica batch size")
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate for the global batch (default 2e-3, fine-tuning stage 1e-4)")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate for the global batch (default 2e-3, fine-tuning stage 1e-4)",
+    )
     parser.add_argument("--size", type=int, default=32, help="image size (digits are upsampled from 8x8)")
     parser.add_argument("--alpha", type=float, default=0.35, help="MobileNetV2 width multiplier")
-    parser.add_argument("--weights", default=None,
-                        help='backbone weights: None (default), "imagenet" (downloads) or a weights file')
-    parser.add_argument("--batchnorm", choices=("frozen", "sync", "local"), default=None,
-                        help="frozen: inference mode (default with --weights); sync: global-batch statistics "
-                             "(default without); local: each replica's own statistics (Keras' default)")
-    parser.add_argument("--kernel-size", type=int, default=None,
-                        help="CBAM spatial kernel (default 7, as in the paper; 3 with --fast)")
-    parser.add_argument("--fast", action="store_true",
-                        help="a smoke run of the same code: the backbone through block_5 (3 of its 10 residual "
-                             "blocks), 4 steps, 1 epoch, no validation during training")
+    parser.add_argument(
+        "--weights", default=None, help='backbone weights: None (default), "imagenet" (downloads) or a weights file'
+    )
+    parser.add_argument(
+        "--batchnorm",
+        choices=("frozen", "sync", "local"),
+        default=None,
+        help="frozen: inference mode (default with --weights); sync: global-batch statistics "
+        "(default without); local: each replica's own statistics (Keras' default)",
+    )
+    parser.add_argument(
+        "--kernel-size", type=int, default=None, help="CBAM spatial kernel (default 7, as in the paper; 3 with --fast)"
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="a smoke run of the same code: the backbone through block_5 (3 of its 10 residual "
+        "blocks), 4 steps, 1 epoch, no validation during training",
+    )
     parser.add_argument("--out", default=None, help="where to write model.keras (default: a temp dir)")
     return parser.parse_args(argv)
 
@@ -133,14 +159,22 @@ def main(argv=None):
 
     def fit(model, epochs):
         start = time.time()
-        model.fit(x_train, y_train, batch_size=global_batch, epochs=epochs,
-                  validation_data=None if args.fast else (x_test, y_test), verbose=2)
+        model.fit(
+            x_train,
+            y_train,
+            batch_size=global_batch,
+            epochs=epochs,
+            validation_data=None if args.fast else (x_test, y_test),
+            verbose=2,
+        )
         return time.time() - start
 
     keras.utils.set_random_seed(0)
     with engine.scope():  # variables, optimizer state, training and saving under the engine
         backbone = keras.applications.MobileNetV2(
-            input_shape=(args.size, args.size, 3), alpha=args.alpha, include_top=False,
+            input_shape=(args.size, args.size, 3),
+            alpha=args.alpha,
+            include_top=False,
             weights=args.weights if pretrained else None,
         )
         if args.fast:
@@ -161,8 +195,10 @@ def main(argv=None):
                     layer.momentum = 0.9
         if batchnorm == "sync":
             switched = distribute.synchronize_batchnorm(model)
-            print(f"BatchNorm: global-batch statistics ({switched} layers synchronized"
-                  + (")" if engine.name == distribute.TF_ENGINE else "; DataParallel's are global already)"))
+            print(
+                f"BatchNorm: global-batch statistics ({switched} layers synchronized"
+                + (")" if engine.name == distribute.TF_ENGINE else "; DataParallel's are global already)")
+            )
         else:
             print(f"BatchNorm: {batchnorm}")
 

@@ -49,27 +49,38 @@ def export_all(model, x_calibration, x_test, y_test, out, latency_runs):
         tflite.convert(model, quantization=mode, representative_data=x_calibration, path=path)
         report = tflite.verify(model, path, x_test, latency_runs=latency_runs, threads=(1,), analyze_gpu=False)
         predictions = np.argmax(tflite.run(path, x_test)[0], axis=-1)
-        rows.append({
-            "mode": mode, "file": path, "size_kib": report.size_bytes / 1024,
-            "max_abs_error": report.max_abs_error, "min_cosine": report.min_cosine_similarity,
-            "top1_agreement": report.top1_agreement, "accuracy": float(np.mean(predictions == y_test)),
-            "builtin_only": report.all_builtin, "int8_end_to_end": report.int8_end_to_end,
-            "latency_ms": report.latency_ms.get(1) if report.latency_ms else None,
-        })
+        rows.append(
+            {
+                "mode": mode,
+                "file": path,
+                "size_kib": report.size_bytes / 1024,
+                "max_abs_error": report.max_abs_error,
+                "min_cosine": report.min_cosine_similarity,
+                "top1_agreement": report.top1_agreement,
+                "accuracy": float(np.mean(predictions == y_test)),
+                "builtin_only": report.all_builtin,
+                "int8_end_to_end": report.int8_end_to_end,
+                "latency_ms": report.latency_ms.get(1) if report.latency_ms else None,
+            }
+        )
     return rows
 
 
 def print_table(rows, keras_accuracy):
     print(f"\nKeras test accuracy: {keras_accuracy:.4f}")
-    header = "| mode | size (KiB) | max abs error | min cosine | top-1 agreement | accuracy | builtin only " \
-             "| int8 end to end | latency 1 thread (ms) |"
+    header = (
+        "| mode | size (KiB) | max abs error | min cosine | top-1 agreement | accuracy | builtin only "
+        "| int8 end to end | latency 1 thread (ms) |"
+    )
     print(header)
     print("|" + " --- |" * header.count(" | ") + " --- |")
     for r in rows:
         latency = f"{r['latency_ms']:.3f}" if r["latency_ms"] else "-"
-        print(f"| {r['mode']} | {r['size_kib']:.1f} | {r['max_abs_error']:.2e} | {r['min_cosine']:.5f} "
-              f"| {r['top1_agreement']:.3f} | {r['accuracy']:.4f} | {r['builtin_only']} | {r['int8_end_to_end']} "
-              f"| {latency} |")
+        print(
+            f"| {r['mode']} | {r['size_kib']:.1f} | {r['max_abs_error']:.2e} | {r['min_cosine']:.5f} "
+            f"| {r['top1_agreement']:.3f} | {r['accuracy']:.4f} | {r['builtin_only']} | {r['int8_end_to_end']} "
+            f"| {latency} |"
+        )
 
 
 def main(argv=None):
@@ -102,8 +113,11 @@ def main(argv=None):
     with open(os.path.join(out, "export.json"), "w") as f:
         json.dump({"keras_accuracy": keras_accuracy, "modes": rows}, f, indent=2)
 
-    failures = [f"{r['mode']}: min cosine {r['min_cosine']:.5f} < {MIN_COSINE[r['mode']]}"
-                for r in rows if r["min_cosine"] < MIN_COSINE[r["mode"]]]
+    failures = [
+        f"{r['mode']}: min cosine {r['min_cosine']:.5f} < {MIN_COSINE[r['mode']]}"
+        for r in rows
+        if r["min_cosine"] < MIN_COSINE[r["mode"]]
+    ]
     failures += [f"{r['mode']}: needs non-builtin ops" for r in rows if not r["builtin_only"]]
     failures += ["int8: not int8 end to end" for r in rows if r["mode"] == "int8" and not r["int8_end_to_end"]]
     if failures:

@@ -59,11 +59,18 @@ def fit(model, data, epochs, label):
     (x_train, y_train), (x_test, y_test) = data
     start = time.time()
     history = model.fit(
-        x_train, y_train, batch_size=32, epochs=epochs, validation_data=(x_test, y_test), verbose=0,
+        x_train,
+        y_train,
+        batch_size=32,
+        epochs=epochs,
+        validation_data=(x_test, y_test),
+        verbose=0,
     )
     accuracies = [float(a) for a in history.history["val_accuracy"]]
-    print(f"{label}: {epochs} epochs in {time.time() - start:.1f}s, test accuracy per epoch "
-          + " ".join(f"{a:.3f}" for a in accuracies))
+    print(
+        f"{label}: {epochs} epochs in {time.time() - start:.1f}s, test accuracy per epoch "
+        + " ".join(f"{a:.3f}" for a in accuracies)
+    )
     return accuracies
 
 
@@ -95,7 +102,10 @@ def run(weights=None, alpha=0.35, fast=False, out=None, seed=0):
     results = {}
 
     backbone = keras.applications.MobileNetV2(
-        input_shape=(SIZE, SIZE, 3), alpha=alpha, include_top=False, weights=weights,
+        input_shape=(SIZE, SIZE, 3),
+        alpha=alpha,
+        include_top=False,
+        weights=weights,
     )
     head = [keras.layers.GlobalAveragePooling2D(name="head_pool"), keras.layers.Dense(10, name="head_logits")]
     plain = build_classifier(backbone, head)
@@ -106,13 +116,17 @@ def run(weights=None, alpha=0.35, fast=False, out=None, seed=0):
     attached = ka.attach(backbone, "cbam", where="residual", reduction=16)
     model = build_classifier(attached, head)  # the head's layers (and weights) are shared
     inserted = ka.backbones.attention_layers(attached)
-    print(f"attached {len(inserted)} CBAM blocks ({inserted[0].name}, ...): "
-          f"{plain.count_params():,} -> {model.count_params():,} parameters")
+    print(
+        f"attached {len(inserted)} CBAM blocks ({inserted[0].name}, ...): "
+        f"{plain.count_params():,} -> {model.count_params():,} parameters"
+    )
     before, after = predict(plain, x_test), predict(model, x_test)
     change = float(np.abs(before - after).max() / np.abs(before).max())
     results["max_relative_change_at_insertion"] = change
-    print(f"largest logit change at insertion: {change:.1e} of the largest logit "
-          f"(float rounding: the compiled graphs differ)")
+    print(
+        f"largest logit change at insertion: {change:.1e} of the largest logit "
+        f"(float rounding: the compiled graphs differ)"
+    )
 
     # 3. Frozen backbone: only attention and head learn; BatchNorm in inference mode.
     ka.freeze_backbone(attached)

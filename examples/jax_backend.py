@@ -50,15 +50,17 @@ def numpy_cbam(x, layer):
     descriptors = np.stack([x.mean(axis=-1), x.max(axis=-1)], axis=-1)
     padded = np.pad(descriptors, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
     height, width = x.shape[1:3]
-    logits = sum(padded[:, i:i + height, j:j + width, :] @ kernel[i, j] for i in range(k) for j in range(k))
+    logits = sum(padded[:, i : i + height, j : j + width, :] @ kernel[i, j] for i in range(k) for j in range(k))
     return x * _sigmoid(logits)
 
 
 def main(argv=None):
     args = parse_arguments(__doc__, argv, epochs=8)
     if IS_LEGACY or BACKEND != "jax":
-        raise SystemExit(f"jax_backend.py runs Keras 3 on JAX; got {'tf_keras' if IS_LEGACY else BACKEND}. "
-                         "Unset TF_USE_LEGACY_KERAS and KERAS_BACKEND (or set KERAS_BACKEND=jax).")
+        raise SystemExit(
+            f"jax_backend.py runs Keras 3 on JAX; got {'tf_keras' if IS_LEGACY else BACKEND}. "
+            "Unset TF_USE_LEGACY_KERAS and KERAS_BACKEND (or set KERAS_BACKEND=jax)."
+        )
     import jax
 
     (x_train, y_train), (x_test, y_test), epochs = digits_for(args)

@@ -43,8 +43,7 @@ from keras_attention.data import digits
 
 def build_model(size=96, alpha=0.35, num_classes=10):
     """MobileNetV2 with CBAM on its residual branches and a 10-way head (logits)."""
-    backbone = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None)
+    backbone = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha, include_top=False, weights=None)
     # Keras' MobileNetV2 uses BatchNorm momentum 0.999, tuned for ImageNet's
     # million images; a few hundred steps on digits need faster statistics.
     for layer in backbone.layers:
@@ -92,8 +91,9 @@ def post_training_int8(model, calibration, x_test, y_test, path):
     flatbuffer = converter.convert()
     with open(path, "wb") as handle:
         handle.write(flatbuffer)
-    interpreter = Interpreter(model_content=flatbuffer,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     predictions = []
@@ -110,8 +110,14 @@ def post_training_int8_attention_in_float(model, ptq_flatbuffer, calibration, x_
     import tensorflow as tf
 
     scopes = [f"/{layer.name}/" for layer in attention_layers(model)]
-    names = sorted({name for op in tflite.op_inventory(ptq_flatbuffer) for name in op["outputs"]
-                    if any(scope in name for scope in scopes)})
+    names = sorted(
+        {
+            name
+            for op in tflite.op_inventory(ptq_flatbuffer)
+            for name in op["outputs"]
+            if any(scope in name for scope in scopes)
+        }
+    )
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
@@ -121,8 +127,10 @@ def post_training_int8_attention_in_float(model, ptq_flatbuffer, calibration, x_
 
     converter.representative_dataset = representative
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=representative,
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names))
+        converter=converter,
+        debug_dataset=representative,
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names),
+    )
     return tflite_accuracy(debugger.get_nondebug_quantized_model(), x_test, y_test)
 
 
@@ -134,8 +142,11 @@ def save_float_weights(model, path):
 def load_float_weights(model, path):
     with np.load(path) as saved:
         for layer in model.layers:
-            weights = [saved[f"{layer.name}/{i}"] for i in range(len(layer.get_weights()))
-                       if f"{layer.name}/{i}" in saved.files]
+            weights = [
+                saved[f"{layer.name}/{i}"]
+                for i in range(len(layer.get_weights()))
+                if f"{layer.name}/{i}" in saved.files
+            ]
             if len(weights) != len(layer.get_weights()):
                 raise SystemExit(f"--float-weights {path}: no weights for layer {layer.name!r} of this model.")
             layer.set_weights(weights)
@@ -158,10 +169,16 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=96, help="input height and width")
     parser.add_argument("--calibration", type=int, default=200, help="representative samples for int8")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--float-weights", default=None,
-                        help="float_weights.npz of an earlier run (either Keras mode): skip float training")
-    parser.add_argument("--fast", action="store_true",
-                        help="a smoke run: 32x32, a subset, 1 float + 1 QAT epoch, run eagerly (accuracy meaningless)")
+    parser.add_argument(
+        "--float-weights",
+        default=None,
+        help="float_weights.npz of an earlier run (either Keras mode): skip float training",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="a smoke run: 32x32, a subset, 1 float + 1 QAT epoch, run eagerly (accuracy meaningless)",
+    )
     parser.add_argument("--out", default=None, help="output directory (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.fast:
@@ -196,13 +213,15 @@ def main(argv=None):
 
     # 2. Post-training int8.
     start = time.time()
-    ptq_accuracy, ptq_note, ptq = post_training_int8(model, calibration, x_test, y_test,
-                                                     os.path.join(out, "ptq_int8.tflite"))
+    ptq_accuracy, ptq_note, ptq = post_training_int8(
+        model, calibration, x_test, y_test, os.path.join(out, "ptq_int8.tflite")
+    )
     if ptq_note:
         print(f"post-training int8: {ptq_note}")
     # Where the loss comes from (skipped by --fast): the same, CBAM blocks left in float.
-    ptq_attention_float = None if args.fast else post_training_int8_attention_in_float(
-        model, ptq, calibration, x_test, y_test)
+    ptq_attention_float = (
+        None if args.fast else post_training_int8_attention_in_float(model, ptq, calibration, x_test, y_test)
+    )
     print(f"post-training int8: {time.time() - start:.0f} s")
 
     # 3. Quantization-aware training, then int8.
@@ -214,25 +233,32 @@ def main(argv=None):
     compile_model(qat_model, 1e-4, eager=args.fast)
     qat_model.fit(x_train, y_train, epochs=args.qat_epochs, batch_size=batch, verbose=2 if not args.fast else 0)
     qat_keras_accuracy = None if args.fast else float(qat_model.evaluate(x_test, y_test, verbose=0)[1])
-    print(f"QAT fine-tuning: {time.time() - start:.0f} s"
-          + ("" if qat_keras_accuracy is None else f", Keras (fake-quant) accuracy {qat_keras_accuracy:.4f}"))
+    print(
+        f"QAT fine-tuning: {time.time() - start:.0f} s"
+        + ("" if qat_keras_accuracy is None else f", Keras (fake-quant) accuracy {qat_keras_accuracy:.4f}")
+    )
     if IS_LEGACY:
         quantization.save_qat_model(qat_model, os.path.join(out, "qat_model.h5"))
     else:
         qat_model.save(os.path.join(out, "qat_model.keras"))
     start = time.time()
     # Keras 3 QAT models carry their ranges; tfmot's path still calibrates with representative data.
-    qat = tflite.convert(qat_model, "int8", representative_data=calibration if IS_LEGACY else None,
-                         path=os.path.join(out, "qat_int8.tflite"))
+    qat = tflite.convert(
+        qat_model,
+        "int8",
+        representative_data=calibration if IS_LEGACY else None,
+        path=os.path.join(out, "qat_int8.tflite"),
+    )
     qat_accuracy = tflite_accuracy(qat, x_test, y_test)
-    report = tflite.verify(qat_model, qat, x_test[:32], latency_runs=0 if args.fast else 20,
-                           analyze_gpu=not args.fast)
+    report = tflite.verify(qat_model, qat, x_test[:32], latency_runs=0 if args.fast else 20, analyze_gpu=not args.fast)
     print(f"int8 conversion and verification: {time.time() - start:.0f} s")
     print(report)
 
-    rows = [("float (Keras)", float_accuracy),
-            ("post-training int8 (LiteRT" + (", reference kernels*" if ptq_note else "") + ")", ptq_accuracy),
-            ("QAT int8 (LiteRT)", qat_accuracy)]
+    rows = [
+        ("float (Keras)", float_accuracy),
+        ("post-training int8 (LiteRT" + (", reference kernels*" if ptq_note else "") + ")", ptq_accuracy),
+        ("QAT int8 (LiteRT)", qat_accuracy),
+    ]
     if ptq_attention_float is not None:
         rows.insert(2, ("post-training int8, CBAM blocks left in float (LiteRT)", ptq_attention_float))
     print(f"\nTest accuracy on digits ({len(x_test)} images):")
@@ -244,15 +270,26 @@ def main(argv=None):
     print(f"QAT int8 int8 end to end: {report.int8_end_to_end}; builtin ops only: {report.all_builtin}")
 
     results = dict(
-        qat="tfmot (tf_keras)" if IS_LEGACY else "Keras 3 (keras_attention.quantization)", fast=args.fast, size=args.size, epochs=args.epochs, qat_epochs=args.qat_epochs,
-        train_images=int(len(x_train)), test_images=int(len(x_test)),
-        float_accuracy=float_accuracy, ptq_int8_accuracy=ptq_accuracy, ptq_note=ptq_note,
+        qat="tfmot (tf_keras)" if IS_LEGACY else "Keras 3 (keras_attention.quantization)",
+        fast=args.fast,
+        size=args.size,
+        epochs=args.epochs,
+        qat_epochs=args.qat_epochs,
+        train_images=int(len(x_train)),
+        test_images=int(len(x_test)),
+        float_accuracy=float_accuracy,
+        ptq_int8_accuracy=ptq_accuracy,
+        ptq_note=ptq_note,
         ptq_int8_cbam_float_accuracy=ptq_attention_float,
-        qat_keras_accuracy=qat_keras_accuracy, qat_int8_accuracy=qat_accuracy,
-        qat_int8_end_to_end=bool(report.int8_end_to_end), qat_all_builtin=bool(report.all_builtin),
-        qat_float_ops=report.float_ops, qat_top1_agreement=report.top1_agreement,
+        qat_keras_accuracy=qat_keras_accuracy,
+        qat_int8_accuracy=qat_accuracy,
+        qat_int8_end_to_end=bool(report.int8_end_to_end),
+        qat_all_builtin=bool(report.all_builtin),
+        qat_float_ops=report.float_ops,
+        qat_top1_agreement=report.top1_agreement,
         qat_ops={f"{op['op']} [{op['dtype']}]": op["count"] for op in report.ops},
-        qat_size_bytes=report.size_bytes, qat_latency_ms=report.to_dict()["latency_ms"],
+        qat_size_bytes=report.size_bytes,
+        qat_latency_ms=report.to_dict()["latency_ms"],
     )
     with open(os.path.join(out, "results.json"), "w") as handle:
         json.dump(results, handle, indent=2)

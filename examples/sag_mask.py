@@ -47,8 +47,7 @@ def make_data(num_images, seed, image_size=64):
     d = shapes(num_images=num_images, image_size=image_size, seed=seed)
     targets = crop_mask_targets(d["masks"], d["boxes"])
     encoded = encode_mask_targets(targets, d["classes"], len(SHAPE_CLASSES))
-    return dict(images=d["images"] / 255.0, boxes=d["boxes"], classes=d["classes"], targets=targets,
-                encoded=encoded)
+    return dict(images=d["images"] / 255.0, boxes=d["boxes"], classes=d["classes"], targets=targets, encoded=encoded)
 
 
 def build_model(use_attention=True, filters=64, num_convs=4, width=32, image_size=64, max_shapes=3):
@@ -60,16 +59,22 @@ def build_model(use_attention=True, filters=64, num_convs=4, width=32, image_siz
     x = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", activation="relu", name="conv3")(x)
     x = keras.layers.Conv2D(2 * width, 3, padding="same", activation="relu", name="conv4")(x)
     rois = ka.RoIAlign(output_size=14, sampling_ratio=2, strides=STRIDE, name="roi_align")([x, boxes])
-    head = ka.SAGMaskHead(len(SHAPE_CLASSES), filters=filters, num_convs=num_convs, use_attention=use_attention,
-                          name="sag_mask")
+    head = ka.SAGMaskHead(
+        len(SHAPE_CLASSES), filters=filters, num_convs=num_convs, use_attention=use_attention, name="sag_mask"
+    )
     return keras.Model([images, boxes], head(rois))
 
 
 def train(model, train_data, epochs, batch_size=32, learning_rate=2e-3, verbose=0):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=MaskLoss(),
-                  jit_compile=not IS_LEGACY)
-    return model.fit([train_data["images"], train_data["boxes"]], train_data["encoded"], epochs=epochs,
-                     batch_size=batch_size, shuffle=True, verbose=verbose)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=MaskLoss(), jit_compile=not IS_LEGACY)
+    return model.fit(
+        [train_data["images"], train_data["boxes"]],
+        train_data["encoded"],
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=verbose,
+    )
 
 
 def mask_iou(model, test_data, batch_size=64):
@@ -87,8 +92,17 @@ def mask_iou(model, test_data, batch_size=64):
     return float(iou.mean()), float(baseline.mean())
 
 
-def run(epochs=12, num_images=1024, num_test=256, filters=64, num_convs=4, width=32, variants=(True, False),
-        seed=0, verbose=0):
+def run(
+    epochs=12,
+    num_images=1024,
+    num_test=256,
+    filters=64,
+    num_convs=4,
+    width=32,
+    variants=(True, False),
+    seed=0,
+    verbose=0,
+):
     """Trains one model per variant (use_attention True/False); returns {variant: (model, iou)} and the baseline."""
     train_data = make_data(num_images, seed=seed)
     test_data = make_data(num_test, seed=seed + 10_000)
@@ -108,8 +122,9 @@ def attention_inside_outside(model, test_data, batch_size=64):
     head = model.get_layer("sag_mask")
     feature_model = keras.Model(model.inputs, model.get_layer("roi_align").output)
     rois = feature_model.predict([test_data["images"], test_data["boxes"]], batch_size=batch_size, verbose=0)
-    gates = np.concatenate([np.asarray(head.attention_map(rois[i:i + batch_size]))
-                            for i in range(0, len(rois), batch_size)])
+    gates = np.concatenate(
+        [np.asarray(head.attention_map(rois[i : i + batch_size])) for i in range(0, len(rois), batch_size)]
+    )
     valid = test_data["classes"] >= 0
     gates = gates[valid]
     target = test_data["targets"][valid].reshape(-1, 14, 2, 14, 2).mean(axis=(2, 4))  # 28x28 -> 14x14
@@ -135,10 +150,12 @@ def save_picture(model, test_data, path, count=6):
     for row, (i, j) in enumerate(picks):
         crop = np.clip(crops[i, j], 0, 1)
         mask = 1 / (1 + np.exp(-logits[i, j, :, :, classes[i, j]]))
-        panels = [(crop, None, f"{SHAPE_CLASSES[classes[i, j]]} (box)"),
-                  (attention[i, j], "magma", "attention"),
-                  (mask, "gray", "predicted mask"),
-                  (test_data["targets"][i, j], "gray", "target 28x28")]
+        panels = [
+            (crop, None, f"{SHAPE_CLASSES[classes[i, j]]} (box)"),
+            (attention[i, j], "magma", "attention"),
+            (mask, "gray", "predicted mask"),
+            (test_data["targets"][i, j], "gray", "target 28x28"),
+        ]
         for ax, (image, cmap, title) in zip(axes[row], panels):
             ax.imshow(image, cmap=cmap, vmin=0, vmax=1)
             if cmap == "magma":
@@ -163,10 +180,18 @@ def main(argv=None):
         args.epochs, args.images, args.filters = 2, 128, 16
     num_test = 64 if args.fast else 256
     mode = "tf_keras" if IS_LEGACY else f"Keras 3 / {BACKEND}"
-    print(f"SAG-Mask on synthetic shapes ({mode}): {args.images} training images, {num_test} held out, "
-          f"{args.epochs} epochs, head filters {args.filters}")
-    results, baseline, test_data = run(epochs=args.epochs, num_images=args.images, num_test=num_test,
-                                       filters=args.filters, width=16 if args.fast else 32, seed=args.seed)
+    print(
+        f"SAG-Mask on synthetic shapes ({mode}): {args.images} training images, {num_test} held out, "
+        f"{args.epochs} epochs, head filters {args.filters}"
+    )
+    results, baseline, test_data = run(
+        epochs=args.epochs,
+        num_images=args.images,
+        num_test=num_test,
+        filters=args.filters,
+        width=16 if args.fast else 32,
+        seed=args.seed,
+    )
     print(f"{'head':<34}{'held-out mask IoU':>18}{'train s':>9}")
     print(f"{'all-foreground baseline':<34}{baseline:>18.3f}{'':>9}")
     for use_attention, name in ((False, "without spatial attention"), (True, "SAG-Mask (spatial attention)")):

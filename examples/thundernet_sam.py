@@ -86,8 +86,8 @@ def build_model(image_size=64, channels=245, filters=256, num_anchors=1, per_cha
     x = keras.layers.Rescaling(1 / 255.0, name="rescale")(image)
     x = _conv_bn_relu(x, 16, 2, "stem")
     x = _conv_bn_relu(x, 32, 1, "stage3")
-    c4 = _conv_bn_relu(_conv_bn_relu(x, 48, 2, "stage4a"), 48, 1, "stage4b")    # stride 4
-    c5 = _conv_bn_relu(_conv_bn_relu(c4, 96, 2, "stage5a"), 96, 1, "stage5b")   # stride 8
+    c4 = _conv_bn_relu(_conv_bn_relu(x, 48, 2, "stage4a"), 48, 1, "stage4b")  # stride 4
+    c5 = _conv_bn_relu(_conv_bn_relu(c4, 96, 2, "stage5a"), 96, 1, "stage5b")  # stride 8
     cem = ka.ContextEnhancement(channels, name="cem")([c4, c5])
     rpn_features, objectness, _ = ka.LightRPNHead(num_anchors, filters=filters, name="rpn")(cem)
     sam = ka.RPNGuidedSpatialAttention(per_channel=per_channel, name="sam")([cem, rpn_features])
@@ -148,8 +148,9 @@ def save_figure(path, images, boxes, num_shapes, rows, count=4):
             ax = axes[row, col]
             ax.imshow(np.clip(images[col], 0, 255).astype("uint8"), extent=extent)
             if maps is not None:
-                shown = ax.imshow(maps[col], cmap="jet", alpha=0.55, extent=extent, vmin=0, vmax=1,
-                                  interpolation="nearest")
+                shown = ax.imshow(
+                    maps[col], cmap="jet", alpha=0.55, extent=extent, vmin=0, vmax=1, interpolation="nearest"
+                )
             for k in range(num_shapes[col]):
                 y1, x1, y2, x2 = boxes[col, k]
                 ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="white", lw=1))
@@ -163,8 +164,7 @@ def save_figure(path, images, boxes, num_shapes, rows, count=4):
     plt.close(fig)
 
 
-def train_and_measure(data, labels, train, test, image_size, epochs, per_channel, jit, seed, channels=245,
-                      filters=256):
+def train_and_measure(data, labels, train, test, image_size, epochs, per_channel, jit, seed, channels=245, filters=256):
     """Trains one model (SAM with a per-channel or a shared gate) and measures its attention."""
     images, boxes, counts = data["images"], data["boxes"], data["num_shapes"]
     keras.utils.set_random_seed(seed)
@@ -173,8 +173,10 @@ def train_and_measure(data, labels, train, test, image_size, epochs, per_channel
     model.compile(
         # Cosine decay to zero: the attention map settles instead of swinging with the last steps.
         optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, max(steps, 1))),
-        loss={"objectness": keras.losses.BinaryCrossentropy(from_logits=True),
-              "head": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+        loss={
+            "objectness": keras.losses.BinaryCrossentropy(from_logits=True),
+            "head": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        },
         jit_compile=jit,
     )
     targets = {"objectness": (labels > 0).astype("float32")[..., None], "head": labels}
@@ -204,15 +206,25 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=1024, help="training images")
     parser.add_argument("--channels", type=int, default=None, help="CEM channels (default 245, --fast 64)")
     parser.add_argument("--filters", type=int, default=None, help="RPN channels (default 256, --fast 64)")
-    parser.add_argument("--fast", action="store_true",
-                        help="a smoke run (under a minute on CPU): 3 epochs on 256 images, 64-channel CEM and "
-                             "RPN; its attention numbers mean little")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="a smoke run (under a minute on CPU): 3 epochs on 256 images, 64-channel CEM and "
+        "RPN; its attention numbers mean little",
+    )
     parser.add_argument("--out", default="keras_attention_demo", help="where to write thundernet_sam.png")
-    parser.add_argument("--jit", action="store_true",
-                        help="compile with XLA (jit_compile=True); off by default because XLA's CPU "
-                             "depthwise-convolution gradient is slow")
-    parser.add_argument("--variant", choices=("both", "paper", "shared"), default="both",
-                        help="SAM with the paper's per-channel gate, one shared spatial gate, or both")
+    parser.add_argument(
+        "--jit",
+        action="store_true",
+        help="compile with XLA (jit_compile=True); off by default because XLA's CPU "
+        "depthwise-convolution gradient is slow",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=("both", "paper", "shared"),
+        default="both",
+        help="SAM with the paper's per-channel gate, one shared spatial gate, or both",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -229,28 +241,39 @@ def main(argv=None):
     train, test = slice(0, train_images), slice(train_images, None)
 
     mode = "tf_keras" if IS_LEGACY else f"Keras {keras.__version__} on {BACKEND}"
-    print(f"ThunderNet CEM ({channels}) -> RPN ({filters}) -> SAM on {train_images} shapes images "
-          f"({image_size} px), {epochs} epochs, "
-          f"{mode}{' with XLA' if args.jit else ''}; held out: {test_images} images")
+    print(
+        f"ThunderNet CEM ({channels}) -> RPN ({filters}) -> SAM on {train_images} shapes images "
+        f"({image_size} px), {epochs} epochs, "
+        f"{mode}{' with XLA' if args.jit else ''}; held out: {test_images} images"
+    )
     results = {}
     variants = {"both": (True, False), "paper": (True,), "shared": (False,)}[args.variant]
     for per_channel in variants:
         name = "paper: one gate per CEM channel" if per_channel else "one spatial gate shared by all channels"
-        stats = train_and_measure(data, labels, train, test, image_size, epochs, per_channel, args.jit, args.seed,
-                                  channels, filters)
+        stats = train_and_measure(
+            data, labels, train, test, image_size, epochs, per_channel, args.jit, args.seed, channels, filters
+        )
         results[per_channel] = stats
-        print(f"\nSAM per_channel={per_channel} ({name}); {stats['parameters']:,} parameters, "
-              f"trained in {stats['seconds']:.1f}s")
+        print(
+            f"\nSAM per_channel={per_channel} ({name}); {stats['parameters']:,} parameters, "
+            f"trained in {stats['seconds']:.1f}s"
+        )
         print(f"  held-out RPN foreground/background accuracy per location: {stats['rpn_accuracy']:.4f}")
-        print(f"  held-out head (background/circle/square/triangle) accuracy per location: "
-              f"{stats['head_accuracy']:.4f}")
-        print(f"  SAM attention (mean over gate channels): inside boxes {stats['inside']:.3f}, "
-              f"outside {stats['outside']:.3f}")
-        print(f"  SAM attention ratio per_channel={per_channel} (mean inside boxes / mean outside): "
-              f"{stats['ratio']:.3f}")
+        print(
+            f"  held-out head (background/circle/square/triangle) accuracy per location: {stats['head_accuracy']:.4f}"
+        )
+        print(
+            f"  SAM attention (mean over gate channels): inside boxes {stats['inside']:.3f}, "
+            f"outside {stats['outside']:.3f}"
+        )
+        print(
+            f"  SAM attention ratio per_channel={per_channel} (mean inside boxes / mean outside): {stats['ratio']:.3f}"
+        )
         if per_channel:
-            print(f"  gate channels more open on the shapes than on the background: {stats['fg_channels']} of "
-                  f"{stats['channels']}; mean |inside - outside| per channel: {stats['selectivity']:.3f}")
+            print(
+                f"  gate channels more open on the shapes than on the background: {stats['fg_channels']} of "
+                f"{stats['channels']}; mean |inside - outside| per channel: {stats['selectivity']:.3f}"
+            )
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "thundernet_sam.png")
@@ -260,8 +283,12 @@ def main(argv=None):
         rows.append((f"SAM, shared gate\n(ratio {shared['ratio']:.2f})", shared["gate"][..., 0]))
     if True in results:
         paper = results[True]
-        rows.append((f"SAM, per-channel gate (paper),\nmean of {paper['channels']} channels "
-                     f"(ratio {paper['ratio']:.2f})", paper["gate"].mean(axis=-1)))
+        rows.append(
+            (
+                f"SAM, per-channel gate (paper),\nmean of {paper['channels']} channels (ratio {paper['ratio']:.2f})",
+                paper["gate"].mean(axis=-1),
+            )
+        )
     last = results[variants[-1]]
     rows.append(("RPN objectness", 1 / (1 + np.exp(-last["objectness"][..., 0]))))
     save_figure(path, data["images"][test], data["boxes"][test], data["num_shapes"][test], rows)

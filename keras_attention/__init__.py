@@ -4,7 +4,8 @@ Import `keras_attention` and every layer is registered under the package name,
 so saved models reload with `safe_mode=True` and no `custom_objects`.
 """
 
-from keras_attention import backend
+from keras_attention import backend, data, losses, quantization
+from keras_attention.backbones import attach, freeze_backbone, unfreeze
 from keras_attention.layers import (
     CBAM,
     ChannelAttention,
@@ -18,13 +19,26 @@ from keras_attention.layers import (
     SqueezeExcitation,
     get_attention,
 )
-from keras_attention.backbones import attach, freeze_backbone, unfreeze
-from keras_attention import data, losses, quantization
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CBAM", "ChannelAttention", "SpatialAttention", "SqueezeExcitation", "EfficientChannelAttention",
-    "ContextEnhancement", "LightRPNHead", "RPNGuidedSpatialAttention", "RoIAlign", "SAGMaskHead",
-    "get_attention", "attach", "freeze_backbone", "unfreeze", "backend", "data", "losses", "__version__",
+    "CBAM",
+    "ChannelAttention",
+    "SpatialAttention",
+    "SqueezeExcitation",
+    "EfficientChannelAttention",
+    "ContextEnhancement",
+    "LightRPNHead",
+    "RPNGuidedSpatialAttention",
+    "RoIAlign",
+    "SAGMaskHead",
+    "get_attention",
+    "attach",
+    "freeze_backbone",
+    "unfreeze",
+    "backend",
+    "data",
+    "losses",
+    "__version__",
 ]

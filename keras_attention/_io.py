@@ -19,8 +19,9 @@ def check_folder(directory, caller):
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise NotADirectoryError(f"{caller}: cannot write into {os.fspath(directory)!r}: {parent!r} is a file, "
-                                 "not a folder.")
+        raise NotADirectoryError(
+            f"{caller}: cannot write into {os.fspath(directory)!r}: {parent!r} is a file, not a folder."
+        )
 
 
 def check_destination(path, caller, allow_directory=False):

@@ -31,10 +31,19 @@ WHERE_CHOICES = ("residual", "stages")
 # Layers that only drop or perturb activations during training: a residual
 # branch's anchor is looked up through them, so attention follows the last
 # real layer of the branch (e.g. EfficientNet's `_project_bn`, not `_drop`).
-_PASS_THROUGH = frozenset({
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-    "GaussianDropout", "GaussianNoise", "AlphaDropout", "StochasticDepth", "Identity",
-})
+_PASS_THROUGH = frozenset(
+    {
+        "Dropout",
+        "SpatialDropout1D",
+        "SpatialDropout2D",
+        "SpatialDropout3D",
+        "GaussianDropout",
+        "GaussianNoise",
+        "AlphaDropout",
+        "StochasticDepth",
+        "Identity",
+    }
+)
 _ADD_SYMBOLS = ("__operators__.add", "math.add", "add")  # tf_keras TFOpLambda spellings
 _CONCAT_SYMBOLS = ("concat",)
 _MISSING = object()
@@ -225,10 +234,11 @@ def _residual_anchors(graph):
 
     Add: the shortcut is the input nearest to the model's inputs (fewest layers
     on its longest path; on a tie, the first input); every other input is a
-    residual branch. Inception-ResNet's `CustomScaleLayer` (x + scale * r): r. Concatenate: a dense connection (DenseNet) when one input
-    is computed from another; the inputs computed from another are the new
-    features. The anchor is the branch's last layer, looked up through
-    Dropout / StochasticDepth / linear Activation.
+    residual branch. Inception-ResNet's `CustomScaleLayer` (x + scale * r): r.
+    Concatenate: a dense connection (DenseNet) when one input is computed from
+    another; the inputs computed from another are the new features. The anchor
+    is the branch's last layer, looked up through Dropout / StochasticDepth /
+    linear Activation.
     """
     anchors = []
     for node in graph.nodes:
@@ -333,7 +343,8 @@ def _named_anchors(graph, names):
         hint = "; ".join(f"{n!r}: did you mean {h}?" for n, h in hints.items() if h)
         raise ValueError(
             f"attach: no layer named {missing} in model {graph.model.name!r}"
-            + (f" ({hint})" if hint else "") + ". Layer names are listed by `model.summary()`."
+            + (f" ({hint})" if hint else "")
+            + ". Layer names are listed by `model.summary()`."
         )
     wanted = set(names)
     return _outputs_of(graph, lambda node: node.op.name in wanted, "where")
@@ -404,8 +415,7 @@ def _attention_class(attention):
     if isinstance(attention, type):
         if attention not in ATTENTIONS.values():
             raise ValueError(
-                f"attach: `attention` must be one of {sorted(ATTENTIONS)} or one of their classes; "
-                f"got {attention!r}."
+                f"attach: `attention` must be one of {sorted(ATTENTIONS)} or one of their classes; got {attention!r}."
             )
         return attention, next(k for k, v in ATTENTIONS.items() if v is attention)
     key = str(attention).lower()

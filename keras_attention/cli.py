@@ -8,8 +8,15 @@ def _demo(args):
     from keras_attention.demo import run_demo
 
     weights = None if args.weights in (None, "none") else args.weights
-    run_demo(out=args.out, data=args.data, epochs=args.epochs, fast=args.fast, weights=weights, size=args.size,
-             seed=args.seed)
+    run_demo(
+        out=args.out,
+        data=args.data,
+        epochs=args.epochs,
+        fast=args.fast,
+        weights=weights,
+        size=args.size,
+        seed=args.seed,
+    )
 
 
 def _convert(args):
@@ -24,12 +31,19 @@ def _convert(args):
         except FileNotFoundError:
             raise FileNotFoundError(f"--representative: no file at {args.representative!r}.") from None
         except Exception as error:  # numpy raises ValueError, UnpicklingError, EOFError... for a bad file
-            raise ValueError(f"--representative: {args.representative!r} is not a readable .npy array "
-                             f"({type(error).__name__}: {error}).") from None
+            raise ValueError(
+                f"--representative: {args.representative!r} is not a readable .npy array "
+                f"({type(error).__name__}: {error})."
+            ) from None
     elif args.representative:
         calibration = args.representative
-    tflite.convert(args.model, quantization=args.quantization, representative_data=calibration,
-                   int8_io=args.int8_io, path=args.output)
+    tflite.convert(
+        args.model,
+        quantization=args.quantization,
+        representative_data=calibration,
+        int8_io=args.int8_io,
+        path=args.output,
+    )
     print(f"wrote {args.output}")
     if isinstance(calibration, np.ndarray):
         print(tflite.verify(args.model, args.output, calibration[: args.verify_samples]))

@@ -51,8 +51,10 @@ def digits(size=32, channels=1, test_fraction=0.25, seed=0):
         raise ValueError(f"digits: `channels` must be 1 or 3; got {channels!r}.")
     check_int("digits", "size", size)
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise ValueError(f"digits: `test_fraction` must be a number strictly between 0 and 1 (a share of the "
-                         f"images held out); got {test_fraction!r}.")
+        raise ValueError(
+            f"digits: `test_fraction` must be a number strictly between 0 and 1 (a share of the "
+            f"images held out); got {test_fraction!r}."
+        )
     bunch = load_digits()
     images = (bunch.images.astype("float32") * (255.0 / 16.0))[..., None]
     if size != 8:
@@ -95,8 +97,17 @@ def _shape_mask(kind, cy, cx, radius, angle, size):
     return _polygon_mask(ys, xs, vertices)
 
 
-def shapes(num_images=256, image_size=64, max_shapes=3, min_shapes=1, min_radius=6.0,
-           max_radius=14.0, channels=3, noise=8.0, seed=0):
+def shapes(
+    num_images=256,
+    image_size=64,
+    max_shapes=3,
+    min_shapes=1,
+    min_radius=6.0,
+    max_radius=14.0,
+    channels=3,
+    noise=8.0,
+    seed=0,
+):
     """Deterministic synthetic images of circles, squares and triangles with boxes and masks.
 
     Each image has a textured grey background and between `min_shapes` and
@@ -135,8 +146,12 @@ def shapes(num_images=256, image_size=64, max_shapes=3, min_shapes=1, min_radius
     """
     if channels not in (1, 3):
         raise ValueError(f"shapes: `channels` must be 1 or 3; got {channels!r}.")
-    for arg, value in (("num_images", num_images), ("image_size", image_size), ("max_shapes", max_shapes),
-                       ("min_shapes", min_shapes)):
+    for arg, value in (
+        ("num_images", num_images),
+        ("image_size", image_size),
+        ("max_shapes", max_shapes),
+        ("min_shapes", min_shapes),
+    ):
         check_int("shapes", arg, value)
     if not 1 <= min_shapes <= max_shapes:
         raise ValueError(f"shapes: need 1 <= min_shapes <= max_shapes; got {min_shapes}, {max_shapes}.")

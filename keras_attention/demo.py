@@ -39,8 +39,10 @@ def load_image_folder(directory, size, validation_split=0.2, seed=0):
     if not os.path.isdir(directory):
         raise ValueError(f"demo --data: {directory!r} is not a folder.")
     classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
-    files = {c: sorted(f for f in os.listdir(os.path.join(directory, c)) if f.lower().endswith(IMAGE_SUFFIXES))
-             for c in classes}
+    files = {
+        c: sorted(f for f in os.listdir(os.path.join(directory, c)) if f.lower().endswith(IMAGE_SUFFIXES))
+        for c in classes
+    }
     files = {c: f for c, f in files.items() if f}
     if not files:
         raise ValueError(
@@ -48,7 +50,9 @@ def load_image_folder(directory, size, validation_split=0.2, seed=0):
             f"{', '.join(IMAGE_SUFFIXES)} files."
         )
     if len(files) < 2:
-        raise ValueError(f"demo --data: found one class ({list(files)[0]!r}) in {directory!r}; a classifier needs at least two.")
+        raise ValueError(
+            f"demo --data: found one class ({list(files)[0]!r}) in {directory!r}; a classifier needs at least two."
+        )
     images, labels = [], []
     for label, (name, names) in enumerate(sorted(files.items())):
         for filename in names:
@@ -138,10 +142,12 @@ def train(model, data, epochs, fine_tune_from_imagenet, batch_size=32, eager=Fal
         unfreeze(model)
         phases = [(epochs - first, 1e-4)] if epochs > first else []
     for phase_epochs, learning_rate in phases:
-        model.compile(keras.optimizers.Adam(learning_rate), loss, metrics=["accuracy"], jit_compile=jit,
-                      run_eagerly=eager)
-        model.fit(x_train, y_train, batch_size=batch_size, epochs=phase_epochs, validation_data=(x_test, y_test),
-                  verbose=1)
+        model.compile(
+            keras.optimizers.Adam(learning_rate), loss, metrics=["accuracy"], jit_compile=jit, run_eagerly=eager
+        )
+        model.fit(
+            x_train, y_train, batch_size=batch_size, epochs=phase_epochs, validation_data=(x_test, y_test), verbose=1
+        )
     return float(model.evaluate(x_test, y_test, verbose=0)[1])
 
 
@@ -154,8 +160,7 @@ def _check_arguments(out, epochs, size, seed):
 
 
 # What one run writes; a new run replaces all of them or (when it fails) none.
-OUTPUT_FILES = ("model.keras", "model_qat.keras", "model_qat.h5", "model_int8.tflite", "attention.png",
-                "report.json")
+OUTPUT_FILES = ("model.keras", "model_qat.keras", "model_qat.h5", "model_int8.tflite", "attention.png", "report.json")
 
 
 def _publish(staging, out):
@@ -179,8 +184,10 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
     """
     _check_arguments(out, epochs, size, seed)
     if BACKEND != "tensorflow":
-        raise RuntimeError("keras-attention demo converts to TFLite and needs the TensorFlow backend "
-                           "(unset KERAS_BACKEND or set it to tensorflow).")
+        raise RuntimeError(
+            "keras-attention demo converts to TFLite and needs the TensorFlow backend "
+            "(unset KERAS_BACKEND or set it to tensorflow)."
+        )
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", suffix=".partial", dir=parent)
@@ -214,7 +221,8 @@ def _run(staging, out, data, epochs, fast, weights, size, seed):
     models, accuracy = {}, {}
     for attention in (False, True):
         name = "cbam" if attention else "plain"
-        print(f"\n== fine-tuning MobileNetV2{' + CBAM' if attention else ''} ({len(train_set[1])} images, {epochs} epochs)")
+        backbone = "MobileNetV2 + CBAM" if attention else "MobileNetV2"
+        print(f"\n== fine-tuning {backbone} ({len(train_set[1])} images, {epochs} epochs)")
         models[name] = build_classifier(len(class_names), size, weights, attention)
         accuracy[name] = train(models[name], (train_set, test_set), epochs, weights == "imagenet", eager=fast)
     model = models["cbam"]
@@ -248,36 +256,58 @@ def _run(staging, out, data, epochs, fast, weights, size, seed):
     images = test_set[0][:4]
     maps = visualize.attention_maps(model, images)
     panels = [(f"{name}\n(spatial gate)", gate) for name, gate in (maps[0], maps[-1])]
-    panels += [(f"Grad-CAM {name}", visualize.grad_cam(m, images, layer_name=visualize.last_conv_layer_name(m)))
-               for name, m in models.items()]
-    visualize.save_overlays(os.path.join(staging, "attention.png"), images, panels,
-                            titles=[f"class {class_names[y]}" for y in test_set[1][:4]])
+    panels += [
+        (f"Grad-CAM {name}", visualize.grad_cam(m, images, layer_name=visualize.last_conv_layer_name(m)))
+        for name, m in models.items()
+    ]
+    visualize.save_overlays(
+        os.path.join(staging, "attention.png"),
+        images,
+        panels,
+        titles=[f"class {class_names[y]}" for y in test_set[1][:4]],
+    )
 
     report = {
         "keras": "tf_keras" if IS_LEGACY else f"keras {keras.__version__} ({BACKEND})",
         "data": data or "scikit-learn digits",
-        "train_images": int(len(train_set[1])), "test_images": int(len(test_set[1])),
-        "epochs": epochs, "image_size": size, "weights": weights,
-        "float_accuracy": accuracy["cbam"], "plain_float_accuracy": accuracy["plain"],
-        "int8_accuracy": int8_accuracy, "plain_int8_accuracy": _accuracy(int8["plain"], test_set),
+        "train_images": int(len(train_set[1])),
+        "test_images": int(len(test_set[1])),
+        "epochs": epochs,
+        "image_size": size,
+        "weights": weights,
+        "float_accuracy": accuracy["cbam"],
+        "plain_float_accuracy": accuracy["plain"],
+        "int8_accuracy": int8_accuracy,
+        "plain_int8_accuracy": _accuracy(int8["plain"], test_set),
         "post_training_int8_accuracy": _accuracy(post_training["cbam"], test_set),
         "plain_post_training_int8_accuracy": _accuracy(post_training["plain"], test_set),
-        "qat_keras_accuracy": qat_keras_accuracy["cbam"], "plain_qat_keras_accuracy": qat_keras_accuracy["plain"],
-        "qat_epochs": qat_epochs, "qat": "tfmot (tf_keras)" if IS_LEGACY else "Keras 3 (fake_quant_with_min_max_vars)",
+        "qat_keras_accuracy": qat_keras_accuracy["cbam"],
+        "plain_qat_keras_accuracy": qat_keras_accuracy["plain"],
+        "qat_epochs": qat_epochs,
+        "qat": "tfmot (tf_keras)" if IS_LEGACY else "Keras 3 (fake_quant_with_min_max_vars)",
         "seed": seed,
         "int8_top1_agreement": verification.top1_agreement,
         "int8_end_to_end": verification.int8_end_to_end,
         "builtin_ops_only": verification.all_builtin,
-        "tflite_size_kib": len(int8["cbam"]) / 1024, "plain_tflite_size_kib": len(int8["plain"]) / 1024,
-        "tflite_latency_ms_1_thread": latency["cbam"], "plain_tflite_latency_ms_1_thread": latency["plain"],
+        "tflite_size_kib": len(int8["cbam"]) / 1024,
+        "plain_tflite_size_kib": len(int8["plain"]) / 1024,
+        "tflite_latency_ms_1_thread": latency["cbam"],
+        "plain_tflite_latency_ms_1_thread": latency["plain"],
         "cbam_latency_ratio": latency["cbam"] / latency["plain"],
-        "params": int(model.count_params()), "plain_params": int(models["plain"].count_params()),
+        "params": int(model.count_params()),
+        "plain_params": int(models["plain"].count_params()),
         "cbam_params_ratio": model.count_params() / models["plain"].count_params(),
         "attention_layers": len(maps),
         "seconds": time.time() - started,
-        "files": {key: os.path.join(out, name) for key, name in (
-            ("model", "model.keras"), ("qat_model", qat_name), ("tflite", "model_int8.tflite"),
-            ("attention", "attention.png"))},
+        "files": {
+            key: os.path.join(out, name)
+            for key, name in (
+                ("model", "model.keras"),
+                ("qat_model", qat_name),
+                ("tflite", "model_int8.tflite"),
+                ("attention", "attention.png"),
+            )
+        },
     }
     write_json(os.path.join(staging, "report.json"), report, "keras_attention demo")
     return report
@@ -286,18 +316,30 @@ def _run(staging, out, data, epochs, fast, weights, size, seed):
 def print_report(report):
     rows = [
         ("float accuracy (CBAM / plain)", f"{report['float_accuracy']:.4f} / {report['plain_float_accuracy']:.4f}"),
-        ("post-training int8 accuracy (CBAM / plain)",
-         f"{report['post_training_int8_accuracy']:.4f} / {report['plain_post_training_int8_accuracy']:.4f}"),
-        ("QAT int8 TFLite accuracy (CBAM / plain)", f"{report['int8_accuracy']:.4f} / {report['plain_int8_accuracy']:.4f}"),
-        ("QAT Keras accuracy (CBAM / plain)",
-         f"{report['qat_keras_accuracy']:.4f} / {report['plain_qat_keras_accuracy']:.4f}"),
+        (
+            "post-training int8 accuracy (CBAM / plain)",
+            f"{report['post_training_int8_accuracy']:.4f} / {report['plain_post_training_int8_accuracy']:.4f}",
+        ),
+        (
+            "QAT int8 TFLite accuracy (CBAM / plain)",
+            f"{report['int8_accuracy']:.4f} / {report['plain_int8_accuracy']:.4f}",
+        ),
+        (
+            "QAT Keras accuracy (CBAM / plain)",
+            f"{report['qat_keras_accuracy']:.4f} / {report['plain_qat_keras_accuracy']:.4f}",
+        ),
         ("QAT int8 top-1 agreement with Keras QAT", f"{report['int8_top1_agreement']:.4f}"),
         ("int8 end to end, builtin ops only", f"{report['int8_end_to_end']}, {report['builtin_ops_only']}"),
         ("TFLite size (CBAM / plain)", f"{report['tflite_size_kib']:.1f} / {report['plain_tflite_size_kib']:.1f} KiB"),
-        ("TFLite latency, 1 thread (CBAM / plain)",
-         f"{report['tflite_latency_ms_1_thread']:.2f} / {report['plain_tflite_latency_ms_1_thread']:.2f} ms "
-         f"({report['cbam_latency_ratio']:.2f}x)"),
-        ("parameters (CBAM / plain)", f"{report['params']:,} / {report['plain_params']:,} ({report['cbam_params_ratio']:.3f}x)"),
+        (
+            "TFLite latency, 1 thread (CBAM / plain)",
+            f"{report['tflite_latency_ms_1_thread']:.2f} / {report['plain_tflite_latency_ms_1_thread']:.2f} ms "
+            f"({report['cbam_latency_ratio']:.2f}x)",
+        ),
+        (
+            "parameters (CBAM / plain)",
+            f"{report['params']:,} / {report['plain_params']:,} ({report['cbam_params_ratio']:.3f}x)",
+        ),
         ("CBAM blocks inserted", str(report["attention_layers"])),
         ("wall time", f"{report['seconds']:.0f} s"),
     ]

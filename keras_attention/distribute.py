@@ -36,7 +36,7 @@ JAX_ENGINE = "keras.distribution"
 
 
 def engine_name():
-    """"tf.distribute" on TensorFlow (Keras 3 or tf_keras), "keras.distribution" on JAX."""
+    """ "tf.distribute" on TensorFlow (Keras 3 or tf_keras), "keras.distribution" on JAX."""
     if BACKEND == "tensorflow":
         return TF_ENGINE
     if BACKEND == "jax":
@@ -77,7 +77,7 @@ class DataParallelEngine:
 
 
 def _device_key(name):
-    """"/job:localhost/replica:0/task:0/device:GPU:0", "/gpu:0", "gpu:0" -> "gpu:0"."""
+    """ "/job:localhost/replica:0/task:0/device:GPU:0", "/gpu:0", "gpu:0" -> "gpu:0"."""
     match = re.search(r"(cpu|gpu|tpu):(\d+)$", str(name).lower().replace("device:", ""))
     return f"{match.group(1)}:{match.group(2)}" if match else str(name).lower()
 
@@ -89,8 +89,7 @@ def _select(available, devices, what, known=None):
     if isinstance(devices, int) and not isinstance(devices, bool):
         if not 1 <= devices <= len(available):
             raise ValueError(
-                f"data_parallel: asked for {devices} devices; {len(available)} {what} are "
-                f"available: {list(available)}."
+                f"data_parallel: asked for {devices} devices; {len(available)} {what} are available: {list(available)}."
             )
         return list(available[:devices])
     if isinstance(devices, str):
@@ -102,8 +101,7 @@ def _select(available, devices, what, known=None):
     known_keys = {_device_key(k) for k in known}
     missing = [d for d in devices if _device_key(d) not in known_keys]
     if missing:
-        raise ValueError(f"data_parallel: no device {', '.join(map(repr, missing))} on this machine; "
-                         f"it has {known}.")
+        raise ValueError(f"data_parallel: no device {', '.join(map(repr, missing))} on this machine; it has {known}.")
     return devices
 
 
@@ -178,7 +176,7 @@ def _warn_keras3_multi_worker(strategy):
     if workers > 1:
         warnings.warn(
             "Keras 3's model.fit fails under MultiWorkerMirroredStrategy with several workers "
-            "(\"Attempt to convert a value (PerReplica...) to a Tensor\", keras-team/keras#20585). "
+            '("Attempt to convert a value (PerReplica...) to a Tensor", keras-team/keras#20585). '
             "Train on several machines with tf_keras (TF_USE_LEGACY_KERAS=1) or with Keras 3 on JAX "
             "(keras.distribution.initialize()).",
             stacklevel=3,

@@ -50,8 +50,12 @@ def _aligned_axis(start, length, bins, size):
     low = np.where(at_end, size - 1, low)
     high = np.where(at_end, size - 1, low + 1)
     frac = np.where(at_end, 0.0, points - low)
-    return (low.reshape(bins, grid), high.reshape(bins, grid),
-            ((1 - frac) * valid).reshape(bins, grid), (frac * valid).reshape(bins, grid))
+    return (
+        low.reshape(bins, grid),
+        high.reshape(bins, grid),
+        ((1 - frac) * valid).reshape(bins, grid),
+        (frac * valid).reshape(bins, grid),
+    )
 
 
 def crop_mask_targets(masks, boxes, size=28, threshold=0.5):
@@ -131,8 +135,9 @@ def encode_mask_targets(targets, classes, num_classes):
         )
     num_classes = check_int("encode_mask_targets", "num_classes", num_classes)
     if classes.dtype.kind not in "iu":
-        raise ValueError(f"encode_mask_targets: classes must be integers (negative: ignored RoI); got dtype "
-                         f"{classes.dtype}.")
+        raise ValueError(
+            f"encode_mask_targets: classes must be integers (negative: ignored RoI); got dtype {classes.dtype}."
+        )
     if num_classes > 1 and (classes >= num_classes).any():
         raise ValueError(f"encode_mask_targets: classes must be < num_classes ({num_classes}); got {classes.max()}.")
     channel = np.where(classes >= 0, 0 if num_classes == 1 else classes, -1)
@@ -193,11 +198,14 @@ def _check_mask_loss_inputs(targets, logits, classes):
         return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
 
     if not same(t_shape, l_shape[:-1]):
-        raise ValueError(f"{name}: targets must be (..., S, S) = {l_shape[:-1]}, one per RoI of the logits "
-                         f"{l_shape}; got {t_shape} (targets are not broadcast over RoIs).")
+        raise ValueError(
+            f"{name}: targets must be (..., S, S) = {l_shape[:-1]}, one per RoI of the logits "
+            f"{l_shape}; got {t_shape} (targets are not broadcast over RoIs)."
+        )
     if not same(c_shape, l_shape[:-3]):
-        raise ValueError(f"{name}: classes must be (...) = {l_shape[:-3]}, one per RoI of the logits "
-                         f"{l_shape}; got {c_shape}.")
+        raise ValueError(
+            f"{name}: classes must be (...) = {l_shape[:-3]}, one per RoI of the logits {l_shape}; got {c_shape}."
+        )
     dtype = getattr(getattr(classes, "dtype", None), "name", None) or str(getattr(classes, "dtype", ""))
     if "int" not in dtype:
         raise ValueError(f"{name}: classes must be integers (negative: ignored RoI); got dtype {dtype}.")

@@ -216,8 +216,10 @@ def _serving_function(model):
 
     def serve(*args):
         outputs = model(_pack_inputs(model, args), training=False)
-        return {f"output_{i}": tf.cast(o, "float32") if _dtype_name(o.dtype) in ("float16", "bfloat16") else o
-                for i, o in enumerate(tf.nest.flatten(outputs))}
+        return {
+            f"output_{i}": tf.cast(o, "float32") if _dtype_name(o.dtype) in ("float16", "bfloat16") else o
+            for i, o in enumerate(tf.nest.flatten(outputs))
+        }
 
     return serve
 
@@ -262,8 +264,7 @@ def _load_image_directory(directory, shape, limit):
     images = []
     for name in names[:limit]:
         raw = tf.io.read_file(os.path.join(directory, name))
-        image = tf.io.decode_image(raw, channels=channels if channels in (1, 3, 4) else 0,
-                                   expand_animations=False)
+        image = tf.io.decode_image(raw, channels=channels if channels in (1, 3, 4) else 0, expand_animations=False)
         image = tf.cast(image, "float32")
         if height is not None and width is not None:
             image = tf.image.resize(image, (height, width))
@@ -309,7 +310,7 @@ def _as_sample_lists(data, specs, limit, what):
                 )
             batched.append(array)
         count = batched[0].shape[0]
-        return [[b[i: i + 1] for b in batched] for i in range(count)]
+        return [[b[i : i + 1] for b in batched] for i in range(count)]
 
     if isinstance(data, (str, os.PathLike)):
         path = os.fspath(data)
@@ -352,8 +353,16 @@ def _as_sample_lists(data, specs, limit, what):
 # ------------------------------------------------------------------- convert
 
 
-def convert(model, quantization="float32", representative_data=None, int8_io=False, path=None,
-            batch_size=1, calibration_steps=100, quantizer="auto"):
+def convert(
+    model,
+    quantization="float32",
+    representative_data=None,
+    int8_io=False,
+    path=None,
+    batch_size=1,
+    calibration_steps=100,
+    quantizer="auto",
+):
     """Converts a Keras model to a TFLite flatbuffer with builtin ops only.
 
     Args:
@@ -418,8 +427,10 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
             f"keras_attention.tflite.convert: int8_io=True needs quantization='int8'; got {quantization!r}."
         )
     if not isinstance(model, (str, os.PathLike)) and not hasattr(model, "inputs"):
-        raise TypeError(f"keras_attention.tflite.convert: expected a Keras model, a .keras/.h5 file or a "
-                        f"SavedModel directory; got {type(model).__name__}.")
+        raise TypeError(
+            f"keras_attention.tflite.convert: expected a Keras model, a .keras/.h5 file or a "
+            f"SavedModel directory; got {type(model).__name__}."
+        )
     if path is not None:  # before minutes of conversion
         check_destination(path, "keras_attention.tflite.convert")
     saved_model = None
@@ -464,13 +475,13 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
 
                 def representative_dataset():
                     for sample in samples:
-                        yield {spec.name: np.asarray(x, dtype=spec.dtype.as_numpy_dtype)
-                               for x, spec in zip(sample, specs)}
+                        yield {
+                            spec.name: np.asarray(x, dtype=spec.dtype.as_numpy_dtype) for x, spec in zip(sample, specs)
+                        }
 
                 converter.representative_dataset = representative_dataset
             if select_tf_ops:
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
-                                                       tf.lite.OpsSet.SELECT_TF_OPS]
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
             elif quantization == "int8":
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
             else:
@@ -500,8 +511,9 @@ def convert(model, quantization="float32", representative_data=None, int8_io=Fal
     flatbuffer = bytes(flatbuffer)
     custom = [op for op in op_inventory(flatbuffer) if not op["builtin"]]
     if custom:
-        raise _flex_error(model, [(op["op"], _scope_of(op["outputs"][0]) if op["outputs"] else None)
-                                  for op in custom], quantization)
+        raise _flex_error(
+            model, [(op["op"], _scope_of(op["outputs"][0]) if op["outputs"] else None) for op in custom], quantization
+        )
     _refuse_if_it_crashes(flatbuffer, TFLiteConversionError, model, warn=True)
     if path is not None:
         write_bytes(path, flatbuffer, "keras_attention.tflite.convert")
@@ -565,7 +577,9 @@ def _load_model_path(path):
     path = os.fspath(path)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise ValueError(f"keras_attention.tflite: {path!r} is a directory but not a SavedModel (no saved_model.pb).")
+            raise ValueError(
+                f"keras_attention.tflite: {path!r} is a directory but not a SavedModel (no saved_model.pb)."
+            )
         return None, path
     if not os.path.isfile(path):
         raise FileNotFoundError(f"keras_attention.tflite: no model at {path!r}.")
@@ -593,8 +607,10 @@ def _check_model_file(path):
             ok = handle.read(8) == b"\x89HDF\r\n\x1a\n"
         expected = "an .h5 file starts with the HDF5 signature"
     if not ok:
-        raise ValueError(f"keras_attention.tflite: {path!r} ({size} bytes) is not a readable Keras model file: "
-                         f"{expected}; it is empty, truncated or something else.")
+        raise ValueError(
+            f"keras_attention.tflite: {path!r} ({size} bytes) is not a readable Keras model file: "
+            f"{expected}; it is empty, truncated or something else."
+        )
 
 
 def _saved_model_signature(directory):
@@ -612,8 +628,10 @@ def _saved_model_specs(directory):
     """The serving signature's input specs, ordered by name (input_0, input_1, ...)."""
     _, signature = _saved_model_signature(directory)
     specs = signature.structured_input_signature[1]
-    return [specs[name] if specs[name].name == name else _renamed(specs[name], name)
-            for name in sorted(specs, key=_natural_key)]
+    return [
+        specs[name] if specs[name].name == name else _renamed(specs[name], name)
+        for name in sorted(specs, key=_natural_key)
+    ]
 
 
 def _renamed(spec, name):
@@ -699,8 +717,11 @@ def _layer_for_scope(model, scope):
     if not chain:
         return None
     path = " > ".join(f"'{layer.name}'" for layer in chain)
-    return f"{path} ({type(chain[-1]).__name__})" if len(chain) == 1 else \
-        f"{path} ({' > '.join(type(layer).__name__ for layer in chain)})"
+    return (
+        f"{path} ({type(chain[-1]).__name__})"
+        if len(chain) == 1
+        else f"{path} ({' > '.join(type(layer).__name__ for layer in chain)})"
+    )
 
 
 def _flex_error(model, flex, quantization):
@@ -709,8 +730,9 @@ def _flex_error(model, flex, quantization):
         described.append((op, _layer_for_scope(model, scope) or (f"TF scope '{scope}'" if scope else None)))
     lines = []
     for op, layer in described:
-        lines.append(f"  - TensorFlow op {op} in layer {layer}" if layer else
-                     f"  - TensorFlow op {op} (layer not identified)")
+        lines.append(
+            f"  - TensorFlow op {op} in layer {layer}" if layer else f"  - TensorFlow op {op} (layer not identified)"
+        )
     ops = ", ".join(sorted({op for op, _ in described}))
     message = (
         f"keras_attention.tflite.convert: the model needs TensorFlow ops that have no TFLite builtin "
@@ -793,8 +815,9 @@ def _schema():
 
 
 def _enum_names(enum_class):
-    return {value: name for name, value in vars(enum_class).items()
-            if not name.startswith("_") and isinstance(value, int)}
+    return {
+        value: name for name, value in vars(enum_class).items() if not name.startswith("_") and isinstance(value, int)
+    }
 
 
 def _parse(data):
@@ -838,7 +861,7 @@ def op_inventory(tflite_model):
                 custom = code.CustomCode()
                 name = custom.decode() if isinstance(custom, bytes) else str(custom)
             runtime_in, const_in, in_idx = [], [], []
-            for t in (op.InputsAsNumpy().tolist() if op.InputsLength() else []):
+            for t in op.InputsAsNumpy().tolist() if op.InputsLength() else []:
                 if t < 0:
                     continue
                 tensor = graph.Tensors(t)
@@ -847,7 +870,7 @@ def op_inventory(tflite_model):
                 if not _is_constant(model, tensor):
                     in_idx.append(t)
             out_types, out_names, out_idx = [], [], []
-            for t in (op.OutputsAsNumpy().tolist() if op.OutputsLength() else []):
+            for t in op.OutputsAsNumpy().tolist() if op.OutputsLength() else []:
                 tensor = graph.Tensors(t)
                 out_types.append(type_names.get(tensor.Type(), str(tensor.Type())).lower())
                 raw = tensor.Name()
@@ -860,12 +883,20 @@ def op_inventory(tflite_model):
             other = sorted({t for t in const_in if t != first_in and t not in ("int32", "int64")})
             if other and name not in ("QUANTIZE", "DEQUANTIZE"):
                 dtype += f"+{'/'.join(other)} weights"
-            ops.append(dict(
-                op=name, builtin=builtin, dtype=dtype, subgraph=s, inputs=runtime_in, constants=const_in,
-                output_types=out_types, outputs=out_names,
-                reads_graph_input=any(t in graph_inputs for t in in_idx),
-                writes_graph_output=any(t in graph_outputs for t in out_idx),
-            ))
+            ops.append(
+                dict(
+                    op=name,
+                    builtin=builtin,
+                    dtype=dtype,
+                    subgraph=s,
+                    inputs=runtime_in,
+                    constants=const_in,
+                    output_types=out_types,
+                    outputs=out_names,
+                    reads_graph_input=any(t in graph_inputs for t in in_idx),
+                    writes_graph_output=any(t in graph_outputs for t in out_idx),
+                )
+            )
     return ops
 
 
@@ -937,8 +968,7 @@ def degenerate_activations(tflite_model):
             quant = tensor.Quantization()
             if quant is None or not quant.ScaleLength() or _is_constant(model, tensor):
                 continue
-            if tensor.Type() not in (_schema().TensorType.INT8, _schema().TensorType.UINT8,
-                                     _schema().TensorType.INT16):
+            if tensor.Type() not in (_schema().TensorType.INT8, _schema().TensorType.UINT8, _schema().TensorType.INT16):
                 continue
             scales = quant.ScaleAsNumpy()
             if not np.all(np.isfinite(scales)) or float(np.min(scales)) < DEGENERATE_SCALE:
@@ -994,9 +1024,10 @@ def _degenerate_message(names, model=None, crash=None):
     return (
         "keras_attention.tflite: int8 calibration found activations that never varied (their "
         f"quantization scale is below {DEGENERATE_SCALE:g} or not a number); "
-        + (f"{crash}. " if crash else "such int8 models can crash the XNNPACK kernels and their "
-           "numbers mean little. ")
-        + "Tensors:\n" + "\n".join(layers[:10]) + ("\n  ..." if len(layers) > 10 else "")
+        + (f"{crash}. " if crash else "such int8 models can crash the XNNPACK kernels and their numbers mean little. ")
+        + "Tensors:\n"
+        + "\n".join(layers[:10])
+        + ("\n  ..." if len(layers) > 10 else "")
         + "\nThis happens with attention still at its identity initialisation "
         "(start_as_identity / attach(preserve_outputs=True)) whose logits are 0 for every input, with "
         "dead units, or with constant calibration data. Train the model first (int8 is only meaningful "
@@ -1008,7 +1039,8 @@ def _degenerate_message(names, model=None, crash=None):
 # tensorflow/lite/tools/versioning/gpu_compatibility.cc). The analyzer's own
 # GPU check in TF 2.21 / ai-edge-litert 2.3 passes every model we tried, even
 # TOPK_V2 or a CAST to int64 that this list lacks, so `verify` reports both.
-GPU_DELEGATE_OPS = frozenset("""
+GPU_DELEGATE_OPS = frozenset(
+    """
 ABS ADD ADD_N ATAN2 AVERAGE_POOL_2D BATCH_MATMUL CAST CEIL CONCATENATION CONV_2D COS CUMSUM DENSIFY
 DEPTHWISE_CONV_2D DEPTH_TO_SPACE DEQUANTIZE DIV DYNAMIC_UPDATE_SLICE ELU EMBEDDING_LOOKUP EQUAL EXP FLOOR
 FLOOR_DIV FLOOR_MOD FULLY_CONNECTED GATHER GELU GREATER GREATER_EQUAL HARD_SWISH LEAKY_RELU LESS LESS_EQUAL
@@ -1016,7 +1048,8 @@ LOG LOGICAL_AND LOGISTIC LSTM MAXIMUM MAX_POOL_2D MEAN MINIMUM MIRROR_PAD MUL NE
 PADV2 POW PRELU QUANTIZE REDUCE_MAX REDUCE_MIN REDUCE_PROD RELU RELU6 RELU_N1_TO_1 RESHAPE RESIZE_BILINEAR
 RESIZE_NEAREST_NEIGHBOR RSQRT SELECT SELECT_V2 SIGN SIN SLICE SOFTMAX SPACE_TO_DEPTH SPLIT SPLIT_V SQRT
 SQUARE SQUARED_DIFFERENCE STABLEHLO_CLAMP STRIDED_SLICE SUB SUM TANH TILE TRANSPOSE TRANSPOSE_CONV
-""".split())
+""".split()
+)
 
 
 def gpu_unsupported_ops(tflite_model):
@@ -1054,8 +1087,7 @@ def _interpreter(data, num_threads=None, xnnpack=True):
         ) from error
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interpreter = Interpreter(model_content=data, num_threads=num_threads,
-                                  experimental_op_resolver_type=resolver)
+        interpreter = Interpreter(model_content=data, num_threads=num_threads, experimental_op_resolver_type=resolver)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise InvalidTFLiteModelError(
@@ -1152,17 +1184,23 @@ def run(tflite_model, data):
 
 def _samples_from_arrays(data, n_inputs):
     arrays = list(data) if isinstance(data, (list, tuple)) else [data]
-    arrays = [np.asarray(_to_numpy(a), dtype="float32") if np.issubdtype(np.asarray(_to_numpy(a)).dtype, np.floating)
-              else np.asarray(_to_numpy(a)) for a in arrays]
+    arrays = [
+        np.asarray(_to_numpy(a), dtype="float32")
+        if np.issubdtype(np.asarray(_to_numpy(a)).dtype, np.floating)
+        else np.asarray(_to_numpy(a))
+        for a in arrays
+    ]
     if len(arrays) != n_inputs:
         raise ValueError(f"keras_attention.tflite: got {len(arrays)} input arrays; the model has {n_inputs} inputs.")
     counts = {a.shape[0] if a.ndim else 0 for a in arrays}
     if counts == {0}:
         raise ValueError("keras_attention.tflite: got no samples (an empty array); expected (N, ...) with N >= 1.")
     if len(counts) > 1:
-        raise ValueError(f"keras_attention.tflite: the input arrays hold different numbers of samples "
-                         f"({[a.shape[0] for a in arrays]}); expected the same N for every input.")
-    return [[a[i: i + 1] for a in arrays] for i in range(arrays[0].shape[0])]
+        raise ValueError(
+            f"keras_attention.tflite: the input arrays hold different numbers of samples "
+            f"({[a.shape[0] for a in arrays]}); expected the same N for every input."
+        )
+    return [[a[i : i + 1] for a in arrays] for i in range(arrays[0].shape[0])]
 
 
 def measure_latency(tflite_model, threads=(1, 2), runs=30, warmup=3, sample=None, seed=0):
@@ -1285,7 +1323,7 @@ def _keras_outputs(model, samples_by_input, batch_size=32):
     count = samples_by_input[0].shape[0]
     chunks = []
     for start in range(0, count, batch_size):
-        batch = [a[start: start + batch_size] for a in samples_by_input]
+        batch = [a[start : start + batch_size] for a in samples_by_input]
         args = _pack_inputs_numpy(model, batch)
         outputs = model(args, training=False)
         chunks.append([_to_numpy(o).astype("float32") for o in _flatten_outputs(outputs)])
@@ -1380,8 +1418,7 @@ def verify(model, tflite_model, data, latency_runs=20, threads=(1, 2), analyze_g
         compatible, issues, _ = gpu_compatibility(flatbuffer)
     else:
         compatible, issues = None, []
-    latency = measure_latency(flatbuffer, threads=threads, runs=latency_runs, sample=samples[0]) \
-        if latency_runs else {}
+    latency = measure_latency(flatbuffer, threads=threads, runs=latency_runs, sample=samples[0]) if latency_runs else {}
     return VerificationReport(
         quantization=quantization_kind(flatbuffer),
         num_samples=n,

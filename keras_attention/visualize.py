@@ -47,8 +47,7 @@ def attention_maps(model, images):
     layers = [layer for layer in model.layers if isinstance(layer, (CBAM, SpatialAttention))]
     if not layers:
         raise ValueError(
-            f"attention_maps: model {model.name!r} holds no layer with a spatial gate "
-            "(CBAM or SpatialAttention)."
+            f"attention_maps: model {model.name!r} holds no layer with a spatial gate (CBAM or SpatialAttention)."
         )
     probe = keras.Model(_single_or_list(model.inputs), [layer.input for layer in layers])
     inputs = probe(images, training=False)
@@ -82,8 +81,15 @@ def grad_cam(model, images, class_index=None, layer_name=None):
 
     layer_name = layer_name or last_conv_layer_name(model)
     num_classes = model.output.shape[-1]
-    class_index = check_int("grad_cam", "class_index", class_index, minimum=0, allow_none=True,
-                            maximum=None if num_classes is None else num_classes - 1, note=" (the model's outputs)")
+    class_index = check_int(
+        "grad_cam",
+        "class_index",
+        class_index,
+        minimum=0,
+        allow_none=True,
+        maximum=None if num_classes is None else num_classes - 1,
+        note=" (the model's outputs)",
+    )
     probe = keras.Model(_single_or_list(model.inputs), [model.get_layer(layer_name).output, model.output])
     images = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:
@@ -116,8 +122,10 @@ def save_overlays(path, images, panels, titles=None, alpha=0.5, dpi=100):
         raise ValueError(f"save_overlays: expected images (batch, H, W, C); got shape {images.shape}.")
     for title, maps in panels:
         if len(maps) < len(images):
-            raise ValueError(f"save_overlays: panel {title!r} has {len(maps)} maps for {len(images)} images; "
-                             "expected one map per image.")
+            raise ValueError(
+                f"save_overlays: panel {title!r} has {len(maps)} maps for {len(images)} images; "
+                "expected one map per image."
+            )
     if titles is not None and len(titles) < len(images):
         raise ValueError(f"save_overlays: {len(titles)} titles for {len(images)} images; expected one per image.")
     shown = (images - images.min()) / max(float(np.ptp(images)), 1e-6)
@@ -132,8 +140,9 @@ def save_overlays(path, images, panels, titles=None, alpha=0.5, dpi=100):
             axes[r, c].imshow(shown[r], cmap="gray" if shown.ndim == 3 else None)
             # Drawn over the whole image, bilinearly interpolated from the map's own resolution.
             height, width = images.shape[1:3]
-            axes[r, c].imshow(np.asarray(maps[r]), cmap="jet", alpha=alpha, interpolation="bilinear",
-                              extent=(0, width, height, 0))
+            axes[r, c].imshow(
+                np.asarray(maps[r]), cmap="jet", alpha=alpha, interpolation="bilinear", extent=(0, width, height, 0)
+            )
             axes[r, c].set_title(title, fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")

@@ -54,4 +54,4 @@ def check(fmt, path, expected_path):
 if __name__ == "__main__":
     args = sys.argv[1:]
     for start in range(0, len(args), 3):
-        check(*args[start:start + 3])
+        check(*args[start : start + 3])

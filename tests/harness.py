@@ -89,8 +89,13 @@ def check_unknown_sizes(layer_cls, init_kwargs, model, dynamic_shapes, input_sha
     dynamic.set_weights(model.get_weights())
     inputs = random_inputs(input_shapes, seed=8)
     actual = as_list_outputs(dynamic.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0))
-    _assert_outputs_close([to_numpy(o) for o in actual], _call(model, inputs), 1e-5, 1e-5,
-                          "the model built with unknown sizes differs from the fixed-size one")
+    _assert_outputs_close(
+        [to_numpy(o) for o in actual],
+        _call(model, inputs),
+        1e-5,
+        1e-5,
+        "the model built with unknown sizes differs from the fixed-size one",
+    )
 
 
 def check_config_round_trip(layer, model, input_shapes):
@@ -136,12 +141,18 @@ def check_jit_training_step(layer, model, input_shapes, frozen_ok=()):
     before = {w.path if hasattr(w, "path") else w.name: np.array(w.numpy()) for w in layer.trainable_weights}
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05), loss="mse", jit_compile=True)
     history = model.fit(
-        inputs if len(inputs) > 1 else inputs[0], targets if len(targets) > 1 else targets[0],
-        batch_size=len(inputs[0]), epochs=2, verbose=0,
+        inputs if len(inputs) > 1 else inputs[0],
+        targets if len(targets) > 1 else targets[0],
+        batch_size=len(inputs[0]),
+        epochs=2,
+        verbose=0,
     )
     assert np.all(np.isfinite(history.history["loss"])), history.history
-    stuck = [name for name, w in zip(before, layer.trainable_weights)
-             if np.array_equal(before[name], w.numpy()) and not any(f in name for f in frozen_ok)]
+    stuck = [
+        name
+        for name, w in zip(before, layer.trainable_weights)
+        if np.array_equal(before[name], w.numpy()) and not any(f in name for f in frozen_ok)
+    ]
     assert not stuck, f"no gradient reached {stuck}"
 
 

@@ -39,7 +39,7 @@ def conv2d_same(x, kernel, bias=None):
     out = np.zeros((b, h, w, kernel.shape[3]))
     for i in range(kh):
         for j in range(kw):
-            out += padded[:, i:i + h, j:j + w, :] @ kernel[i, j]
+            out += padded[:, i : i + h, j : j + w, :] @ kernel[i, j]
     return out if bias is None else out + bias
 
 
@@ -75,7 +75,7 @@ def eca(x, kernel_1d, gate_name="sigmoid", scale=1.0):
     pooled = x.mean(axis=(1, 2))
     k = len(kernel_1d)
     padded = np.pad(pooled, ((0, 0), (k // 2, k // 2)))
-    logits = sum(kernel_1d[j] * padded[:, j:j + pooled.shape[1]] for j in range(k))
+    logits = sum(kernel_1d[j] * padded[:, j : j + pooled.shape[1]] for j in range(k))
     return x * gate(logits, gate_name, scale)[:, None, None, :]
 
 

@@ -30,8 +30,12 @@ def bilinear(feature, y, x):
         x_high = x_low + 1
     ly, lx = y - y_low, x - x_low
     hy, hx = 1.0 - ly, 1.0 - lx
-    return (hy * hx * feature[y_low, x_low] + hy * lx * feature[y_low, x_high]
-            + ly * hx * feature[y_high, x_low] + ly * lx * feature[y_high, x_high])
+    return (
+        hy * hx * feature[y_low, x_low]
+        + hy * lx * feature[y_low, x_high]
+        + ly * hx * feature[y_high, x_low]
+        + ly * lx * feature[y_high, x_high]
+    )
 
 
 def roi_align_one(feature, box, spatial_scale, output_size, sampling_ratio, aligned=True):
@@ -89,8 +93,9 @@ def roi_align(levels, boxes, strides, output_size=14, sampling_ratio=2, aligned=
     return out
 
 
-def sag_mask_head(rois, conv_kernels, conv_biases, sam_kernel, deconv_kernel, deconv_bias,
-                  predictor_kernel, predictor_bias):
+def sag_mask_head(
+    rois, conv_kernels, conv_biases, sam_kernel, deconv_kernel, deconv_bias, predictor_kernel, predictor_bias
+):
     """SAG-Mask on (R, 14, 14, C) RoI features with the given weights -> (R, 28, 28, K) logits.
 
     Keras kernel layouts: conv (kh, kw, in, out); transposed conv (kh, kw, out, in).
@@ -120,5 +125,5 @@ def conv2d_same(x, kernel):
     out = np.zeros(x.shape[:3] + (kernel.shape[-1],))
     for dy in range(k):
         for dx in range(k):
-            out += padded[:, dy:dy + h, dx:dx + w] @ kernel[dy, dx]
+            out += padded[:, dy : dy + h, dx : dx + w] @ kernel[dy, dx]
     return out

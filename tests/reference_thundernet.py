@@ -28,7 +28,7 @@ def depthwise_conv_same(x, kernel):
     out = np.zeros((b, h, w, c))
     for i in range(kh):
         for j in range(kw):
-            out += padded[:, i:i + h, j:j + w, :] * kernel[i, j, :, 0]
+            out += padded[:, i : i + h, j : j + w, :] * kernel[i, j, :, 0]
     return out
 
 
@@ -81,10 +81,14 @@ def _last(x, data_format):
 def cem_output(layer, c4, c5):
     f = layer.data_format
     out = context_enhancement(
-        _last(c4, f), _last(c5, f),
-        _np(layer.c4_lateral.kernel), _np(layer.c4_lateral.bias),
-        _np(layer.c5_lateral.kernel), _np(layer.c5_lateral.bias),
-        _np(layer.global_context.kernel), _np(layer.global_context.bias),
+        _last(c4, f),
+        _last(c5, f),
+        _np(layer.c4_lateral.kernel),
+        _np(layer.c4_lateral.bias),
+        _np(layer.c5_lateral.kernel),
+        _np(layer.c5_lateral.bias),
+        _np(layer.global_context.kernel),
+        _np(layer.global_context.bias),
     )
     return ref.from_channels_last(out, f)
 
@@ -97,10 +101,15 @@ def _depthwise_kernel(depthwise):
 def rpn_output(layer, x):
     f = layer.data_format
     outs = light_rpn(
-        _last(x, f), _np(_depthwise_kernel(layer.depthwise)), _bn(layer.depthwise_bn),
-        _np(layer.pointwise.kernel), _bn(layer.pointwise_bn),
-        _np(layer.objectness.kernel), _np(layer.objectness.bias),
-        _np(layer.box_deltas.kernel), _np(layer.box_deltas.bias),
+        _last(x, f),
+        _np(_depthwise_kernel(layer.depthwise)),
+        _bn(layer.depthwise_bn),
+        _np(layer.pointwise.kernel),
+        _bn(layer.pointwise_bn),
+        _np(layer.objectness.kernel),
+        _np(layer.objectness.bias),
+        _np(layer.box_deltas.kernel),
+        _np(layer.box_deltas.bias),
     )
     return [ref.from_channels_last(o, f) for o in outs]
 
@@ -119,8 +128,17 @@ def sam_output(layer, cem, rpn):
 # --- the CEM -> RPN -> SAM graph the integration tests share ------------------------------
 
 
-def thundernet_graph(c4_shape=(20, 20, 16), c5_shape=(10, 10, 24), channels=32, filters=24, num_anchors=3,
-                     use_sam=True, data_format="channels_last", use_batchnorm=True, per_channel=True):
+def thundernet_graph(
+    c4_shape=(20, 20, 16),
+    c5_shape=(10, 10, 24),
+    channels=32,
+    filters=24,
+    num_anchors=3,
+    use_sam=True,
+    data_format="channels_last",
+    use_batchnorm=True,
+    per_channel=True,
+):
     """Functional model `[C4, C5] -> [F_SAM (or F_CEM without SAM), objectness, box_deltas]`.
 
     Returns `(model, layers)` with `layers` a dict: "cem", "rpn", and "sam" when used.
@@ -138,7 +156,8 @@ def thundernet_graph(c4_shape=(20, 20, 16), c5_shape=(10, 10, 24), channels=32, 
     rpn_features, objectness, deltas = layers["rpn"](cem)
     head_input = cem
     if use_sam:
-        layers["sam"] = ka.RPNGuidedSpatialAttention(use_batchnorm=use_batchnorm, per_channel=per_channel,
-                                                     data_format=data_format, name="sam")
+        layers["sam"] = ka.RPNGuidedSpatialAttention(
+            use_batchnorm=use_batchnorm, per_channel=per_channel, data_format=data_format, name="sam"
+        )
         head_input = layers["sam"]([cem, rpn_features])
     return keras.Model([c4, c5], [head_input, objectness, deltas]), layers

@@ -29,7 +29,8 @@ def snapshot(model):
 
 def changed_layers(before, model):
     return {
-        layer.name for layer in model.layers
+        layer.name
+        for layer in model.layers
         if any(not np.array_equal(a, b) for a, b in zip(before[layer.name], layer.get_weights()))
     }
 
@@ -90,7 +91,8 @@ def test_freeze_options():
 
 def load_example():
     spec = importlib.util.spec_from_file_location(
-        "finetune_keras_app", os.path.join(ROOT, "examples", "finetune_keras_app.py"))
+        "finetune_keras_app", os.path.join(ROOT, "examples", "finetune_keras_app.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -100,7 +102,7 @@ def load_example():
 @pytest.mark.skipif(
     BACKEND == "jax" or IS_LEGACY,
     reason="run once, on Keras 3 + TensorFlow (XLA-compiling MobileNetV2's training step on CPU takes minutes "
-           "under JAX); attach() and the freeze helpers are tested in every mode above",
+    "under JAX); attach() and the freeze helpers are tested in every mode above",
 )
 def test_finetune_mobilenetv2_on_digits(tmp_path):
     """The example's recipe (--fast): MobileNetV2 (alpha 0.35, 96x96, weights=None) + CBAM on digits."""

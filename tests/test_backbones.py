@@ -118,8 +118,9 @@ def efficientnet_adds(depth_coefficient):
 
 
 class Spec:
-    def __init__(self, name, where="residual", count=count_add_layers, known=None, anchors=None,
-                 size=32, prepare=None, **kwargs):
+    def __init__(
+        self, name, where="residual", count=count_add_layers, known=None, anchors=None, size=32, prepare=None, **kwargs
+    ):
         self.id = name if where == "residual" else f"{name}-{where}"
         self.name, self.where, self.count, self.known = name, where, count, known
         self.anchors, self.size, self.prepare, self.kwargs = anchors, size, prepare, kwargs
@@ -154,41 +155,96 @@ SPECS = [
     Spec("user_cnn", count=lambda m: len(USER_CNN_RESIDUAL), known=3, anchors=[n + "_cbam" for n in USER_CNN_RESIDUAL]),
     Spec("user_cnn", where="stages", count=lambda m: 3, known=3, anchors=[n + "_cbam" for n in USER_CNN_STAGES]),
     Spec("ResNet50", known=16, anchors=RESNET_V1),
-    Spec("ResNet50", where="stages", count=count_conv_resolutions, known=5,
-         anchors=["conv1_relu_cbam", "conv2_block3_out_cbam", "conv3_block4_out_cbam",
-                  "conv4_block6_out_cbam", "conv5_block3_out_cbam"]),
+    Spec(
+        "ResNet50",
+        where="stages",
+        count=count_conv_resolutions,
+        known=5,
+        anchors=[
+            "conv1_relu_cbam",
+            "conv2_block3_out_cbam",
+            "conv3_block4_out_cbam",
+            "conv4_block6_out_cbam",
+            "conv5_block3_out_cbam",
+        ],
+    ),
     Spec("ResNet101", known=33, anchors=RESNET_V1),
     Spec("ResNet152", known=50, anchors=RESNET_V1, include_top=True),
     Spec("ResNet50V2", known=16, anchors=RESNET_V2, include_top=True),
     Spec("ResNet101V2", known=33, anchors=RESNET_V2),
     Spec("ResNet152V2", known=50, anchors=RESNET_V2),
-    Spec("MobileNet", where="stages", count=count_conv_resolutions, known=5,
-         anchors=r"^conv_pw_\d+_relu_cbam$", include_top=True),
+    Spec(
+        "MobileNet",
+        where="stages",
+        count=count_conv_resolutions,
+        known=5,
+        anchors=r"^conv_pw_\d+_relu_cbam$",
+        include_top=True,
+    ),
     Spec("MobileNetV2", known=10, anchors=r"^block_\d+_project_BN_cbam$", alpha=0.35),
     Spec("MobileNetV3Small", known=6, anchors=r"^expanded_conv_\d+_project_bn_cbam$", include_top=True),
     Spec("MobileNetV3Large", known=10, anchors=r"^expanded_conv(_\d+)?_project_bn_cbam$"),
-    *[Spec(f"EfficientNet{b}", known=efficientnet_adds(d), anchors=EFFICIENTNET, include_top=b in ("B0", "B1"))
-      for b, d in DEPTHS.items()],
+    *[
+        Spec(f"EfficientNet{b}", known=efficientnet_adds(d), anchors=EFFICIENTNET, include_top=b in ("B0", "B1"))
+        for b, d in DEPTHS.items()
+    ],
     Spec("EfficientNetV2B0", known=15, anchors=EFFICIENTNET_V2),
     Spec("EfficientNetV2S", known=35, anchors=EFFICIENTNET_V2),
-    Spec("ConvNeXtTiny", count=count_class("LayerScale"), known=3 + 3 + 9 + 3, prepare=trained_layer_scales,
-         anchors=r"^convnext_tiny_stage_\d_block_\d+_layer_scale_cbam$"),
-    Spec("DenseNet121", count=count_suffix("_concat"), known=6 + 12 + 24 + 16, anchors=r"^conv\d_block\d+_2_conv_cbam$"),
-    Spec("DenseNet121", where="stages", count=count_conv_resolutions, known=5,
-         anchors=r"^(conv1_relu|conv1/relu|pool\d_conv|relu)_cbam$"),
-    Spec("VGG16", where="stages", count=count_suffix("_pool"), known=5, include_top=True,
-         anchors=["block1_conv2_cbam", "block2_conv2_cbam", "block3_conv3_cbam", "block4_conv3_cbam",
-                  "block5_conv3_cbam"]),
+    Spec(
+        "ConvNeXtTiny",
+        count=count_class("LayerScale"),
+        known=3 + 3 + 9 + 3,
+        prepare=trained_layer_scales,
+        anchors=r"^convnext_tiny_stage_\d_block_\d+_layer_scale_cbam$",
+    ),
+    Spec(
+        "DenseNet121", count=count_suffix("_concat"), known=6 + 12 + 24 + 16, anchors=r"^conv\d_block\d+_2_conv_cbam$"
+    ),
+    Spec(
+        "DenseNet121",
+        where="stages",
+        count=count_conv_resolutions,
+        known=5,
+        anchors=r"^(conv1_relu|conv1/relu|pool\d_conv|relu)_cbam$",
+    ),
+    Spec(
+        "VGG16",
+        where="stages",
+        count=count_suffix("_pool"),
+        known=5,
+        include_top=True,
+        anchors=[
+            "block1_conv2_cbam",
+            "block2_conv2_cbam",
+            "block3_conv3_cbam",
+            "block4_conv3_cbam",
+            "block5_conv3_cbam",
+        ],
+    ),
     Spec("Xception", known=3 + 8 + 1, anchors=r"^(block\d+_pool|block\d+_sepconv3_bn)_cbam$", size=71),
     # The residual sum is keras.applications' own CustomScaleLayer (x + scale * r), not an Add.
-    Spec("InceptionResNetV2", count=count_class("CustomScaleLayer"), known=10 + 20 + 10, size=75,
-         anchors=r"^block(35|17|8)_\d+_conv_cbam$"),
+    Spec(
+        "InceptionResNetV2",
+        count=count_class("CustomScaleLayer"),
+        known=10 + 20 + 10,
+        size=75,
+        anchors=r"^block(35|17|8)_\d+_conv_cbam$",
+    ),
     # No residual blocks: each cell sums pairs of branches (80 Adds: the deeper input of each) and
     # concatenates those sums with its input (52 new features), counted from Keras 3.15's graph.
-    Spec("NASNetMobile", count=lambda m: count_add_layers(m) + 52, known=132,
-         anchors=r"^(separable_conv_\d_bn_|add_|normal_add_|normal_(left|right)|reduction_left).*cbam$"),
+    Spec(
+        "NASNetMobile",
+        count=lambda m: count_add_layers(m) + 52,
+        known=132,
+        anchors=r"^(separable_conv_\d_bn_|add_|normal_add_|normal_(left|right)|reduction_left).*cbam$",
+    ),
     # tf_keras only (Keras 3 dropped them). RegNetX-200MF's depths (1, 1, 4, 7); the sum is `x + skip`.
-    Spec("RegNetX002", count=lambda m: 1 + 1 + 4 + 7, known=13, anchors=r"^regnetx002_Stage_\d_XBlock_\d_conv_1x1_2_bn_cbam$"),
+    Spec(
+        "RegNetX002",
+        count=lambda m: 1 + 1 + 4 + 7,
+        known=13,
+        anchors=r"^regnetx002_Stage_\d_XBlock_\d_conv_1x1_2_bn_cbam$",
+    ),
     Spec("ResNetRS50", known=3 + 4 + 6 + 3, anchors=r"^BlockGroup\d__block_\d__se_se_excite_cbam$"),
 ]
 # Families with no residual or dense merge: where="residual" is refused with a pointer to "stages".
@@ -214,9 +270,12 @@ def spec_params():
         if spec.name != "user_cnn" and not hasattr(keras.applications, spec.name):
             marks.append(pytest.mark.skip(reason=f"this Keras has no keras.applications.{spec.name}"))
         elif not KERAS3_TF and spec.name not in REPRESENTATIVE | LEGACY_ONLY:
-            marks.append(pytest.mark.skip(
-                reason="the full backbone list runs under Keras 3 on TensorFlow; JAX and tf_keras run "
-                       "a representative subset (ResNet50, MobileNetV2, EfficientNetB0, ConvNeXtTiny, user CNN)"))
+            marks.append(
+                pytest.mark.skip(
+                    reason="the full backbone list runs under Keras 3 on TensorFlow; JAX and tf_keras run "
+                    "a representative subset (ResNet50, MobileNetV2, EfficientNetB0, ConvNeXtTiny, user CNN)"
+                )
+            )
         params.append(pytest.param(spec, id=spec.id, marks=marks))
     return params
 
@@ -269,8 +328,9 @@ def attention_gradients(model, x):
         index = [next(i for i, v in enumerate(trainable) if v is w) for w in variables]
 
         def f(values):
-            outputs, _ = model.stateless_call(values, [v.value for v in model.non_trainable_variables],
-                                              x, training=True)
+            outputs, _ = model.stateless_call(
+                values, [v.value for v in model.non_trainable_variables], x, training=True
+            )
             return loss_of(outputs, keras.ops)
 
         grads = jax.jit(jax.grad(f))([v.value for v in trainable])
@@ -318,8 +378,11 @@ def test_attach_backbone(spec):
 def test_every_applications_family_is_covered():
     """A family the active Keras adds fails here until attach(where="residual") is tested on it."""
     families = applications_families()
-    tested = {getattr(keras.applications, spec.name).__module__.rsplit(".", 1)[-1]
-              for spec in SPECS if spec.where == "residual" and hasattr(keras.applications, spec.name)}
+    tested = {
+        getattr(keras.applications, spec.name).__module__.rsplit(".", 1)[-1]
+        for spec in SPECS
+        if spec.where == "residual" and hasattr(keras.applications, spec.name)
+    }
     assert not set(families) - tested - set(NO_RESIDUAL.values()), families
     assert all(name in families[family] for name, family in NO_RESIDUAL.items())
 
@@ -348,12 +411,14 @@ def test_any_input_size(size):
 @pytest.mark.slow
 @pytest.mark.skipif(BACKEND == "jax", reason="the stage probe is backend-independent; slow on JAX")
 def test_unknown_size_backbone():
-    original = keras.applications.MobileNetV2(weights=None, include_top=False, alpha=0.35,
-                                              input_shape=(None, None, 3))
+    original = keras.applications.MobileNetV2(weights=None, include_top=False, alpha=0.35, input_shape=(None, None, 3))
     stages = attention_layers(ka.attach(original, "cbam", where="stages"))
     assert [layer.name for layer in stages] == [
-        "block_1_expand_relu_cbam", "block_3_expand_relu_cbam", "block_6_expand_relu_cbam",
-        "block_13_expand_relu_cbam", "out_relu_cbam",
+        "block_1_expand_relu_cbam",
+        "block_3_expand_relu_cbam",
+        "block_6_expand_relu_cbam",
+        "block_13_expand_relu_cbam",
+        "out_relu_cbam",
     ]
     residual = ka.attach(original, "cbam")
     assert len(attention_layers(residual)) == 10
@@ -412,13 +477,16 @@ def test_where_names_and_callable():
 
 
 def test_sequential_with_input_shape():
-    original = keras.Sequential([
-        keras.Input((16, 16, 3)),
-        L.Conv2D(8, 3, padding="same", name="c1"),
-        L.MaxPooling2D(name="p1"),
-        L.Conv2D(16, 3, padding="same", name="c2"),
-        L.GlobalAveragePooling2D(name="gap"),
-    ], name="seq")
+    original = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            L.Conv2D(8, 3, padding="same", name="c1"),
+            L.MaxPooling2D(name="p1"),
+            L.Conv2D(16, 3, padding="same", name="c2"),
+            L.GlobalAveragePooling2D(name="gap"),
+        ],
+        name="seq",
+    )
     model = ka.attach(original, "cbam", where="stages")
     assert [layer.name for layer in attention_layers(model)] == ["c1_cbam", "c2_cbam"]
     assert_same_function(model, original, images(2, 16))
@@ -447,8 +515,9 @@ def test_every_attention_weight_gets_gradient_user_cnn():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(BACKEND == "jax", reason="XLA-compiling these gradients takes minutes on CPU; "
-                                            "the user CNN covers JAX")
+@pytest.mark.skipif(
+    BACKEND == "jax", reason="XLA-compiling these gradients takes minutes on CPU; the user CNN covers JAX"
+)
 @pytest.mark.parametrize("name", ["ResNet50", "MobileNetV2", "EfficientNetB0", "ConvNeXtTiny"])
 def test_every_attention_weight_gets_gradient_backbone(name):
     spec = next(s for s in SPECS if s.name == name and s.where == "residual")
@@ -518,8 +587,13 @@ RELOAD_SCRIPT = textwrap.dedent("""
 
 
 def reload_in_fresh_process(fmt, path, data_path):
-    result = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, fmt, str(path), str(data_path)],
-                            capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    result = subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, fmt, str(path), str(data_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
     assert result.returncode == 0 and "RELOAD_OK" in result.stdout, result.stdout + result.stderr[-3000:]
 
 
@@ -599,6 +673,7 @@ def test_unknown_layer_name():
 def test_where_matching_nothing():
     with pytest.raises(ValueError, match="where='residual' matches nothing.*plain_cnn.*stages"):
         ka.attach(plain_cnn(), where="residual")
+
     def no_layer(layer):
         return False
 

@@ -53,7 +53,9 @@ def test_legacy_ops_shim_matches_keras_ops():
     np.testing.assert_allclose(np.asarray(backend.ops.hard_sigmoid(x)), ref.hard_sigmoid(x), atol=1e-6)
     np.testing.assert_allclose(np.asarray(backend.ops.sigmoid(x)), ref.sigmoid(x), atol=1e-6)
     m = np.arange(24, dtype="float32").reshape(2, 3, 4)
-    np.testing.assert_allclose(np.asarray(backend.ops.mean(m, axis=(1, 2), keepdims=True)), m.mean((1, 2), keepdims=True))
+    np.testing.assert_allclose(
+        np.asarray(backend.ops.mean(m, axis=(1, 2), keepdims=True)), m.mean((1, 2), keepdims=True)
+    )
     np.testing.assert_allclose(np.asarray(backend.ops.max(m, axis=-1)), m.max(-1))
     np.testing.assert_allclose(np.asarray(backend.ops.stack([m, m], axis=-1)), np.stack([m, m], -1))
 

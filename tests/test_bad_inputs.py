@@ -55,13 +55,16 @@ def test_squeeze_excitation_refuses_max_pooling(pooling):
     assert ka.SqueezeExcitation(pooling="avg").pooling == ("avg",)  # control
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"gamma": -2}, "`gamma` must be a positive number"),
-    ({"gamma": 0}, "`gamma` must be a positive number"),
-    ({"gamma": float("nan")}, "`gamma` must be a positive number"),
-    ({"beta": float("inf")}, "`beta` must be a finite number"),
-    ({"gamma": "2"}, "`gamma` must be a positive number"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"gamma": -2}, "`gamma` must be a positive number"),
+        ({"gamma": 0}, "`gamma` must be a positive number"),
+        ({"gamma": float("nan")}, "`gamma` must be a positive number"),
+        ({"beta": float("inf")}, "`beta` must be a finite number"),
+        ({"gamma": "2"}, "`gamma` must be a positive number"),
+    ],
+)
 def test_eca_kernel_rule_constants_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=f"EfficientChannelAttention: {message}"):
         ka.EfficientChannelAttention(**kwargs)
@@ -78,11 +81,14 @@ def test_attach_twice_is_refused_clearly():
     assert not any(layer.name.endswith("_cbam_cbam") for layer in once.layers)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"min_shapes": 6, "max_shapes": 6}, r"could place only \d+ of min_shapes=6"),
-    ({"num_images": -1}, "`num_images` must be an integer >= 1; got -1"),
-    ({"image_size": 64.5}, "`image_size` must be an integer >= 1; got 64.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"min_shapes": 6, "max_shapes": 6}, r"could place only \d+ of min_shapes=6"),
+        ({"num_images": -1}, "`num_images` must be an integer >= 1; got -1"),
+        ({"image_size": 64.5}, "`image_size` must be an integer >= 1; got 64.5"),
+    ],
+)
 def test_shapes_never_returns_fewer_shapes_than_asked(kwargs, message):
     from keras_attention.data import shapes
 
@@ -92,11 +98,14 @@ def test_shapes_never_returns_fewer_shapes_than_asked(kwargs, message):
     assert (data["num_shapes"] == 3).all()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"test_fraction": 1.5}, "`test_fraction` must be a number strictly between 0 and 1"),
-    ({"test_fraction": 0}, "`test_fraction` must be a number strictly between 0 and 1"),
-    ({"size": 0}, "`size` must be an integer >= 1; got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"test_fraction": 1.5}, "`test_fraction` must be a number strictly between 0 and 1"),
+        ({"test_fraction": 0}, "`test_fraction` must be a number strictly between 0 and 1"),
+        ({"size": 0}, "`size` must be an integer >= 1; got 0"),
+    ],
+)
 def test_digits_arguments_are_checked(kwargs, message):
     from keras_attention.data import digits
 
@@ -113,12 +122,15 @@ def _mask_inputs(num_rois=3, size=4, k=2):
     return targets, logits, np.array([[0, 1, -1], [1, 0, 0]], "int32")
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda t, l, c: (t[:, :1], l, c), r"targets must be \(\.\.\., S, S\) = \(2, 3, 4, 4\).*got \(2, 1, 4, 4\)"),
-    (lambda t, l, c: (t, l, c[:, :2]), r"classes must be \(\.\.\.\) = \(2, 3\).*got \(2, 2\)"),
-    (lambda t, l, c: (t, l, c.astype("float32") + 0.5), "classes must be integers.*got dtype float32"),
-    (lambda t, l, c: (t, l, np.where(c == 1, 2, c)), r"classes must be < K = 2 \(the logits' channels\); got 2"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t, lg, c: (t[:, :1], lg, c), r"targets must be \(\.\.\., S, S\) = \(2, 3, 4, 4\).*got \(2, 1, 4, 4\)"),
+        (lambda t, lg, c: (t, lg, c[:, :2]), r"classes must be \(\.\.\.\) = \(2, 3\).*got \(2, 2\)"),
+        (lambda t, lg, c: (t, lg, c.astype("float32") + 0.5), "classes must be integers.*got dtype float32"),
+        (lambda t, lg, c: (t, lg, np.where(c == 1, 2, c)), r"classes must be < K = 2 \(the logits' channels\); got 2"),
+    ],
+)
 def test_mask_loss_refuses_what_it_would_silently_misread(change, message):
     from keras_attention.losses import mask_loss
 
@@ -141,12 +153,15 @@ def test_mask_loss_on_tensors_makes_a_class_out_of_range_loud():
     assert np.isfinite(float(to_numpy(mask_loss(targets, logits, good))))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("batch", "features and boxes must have the same batch size"),
-    ("coarse_first", "feature levels must go from fine to coarse"),
-    ("wrong_strides", r"level 1 has height 8, but strides 4 -> 16 put it at about 4"),
-    ("decreasing_strides", "`strides` must increase"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("batch", "features and boxes must have the same batch size"),
+        ("coarse_first", "feature levels must go from fine to coarse"),
+        ("wrong_strides", r"level 1 has height 8, but strides 4 -> 16 put it at about 4"),
+        ("decreasing_strides", "`strides` must increase"),
+    ],
+)
 def test_roi_align_refuses_inputs_it_would_misread(case, message):
     rng = np.random.default_rng(0)
     fine, coarse = rng.normal(size=(2, 16, 16, 3)).astype("float32"), rng.normal(size=(2, 8, 8, 3)).astype("float32")
@@ -182,12 +197,19 @@ def _tiny_model():
     return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
 
 
-@pytest.mark.parametrize("data, error, message", [
-    (np.full((4, 8, 8, 3), np.nan, "float32"), ValueError, "representative_data holds 768 NaN or infinite values"),
-    (np.zeros((4, 16, 16, 3), "float32"), ValueError, r"representative_data has samples of shape \(16, 16, 3\); the model input .* \(8, 8, 3\)"),
-    ("not/a/folder", ValueError, "representative_data 'not/a/folder' is not a directory of images"),
-    (np.zeros((0, 8, 8, 3), "float32"), ValueError, "representative_data is empty"),
-])
+@pytest.mark.parametrize(
+    "data, error, message",
+    [
+        (np.full((4, 8, 8, 3), np.nan, "float32"), ValueError, "representative_data holds 768 NaN or infinite values"),
+        (
+            np.zeros((4, 16, 16, 3), "float32"),
+            ValueError,
+            r"representative_data has samples of shape \(16, 16, 3\); the model input .* \(8, 8, 3\)",
+        ),
+        ("not/a/folder", ValueError, "representative_data 'not/a/folder' is not a directory of images"),
+        (np.zeros((0, 8, 8, 3), "float32"), ValueError, "representative_data is empty"),
+    ],
+)
 def test_convert_checks_its_calibration_data(data, error, message):
     from keras_attention import backend, tflite
 
@@ -203,8 +225,9 @@ def test_convert_names_what_it_got_instead_of_a_model():
     if backend.BACKEND != "tensorflow":
         pytest.skip("TFLite conversion needs the TensorFlow backend")
 
-    with pytest.raises(TypeError, match="convert: expected a Keras model, a .keras/.h5 file or a SavedModel "
-                                        "directory; got NoneType"):
+    with pytest.raises(
+        TypeError, match="convert: expected a Keras model, a .keras/.h5 file or a SavedModel directory; got NoneType"
+    ):
         tflite.convert(None)
 
 
@@ -227,13 +250,21 @@ def test_context_enhancement_says_which_layout_it_assumed():
     assert tuple(out.shape) == (1, 4, 20, 20)
 
 
-@pytest.mark.parametrize("make", [
-    lambda **kw: ka.CBAM(reductoin=4, **kw), lambda **kw: ka.ChannelAttention(reductoin=4, **kw),
-    lambda **kw: ka.SpatialAttention(kernel=7, **kw), lambda **kw: ka.SqueezeExcitation(reductoin=4, **kw),
-    lambda **kw: ka.EfficientChannelAttention(kernel=3, **kw), lambda **kw: ka.ContextEnhancement(chanels=8, **kw),
-    lambda **kw: ka.LightRPNHead(5, filter=8, **kw), lambda **kw: ka.RPNGuidedSpatialAttention(gates="sigmoid", **kw),
-    lambda **kw: ka.SAGMaskHead(3, filter=8, **kw), lambda **kw: ka.RoIAlign(strides=4, outputsize=7, **kw),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: ka.CBAM(reductoin=4, **kw),
+        lambda **kw: ka.ChannelAttention(reductoin=4, **kw),
+        lambda **kw: ka.SpatialAttention(kernel=7, **kw),
+        lambda **kw: ka.SqueezeExcitation(reductoin=4, **kw),
+        lambda **kw: ka.EfficientChannelAttention(kernel=3, **kw),
+        lambda **kw: ka.ContextEnhancement(chanels=8, **kw),
+        lambda **kw: ka.LightRPNHead(5, filter=8, **kw),
+        lambda **kw: ka.RPNGuidedSpatialAttention(gates="sigmoid", **kw),
+        lambda **kw: ka.SAGMaskHead(3, filter=8, **kw),
+        lambda **kw: ka.RoIAlign(strides=4, outputsize=7, **kw),
+    ],
+)
 def test_an_unknown_keyword_names_the_layer_and_what_it_takes(make):
     with pytest.raises(TypeError, match=r"^\w+: unknown keyword argument\(s\) \['\w+'\]; \w+ takes \[.+\] and Keras"):
         make()

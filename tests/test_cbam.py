@@ -13,8 +13,12 @@ def test_battery(arrangement, data_format, tmp_path):
     shape = (2, 10, 12, 32) if data_format == "channels_last" else (2, 32, 10, 12)
     dynamic = (None, None, None, 32) if data_format == "channels_last" else (None, 32, None, None)
     run_layer_test(
-        ka.CBAM, dict(reduction=8, arrangement=arrangement, data_format=data_format), shape,
-        reference_fn=reference_output, tmp_path=tmp_path, dynamic_input_shape=dynamic,
+        ka.CBAM,
+        dict(reduction=8, arrangement=arrangement, data_format=data_format),
+        shape,
+        reference_fn=reference_output,
+        tmp_path=tmp_path,
+        dynamic_input_shape=dynamic,
     )
 
 
@@ -29,8 +33,12 @@ def test_battery(arrangement, data_format, tmp_path):
 )
 def test_options_match_reference(kwargs):
     run_layer_test(
-        ka.CBAM, dict(dict(reduction=4), **kwargs), (2, 7, 7, 16),
-        reference_fn=reference_output, run_training=False, run_dtype_policies=False,
+        ka.CBAM,
+        dict(dict(reduction=4), **kwargs),
+        (2, 7, 7, 16),
+        reference_fn=reference_output,
+        run_training=False,
+        run_dtype_policies=False,
     )
 
 
@@ -54,8 +62,9 @@ def test_paper_initialisation_trains_with_xla_and_every_weight_gets_gradient():
     x = rng.normal(size=(64, 16, 16, 3)).astype("float32")
     y = (x[:, :8].mean(axis=(1, 2, 3)) > 0).astype("int32") + (x[:, :, :8].mean(axis=(1, 2, 3)) > 0)
     before = [np.array(w.numpy()) for w in attention.trainable_weights]
-    model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=True)
+    model.compile(
+        keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True
+    )
     first = model.evaluate(x, y, verbose=0)
     model.fit(x, y, batch_size=16, epochs=8, verbose=0)
     assert model.evaluate(x, y, verbose=0) < first

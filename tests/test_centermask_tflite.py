@@ -23,8 +23,18 @@ from keras_attention.backend import BACKEND, keras
 
 pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="TFLite conversion needs TensorFlow")
 
-HEAD_OPS = {"CONV_2D", "TRANSPOSE_CONV", "RELU", "MEAN", "REDUCE_MAX", "CONCATENATION", "LOGISTIC", "MUL",
-            "SPACE_TO_DEPTH", "DEPTH_TO_SPACE"}
+HEAD_OPS = {
+    "CONV_2D",
+    "TRANSPOSE_CONV",
+    "RELU",
+    "MEAN",
+    "REDUCE_MAX",
+    "CONCATENATION",
+    "LOGISTIC",
+    "MUL",
+    "SPACE_TO_DEPTH",
+    "DEPTH_TO_SPACE",
+}
 ROI_OPS = {"GATHER", "FLOOR", "CAST", "SUM", "RESHAPE", "SELECT_V2", "MUL", "ADD"}
 
 
@@ -44,8 +54,9 @@ def _trained_like(layer, seed=0):
 def _rois(rng, n, channels=32, five=False):
     """RoIAlign-like features: non-negative (post-ReLU) backbone activations."""
     shape = (n, 2, 14, 14, channels) if five else (n, 14, 14, channels)
-    return (np.maximum(rng.normal(size=shape), 0.0) * rng.uniform(0.5, 2.0, size=(n,) + (1,) * (len(shape) - 1)))\
-        .astype("float32")
+    return (
+        np.maximum(rng.normal(size=shape), 0.0) * rng.uniform(0.5, 2.0, size=(n,) + (1,) * (len(shape) - 1))
+    ).astype("float32")
 
 
 def _ops(flatbuffer):

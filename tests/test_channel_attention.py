@@ -11,8 +11,12 @@ def test_battery(data_format, tmp_path):
     shape = (2, 9, 7, 32) if data_format == "channels_last" else (2, 32, 9, 7)
     dynamic = (None, None, None, 32) if data_format == "channels_last" else (None, 32, None, None)
     run_layer_test(
-        ka.ChannelAttention, dict(reduction=8, data_format=data_format), shape,
-        reference_fn=reference_output, tmp_path=tmp_path, dynamic_input_shape=dynamic,
+        ka.ChannelAttention,
+        dict(reduction=8, data_format=data_format),
+        shape,
+        reference_fn=reference_output,
+        tmp_path=tmp_path,
+        dynamic_input_shape=dynamic,
     )
 
 
@@ -30,8 +34,12 @@ def test_battery(data_format, tmp_path):
 )
 def test_options_match_reference(kwargs):
     run_layer_test(
-        ka.ChannelAttention, dict(dict(reduction=4), **kwargs), (2, 6, 5, 16),
-        reference_fn=reference_output, run_training=False, run_dtype_policies=False,
+        ka.ChannelAttention,
+        dict(dict(reduction=4), **kwargs),
+        (2, 6, 5, 16),
+        reference_fn=reference_output,
+        run_training=False,
+        run_dtype_policies=False,
     )
 
 

@@ -12,8 +12,13 @@ from keras_attention.backend import BACKEND, IS_LEGACY, keras
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "keras_attention.cli", *args], capture_output=True, text=True,
-                          timeout=900, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "keras_attention.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ),
+    )
 
 
 @pytest.mark.slow
@@ -26,8 +31,15 @@ def test_convert_int8_from_a_keras_file(tmp_path):
     model.save(tmp_path / "m.keras")
     calibration = np.random.default_rng(0).uniform(0, 1, (40, 12, 12, 3)).astype("float32")
     np.save(tmp_path / "calibration.npy", calibration)
-    result = _cli("convert", str(tmp_path / "m.keras"), str(tmp_path / "m.tflite"), "--quantization", "int8",
-                  "--representative", str(tmp_path / "calibration.npy"))
+    result = _cli(
+        "convert",
+        str(tmp_path / "m.keras"),
+        str(tmp_path / "m.tflite"),
+        "--quantization",
+        "int8",
+        "--representative",
+        str(tmp_path / "calibration.npy"),
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "int8 end to end       True" in result.stdout or "int8 end to end      True" in result.stdout
     from ai_edge_litert.interpreter import Interpreter
@@ -74,8 +86,10 @@ def _bad_cli_case(tmp_path, case):
 
 
 @pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="converts Keras 3 .keras files on TensorFlow")
-@pytest.mark.parametrize("case", ["missing model", "empty .keras", "random bytes .keras", "missing .npy",
-                                  "corrupt .npy", "output under a file"])
+@pytest.mark.parametrize(
+    "case",
+    ["missing model", "empty .keras", "random bytes .keras", "missing .npy", "corrupt .npy", "output under a file"],
+)
 def test_convert_failures_are_one_line_with_status_2(tmp_path, capsys, case):
     # In process; the entry point itself runs in the test below.
     from keras_attention.cli import main

@@ -26,8 +26,13 @@ def test_battery(data_format, tmp_path):
     shapes = _shapes(data_format, 10, 12)
     out = (2, 10, 12, 16) if data_format == "channels_last" else (2, 16, 10, 12)
     run_layer_test(
-        ka.ContextEnhancement, dict(channels=16, data_format=data_format), shapes, expected_output_shape=out,
-        reference_fn=cem_output, tmp_path=tmp_path, dynamic_input_shape=_dynamic(data_format),
+        ka.ContextEnhancement,
+        dict(channels=16, data_format=data_format),
+        shapes,
+        expected_output_shape=out,
+        reference_fn=cem_output,
+        tmp_path=tmp_path,
+        dynamic_input_shape=_dynamic(data_format),
     )
 
 
@@ -38,8 +43,13 @@ def test_sizes_match_reference(h4, w4, data_format):
     shapes = _shapes(data_format, h4, w4)
     out = (2, h4, w4, 16) if data_format == "channels_last" else (2, 16, h4, w4)
     run_layer_test(
-        ka.ContextEnhancement, dict(channels=16, data_format=data_format), shapes, expected_output_shape=out,
-        reference_fn=cem_output, run_training=False, run_dtype_policies=False,
+        ka.ContextEnhancement,
+        dict(channels=16, data_format=data_format),
+        shapes,
+        expected_output_shape=out,
+        reference_fn=cem_output,
+        run_training=False,
+        run_dtype_policies=False,
     )
 
 
@@ -98,8 +108,11 @@ def test_global_context_is_broadcast_over_the_map():
 
 
 def test_not_a_pair():
-    with pytest.raises(ValueError, match=r"ContextEnhancement: expected a list of two 4-D feature maps \[C4, C5\]; "
-                                         r"got a single input of shape \(None, 8, 8, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ContextEnhancement: expected a list of two 4-D feature maps \[C4, C5\]; "
+        r"got a single input of shape \(None, 8, 8, 3\)",
+    ):
         ka.ContextEnhancement(4)(keras.Input((8, 8, 3)))
     with pytest.raises(ValueError, match="ContextEnhancement: expected a list of two 4-D feature maps.*got 3 inputs"):
         ka.ContextEnhancement(4)([keras.Input((8, 8, 3)), keras.Input((4, 4, 3)), keras.Input((2, 2, 3))])

@@ -76,12 +76,15 @@ def test_shapes_fill_distinguishes_classes():
     assert 0.5 < np.mean(fill[1]) < 1.0
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(channels=2), "`channels` must be 1 or 3"),
-    (dict(min_shapes=0), "min_shapes"),
-    (dict(min_shapes=4, max_shapes=3), "min_shapes"),
-    (dict(max_radius=40), "max_radius"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(channels=2), "`channels` must be 1 or 3"),
+        (dict(min_shapes=0), "min_shapes"),
+        (dict(min_shapes=4, max_shapes=3), "min_shapes"),
+        (dict(max_radius=40), "max_radius"),
+    ],
+)
 def test_shapes_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         data.shapes(num_images=1, **kwargs)

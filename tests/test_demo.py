@@ -28,8 +28,13 @@ def _image_folder(root, classes, per_class=12, size=20):
 
 
 def _demo(*args):
-    return subprocess.run([sys.executable, "-m", "keras_attention.cli", "demo", *args],
-                          capture_output=True, text=True, timeout=1200, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "keras_attention.cli", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=dict(os.environ),
+    )
 
 
 @pytest.mark.slow
@@ -61,7 +66,13 @@ def test_demo_on_an_image_folder_writes_checked_artefacts(tmp_path):
     again = _demo("--fast", "--size", "32", "--data", str(data), "--out", str(tmp_path / "again"), "--seed", "0")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     second = json.loads((tmp_path / "again" / "report.json").read_text())
-    timing = {"seconds", "files", "tflite_latency_ms_1_thread", "plain_tflite_latency_ms_1_thread", "cbam_latency_ratio"}
+    timing = {
+        "seconds",
+        "files",
+        "tflite_latency_ms_1_thread",
+        "plain_tflite_latency_ms_1_thread",
+        "cbam_latency_ratio",
+    }
     assert {k: v for k, v in second.items() if k not in timing} == {k: v for k, v in report.items() if k not in timing}
     assert (tmp_path / "again" / "model_int8.tflite").read_bytes() == (out / "model_int8.tflite").read_bytes()
 
@@ -76,8 +87,10 @@ def test_demo_on_an_image_folder_writes_checked_artefacts(tmp_path):
     [
         (lambda root: root.mkdir(), "no images in"),
         (lambda root: _image_folder(root, ["only"]), "found one class"),
-        (lambda root: (_image_folder(root, ["a", "b"]), (root / "a" / "broken.png").write_bytes(b"not a png")),
-         "cannot read image"),
+        (
+            lambda root: (_image_folder(root, ["a", "b"]), (root / "a" / "broken.png").write_bytes(b"not a png")),
+            "cannot read image",
+        ),
     ],
 )
 def test_bad_image_folders(tmp_path, make, message):
@@ -96,12 +109,15 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--epochs", "0"], "`epochs` must be an integer >= 1; got 0"),
-    (["--epochs", "-3"], "`epochs` must be an integer >= 1; got -3"),
-    (["--size", "0"], "`size` must be an integer >= 32 (MobileNetV2's smallest input); got 0"),
-    (["--seed", "-1"], "`seed` must be an integer >= 0; got -1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--epochs", "0"], "`epochs` must be an integer >= 1; got 0"),
+        (["--epochs", "-3"], "`epochs` must be an integer >= 1; got -3"),
+        (["--size", "0"], "`size` must be an integer >= 32 (MobileNetV2's smallest input); got 0"),
+        (["--seed", "-1"], "`seed` must be an integer >= 0; got -1"),
+    ],
+)
 def test_bad_demo_arguments_fail_at_once_in_one_line(tmp_path, capsys, args, message):
     # In process (the entry point itself is run by test_cli_reports_errors_without_a_traceback).
     from keras_attention.cli import main

@@ -110,9 +110,7 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
         return keras.Model(inputs, outputs, name="bn_model")
 
     def mobilenet():
-        backbone = keras.applications.MobileNetV2(
-            input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None
-        )
+        backbone = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
         # kernel_size=3: XLA on CPU compiles the gradient of CBAM's 7x7 two-channel
         # convolution slowly (about 2 s a layer), which the JAX run cannot afford.
         backbone = attach(backbone, "cbam", kernel_size=3)
@@ -178,8 +176,9 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
             import jax
 
             forward = jax.jit(lambda tv, ntv, x: probe.stateless_call(tv, ntv, x, training=True)[0])
-            outputs = forward([v.value for v in probe.trainable_variables],
-                              [v.value for v in probe.non_trainable_variables], x)
+            outputs = forward(
+                [v.value for v in probe.trainable_variables], [v.value for v in probe.non_trainable_variables], x
+            )
         else:
             outputs = probe(x, training=True)
         for layer, t in zip(bns, outputs):
@@ -273,11 +272,13 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
             "outputs_max_abs_diff_distributed": float(np.max(np.abs(distributed_out - reloaded_out))),
             "outputs_max_abs": float(np.max(np.abs(reloaded_out))),
             "attention_layers": sum(
-                1 for layer in reloaded._flatten_layers(include_self=False)
+                1
+                for layer in reloaded._flatten_layers(include_self=False)
                 if type(layer).__module__.startswith("keras_attention")
             ),
             "synchronized_batchnorm_after_reload": sum(
-                1 for layer in reloaded._flatten_layers(include_self=False)
+                1
+                for layer in reloaded._flatten_layers(include_self=False)
                 if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
             ),
         }
@@ -302,7 +303,11 @@ def measured(tmp_path_factory):
     start = time.time()
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), str(out)],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     results = json.loads(out.read_text())

@@ -10,8 +10,11 @@ from tests.layer_reference import reference_output
 def test_battery(data_format, tmp_path):
     shape = (2, 5, 6, 64) if data_format == "channels_last" else (2, 64, 5, 6)
     run_layer_test(
-        ka.EfficientChannelAttention, dict(data_format=data_format), shape,
-        reference_fn=reference_output, tmp_path=tmp_path,
+        ka.EfficientChannelAttention,
+        dict(data_format=data_format),
+        shape,
+        reference_fn=reference_output,
+        tmp_path=tmp_path,
     )
 
 
@@ -27,8 +30,12 @@ def test_adaptive_kernel_size(channels, expected):
 @pytest.mark.parametrize("kwargs", [dict(kernel_size=5), dict(gate="hard_sigmoid"), dict(start_as_identity=True)])
 def test_options_match_reference(kwargs):
     run_layer_test(
-        ka.EfficientChannelAttention, kwargs, (2, 4, 4, 12),
-        reference_fn=reference_output, run_training=False, run_dtype_policies=False,
+        ka.EfficientChannelAttention,
+        kwargs,
+        (2, 4, 4, 12),
+        reference_fn=reference_output,
+        run_training=False,
+        run_dtype_policies=False,
     )
 
 

@@ -16,7 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def run_example(name, *args, timeout=600):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", name), "--fast", *args],
-        capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
@@ -30,8 +33,10 @@ def test_quickstart(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow",
-                    reason="run once, on Keras 3 + TensorFlow (the converter's backend); test_tflite covers tf_keras")
+@pytest.mark.skipif(
+    IS_LEGACY or BACKEND != "tensorflow",
+    reason="run once, on Keras 3 + TensorFlow (the converter's backend); test_tflite covers tf_keras",
+)
 def test_export_tflite(tmp_path):
     out = run_example("export_tflite.py", "--out", str(tmp_path))
     report = json.loads((tmp_path / "export.json").read_text())
@@ -56,8 +61,10 @@ def test_jax_backend(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow",
-                    reason="run once, on Keras 3 + TensorFlow; test_distribute covers every engine")
+@pytest.mark.skipif(
+    IS_LEGACY or BACKEND != "tensorflow",
+    reason="run once, on Keras 3 + TensorFlow; test_distribute covers every engine",
+)
 def test_distributed_finetune(tmp_path):
     out = run_example("distributed_finetune.py", "--cpu-devices", "2", "--out", str(tmp_path))
     assert "2 replica(s)" in out, out[-2000:]

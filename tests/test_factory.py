@@ -5,8 +5,14 @@ import keras_attention as ka
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("cbam", ka.CBAM), ("channel", ka.ChannelAttention), ("spatial", ka.SpatialAttention),
-     ("se", ka.SqueezeExcitation), ("eca", ka.EfficientChannelAttention), ("CBAM", ka.CBAM)],
+    [
+        ("cbam", ka.CBAM),
+        ("channel", ka.ChannelAttention),
+        ("spatial", ka.SpatialAttention),
+        ("se", ka.SqueezeExcitation),
+        ("eca", ka.EfficientChannelAttention),
+        ("CBAM", ka.CBAM),
+    ],
 )
 def test_names_map_to_layers(name, cls):
     layer = ka.get_attention(name)

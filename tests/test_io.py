@@ -38,7 +38,7 @@ def test_a_failing_writer_leaves_the_previous_file(tmp_path):
         with atomic_path(path) as temporary:
             with open(temporary, "wb") as handle:
                 handle.write(b"half a fi")
-            1 / 0
+            raise ZeroDivisionError("a failure half-way through the write")
     assert path.read_bytes() == b"previous good file"
     assert _leftovers(tmp_path, "model.keras") == []
     # Control: the same block without the failure does replace the file.
@@ -131,9 +131,13 @@ def test_a_failed_demo_run_leaves_the_previous_run(tmp_path):
     for name, data in previous.items():
         (out / name).write_bytes(data)
     (tmp_path / "data").mkdir()  # an empty image folder: the run fails after staging started
-    result = subprocess.run([sys.executable, "-m", "keras_attention.cli", "demo", "--data", str(tmp_path / "data"),
-                             "--out", str(out)], capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_attention.cli", "demo", "--data", str(tmp_path / "data"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
     assert result.returncode == 2 and "no images in" in result.stderr, result.stderr[-2000:]
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == previous
     assert sorted(os.listdir(tmp_path)) == ["data", "out"]  # no staging folder left behind

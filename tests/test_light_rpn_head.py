@@ -19,19 +19,33 @@ def test_battery(data_format, tmp_path):
     shape = (2, 9, 11, 8) if data_format == "channels_last" else (2, 8, 9, 11)
     dynamic = (None, None, None, 8) if data_format == "channels_last" else (None, 8, None, None)
     run_layer_test(
-        ka.LightRPNHead, dict(num_anchors=3, filters=16, data_format=data_format), shape,
+        ka.LightRPNHead,
+        dict(num_anchors=3, filters=16, data_format=data_format),
+        shape,
         expected_output_shape=_out_shapes(data_format, 2, 9, 11, 16, 3),
-        reference_fn=rpn_output, tmp_path=tmp_path, dynamic_input_shape=dynamic,
+        reference_fn=rpn_output,
+        tmp_path=tmp_path,
+        dynamic_input_shape=dynamic,
     )
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_anchors=1, filters=4), dict(num_anchors=2, kernel_size=3, filters=8),
-                                    dict(num_anchors=5, kernel_size=1, filters=6)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_anchors=1, filters=4),
+        dict(num_anchors=2, kernel_size=3, filters=8),
+        dict(num_anchors=5, kernel_size=1, filters=6),
+    ],
+)
 def test_options_match_reference(kwargs):
     run_layer_test(
-        ka.LightRPNHead, kwargs, (2, 7, 6, 5),
+        ka.LightRPNHead,
+        kwargs,
+        (2, 7, 6, 5),
         expected_output_shape=_out_shapes("channels_last", 2, 7, 6, kwargs["filters"], kwargs["num_anchors"]),
-        reference_fn=rpn_output, run_training=False, run_dtype_policies=False,
+        reference_fn=rpn_output,
+        run_training=False,
+        run_dtype_policies=False,
     )
 
 
@@ -42,8 +56,8 @@ def test_thundernet_configuration_and_parameter_count():
     model = build_model(layer, [(1, 20, 20, 245)])
     assert [tuple(o.shape) for o in model.outputs] == [(None, 20, 20, 256), (None, 20, 20, 25), (None, 20, 20, 100)]
     c, f, a = 245, 256, 25
-    depthwise = 5 * 5 * c + 2 * c          # no bias; BN gamma and beta
-    pointwise = c * f + 2 * f              # no bias; BN gamma and beta
+    depthwise = 5 * 5 * c + 2 * c  # no bias; BN gamma and beta
+    pointwise = c * f + 2 * f  # no bias; BN gamma and beta
     heads = (f * a + a) + (f * 4 * a + 4 * a)
     assert layer.count_params() == depthwise + pointwise + heads + 2 * c + 2 * f  # + BN moving stats
     assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == depthwise + pointwise + heads

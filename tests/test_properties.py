@@ -40,15 +40,27 @@ def test_spatial_attention(shape, data_format, gate, pooling, kernel_size, use_b
     _check(layer, shape, data_format, seed)
 
 
-@given(shapes, data_formats, st.sampled_from(["channel_first", "spatial_first", "parallel"]), st.booleans(),
-       st.integers(0, 99))
+@given(
+    shapes,
+    data_formats,
+    st.sampled_from(["channel_first", "spatial_first", "parallel"]),
+    st.booleans(),
+    st.integers(0, 99),
+)
 def test_cbam(shape, data_format, arrangement, start_as_identity, seed):
-    layer = ka.CBAM(reduction=2, min_channels=1, arrangement=arrangement, start_as_identity=start_as_identity,
-                    data_format=data_format)
+    layer = ka.CBAM(
+        reduction=2,
+        min_channels=1,
+        arrangement=arrangement,
+        start_as_identity=start_as_identity,
+        data_format=data_format,
+    )
     _check(layer, shape, data_format, seed)
 
 
 @given(shapes, data_formats, gates, st.integers(0, 99))
 def test_eca_and_se(shape, data_format, gate, seed):
     _check(ka.EfficientChannelAttention(gate=gate, data_format=data_format), shape, data_format, seed)
-    _check(ka.SqueezeExcitation(reduction=2, min_channels=1, gate=gate, data_format=data_format), shape, data_format, seed)
+    _check(
+        ka.SqueezeExcitation(reduction=2, min_channels=1, gate=gate, data_format=data_format), shape, data_format, seed
+    )

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 legacy_only = pytest.mark.skipif(
     not IS_LEGACY,
     reason="QAT needs tf_keras (TF_USE_LEGACY_KERAS=1): tfmot 0.8.1 does not support Keras 3; "
-           "under Keras 3 only the clear error is tested",
+    "under Keras 3 only the clear error is tested",
 )
 
 
@@ -70,8 +70,7 @@ def test_importing_quantization_does_not_import_tfmot():
     """tfmot's import sets TF_USE_LEGACY_KERAS=1 as a side effect; ours must not (fresh process)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["PYTHONPATH"] = ROOT
-    result = subprocess.run([sys.executable, "-c", _IMPORT_CHECK], capture_output=True, text=True, env=env,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", _IMPORT_CHECK], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok 3." in result.stdout
 
@@ -116,23 +115,31 @@ CEM_ODD_CF = [(2, 8, 7, 9), (2, 12, 4, 5)]
 FORWARD_CASES = {
     "channel": (lambda: ka.ChannelAttention(reduction=4), SINGLE),
     "channel_max_hard_identity": (
-        lambda: ka.ChannelAttention(reduction=4, pooling="max", gate="hard_sigmoid", start_as_identity=True), SINGLE),
+        lambda: ka.ChannelAttention(reduction=4, pooling="max", gate="hard_sigmoid", start_as_identity=True),
+        SINGLE,
+    ),
     "channel_cf": (lambda: ka.ChannelAttention(reduction=4, data_format=CF), SINGLE_CF),
     "se_identity": (lambda: ka.SqueezeExcitation(reduction=4, start_as_identity=True), SINGLE),
     "eca": (lambda: ka.EfficientChannelAttention(), SINGLE),
-    "eca_cf_hard": (lambda: ka.EfficientChannelAttention(kernel_size=5, gate="hard_sigmoid", data_format=CF),
-                    SINGLE_CF),
+    "eca_cf_hard": (
+        lambda: ka.EfficientChannelAttention(kernel_size=5, gate="hard_sigmoid", data_format=CF),
+        SINGLE_CF,
+    ),
     "spatial": (lambda: ka.SpatialAttention(kernel_size=3), SINGLE),
     "spatial_bn_cf": (lambda: ka.SpatialAttention(kernel_size=5, use_batchnorm=True, data_format=CF), SINGLE_CF),
     "spatial_max_bias": (lambda: ka.SpatialAttention(kernel_size=3, pooling="max", use_bias=True), SINGLE),
-    "spatial_avg_identity": (lambda: ka.SpatialAttention(kernel_size=3, pooling="avg", start_as_identity=True),
-                             SINGLE),
+    "spatial_avg_identity": (lambda: ka.SpatialAttention(kernel_size=3, pooling="avg", start_as_identity=True), SINGLE),
     "cbam": (lambda: ka.CBAM(reduction=4, kernel_size=3), SINGLE),
     "cbam_spatial_first_bn": (
-        lambda: ka.CBAM(reduction=4, kernel_size=3, arrangement="spatial_first", use_batchnorm=True), SINGLE),
+        lambda: ka.CBAM(reduction=4, kernel_size=3, arrangement="spatial_first", use_batchnorm=True),
+        SINGLE,
+    ),
     "cbam_parallel_hard_identity": (
-        lambda: ka.CBAM(reduction=4, kernel_size=3, arrangement="parallel", gate="hard_sigmoid",
-                        start_as_identity=True), SINGLE),
+        lambda: ka.CBAM(
+            reduction=4, kernel_size=3, arrangement="parallel", gate="hard_sigmoid", start_as_identity=True
+        ),
+        SINGLE,
+    ),
     "cbam_cf": (lambda: ka.CBAM(reduction=4, kernel_size=3, data_format=CF), SINGLE_CF),
     "cem": (lambda: ka.ContextEnhancement(channels=10), [(2, 8, 6, 8), (2, 4, 3, 12)]),
     "cem_odd_cf": (lambda: ka.ContextEnhancement(channels=10, data_format=CF), CEM_ODD_CF),
@@ -141,13 +148,18 @@ FORWARD_CASES = {
     "rpn_head_cf": (lambda: ka.LightRPNHead(num_anchors=2, filters=8, kernel_size=3, data_format=CF), SINGLE_CF),
     "sam": (lambda: ka.RPNGuidedSpatialAttention(), PAIR),
     "sag_mask_head": (lambda: ka.SAGMaskHead(num_classes=3, filters=8, num_convs=2), [(2, 3, 6, 6, 5)]),
-    "sag_mask_head_flat_cf": (lambda: ka.SAGMaskHead(num_classes=2, filters=8, num_convs=1, data_format=CF),
-                              [(4, 5, 7, 7)]),
+    "sag_mask_head_flat_cf": (
+        lambda: ka.SAGMaskHead(num_classes=2, filters=8, num_convs=1, data_format=CF),
+        [(4, 5, 7, 7)],
+    ),
     "sag_mask_head_agnostic_no_attention": (
         lambda: ka.SAGMaskHead(num_classes=4, filters=8, num_convs=0, class_agnostic=True, use_attention=False),
-        [(3, 6, 6, 5)]),
-    "sam_plain_hard_cf": (lambda: ka.RPNGuidedSpatialAttention(use_batchnorm=False, gate="hard_sigmoid",
-                                                               data_format=CF), PAIR_CF),
+        [(3, 6, 6, 5)],
+    ),
+    "sam_plain_hard_cf": (
+        lambda: ka.RPNGuidedSpatialAttention(use_batchnorm=False, gate="hard_sigmoid", data_format=CF),
+        PAIR_CF,
+    ),
 }
 
 
@@ -176,8 +188,11 @@ def test_qat_forward_computes_the_layer(case):
 def test_every_public_layer_has_a_quantize_config():
     from keras_attention import layers, quantization
 
-    public = {name for name in layers.__all__ if isinstance(getattr(layers, name), type)
-              and issubclass(getattr(layers, name), keras.layers.Layer)}
+    public = {
+        name
+        for name in layers.__all__
+        if isinstance(getattr(layers, name), type) and issubclass(getattr(layers, name), keras.layers.Layer)
+    }
     supported = {cls.__name__ for cls in quantization.supported_layers()}
     missing = public - supported - set(quantization.NOT_QUANTIZED)
     assert not missing, f"public layers without a QuantizeConfig: {sorted(missing)}"
@@ -189,8 +204,7 @@ def test_every_public_layer_has_a_quantize_config():
         assert keras.saving.get_registered_name(config_cls) == f"keras_attention>{name}QuantizeConfig"
     assert quantization.quantize_config_for(keras.layers.Dense(3)) is None
     # SqueezeExcitation subclasses ChannelAttention but gets its own config.
-    assert type(quantization.quantize_config_for(ka.SqueezeExcitation())).__name__ == \
-        "SqueezeExcitationQuantizeConfig"
+    assert type(quantization.quantize_config_for(ka.SqueezeExcitation())).__name__ == "SqueezeExcitationQuantizeConfig"
     with pytest.raises(ValueError, match="CBAMQuantizeConfig quantizes CBAM layers"):
         quantization.CBAMQuantizeConfig().get_activations_and_quantizers(ka.SpatialAttention())
 
@@ -237,22 +251,28 @@ def _centermask_family(size=8):
 FAMILIES = {
     # family: (builder, input size, ops that must be int8 in the .tflite)
     "channel": (_channel_family, 12, {"MEAN", "REDUCE_MAX", "LOGISTIC", "MUL", "ADD", "CONV_2D", "RESHAPE"}),
-    "spatial_cbam": (_spatial_family, 12, {"MEAN", "REDUCE_MAX", "CONCATENATION", "LOGISTIC", "MUL", "ADD",
-                                           "CONV_2D"}),
-    "centermask": (_centermask_family, 8, {"CONV_2D", "TRANSPOSE_CONV", "MEAN", "REDUCE_MAX", "CONCATENATION",
-                                           "LOGISTIC", "MUL", "RESHAPE"}),
-    "thundernet": (_thundernet_family, 16, {"CONV_2D", "DEPTHWISE_CONV_2D", "RESIZE_NEAREST_NEIGHBOR", "MEAN",
-                                            "ADD", "LOGISTIC", "MUL"}),
+    "spatial_cbam": (_spatial_family, 12, {"MEAN", "REDUCE_MAX", "CONCATENATION", "LOGISTIC", "MUL", "ADD", "CONV_2D"}),
+    "centermask": (
+        _centermask_family,
+        8,
+        {"CONV_2D", "TRANSPOSE_CONV", "MEAN", "REDUCE_MAX", "CONCATENATION", "LOGISTIC", "MUL", "RESHAPE"},
+    ),
+    "thundernet": (
+        _thundernet_family,
+        16,
+        {"CONV_2D", "DEPTHWISE_CONV_2D", "RESIZE_NEAREST_NEIGHBOR", "MEAN", "ADD", "LOGISTIC", "MUL"},
+    ),
 }
 
 
 def _train_a_little(model, x, steps=2, seed=0):
     outputs = _as_list(model.outputs)
-    targets = [np.random.default_rng(seed + i).normal(size=(len(x),) + tuple(o.shape[1:])).astype("float32")
-               for i, o in enumerate(outputs)]
+    targets = [
+        np.random.default_rng(seed + i).normal(size=(len(x),) + tuple(o.shape[1:])).astype("float32")
+        for i, o in enumerate(outputs)
+    ]
     model.compile(keras.optimizers.SGD(0.01), "mse")
-    history = model.fit(x, targets if len(targets) > 1 else targets[0], batch_size=len(x) // steps, epochs=1,
-                        verbose=0)
+    history = model.fit(x, targets if len(targets) > 1 else targets[0], batch_size=len(x) // steps, epochs=1, verbose=0)
     return history.history["loss"][-1]
 
 
@@ -306,8 +326,11 @@ def test_save_formats(tmp_path):
     expected = qat.predict(x, verbose=0)
 
     # .keras: tfmot's quantize layers do not reload from it -> refused, nothing written.
-    for save in (lambda p: qat.save(p), lambda p: quantization.save_qat_model(qat, p),
-                 lambda p: quantization.load_qat_model(p)):
+    for save in (
+        lambda p: qat.save(p),
+        lambda p: quantization.save_qat_model(qat, p),
+        lambda p: quantization.load_qat_model(p),
+    ):
         path = tmp_path / "qat.keras"
         with pytest.raises(ValueError, match=r"\.keras format.*\.h5.*SavedModel"):
             save(str(path))
@@ -355,13 +378,15 @@ def test_mixed_precision_model_is_cast_to_float32():
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = keras.Sequential([  # Sequential models quantize too
-            keras.Input((12, 12, 3)),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            ka.CBAM(reduction=4, kernel_size=3),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(10, dtype="float32"),
-        ])
+        model = keras.Sequential(
+            [  # Sequential models quantize too
+                keras.Input((12, 12, 3)),
+                keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+                ka.CBAM(reduction=4, kernel_size=3),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(10, dtype="float32"),
+            ]
+        )
     finally:
         keras.mixed_precision.set_global_policy(previous)
     assert quantization.is_mixed_precision(model)
@@ -455,7 +480,9 @@ def build():
     return keras.Model(inputs, keras.layers.Dense(10)(x))
 """
 
-_KERAS3_SAVE = _TRANSFER_MODEL + """
+_KERAS3_SAVE = (
+    _TRANSFER_MODEL
+    + """
 import sys
 import numpy as np
 model = build()
@@ -469,6 +496,7 @@ np.save(sys.argv[1] + "/y.npy", np.asarray(model(x, training=False)))
 model.save(sys.argv[1] + "/model.keras")
 print("keras", keras.__version__)
 """
+)
 
 
 @legacy_only
@@ -480,8 +508,9 @@ def test_a_keras3_model_reaches_qat(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env.update(KERAS_BACKEND="tensorflow", PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, "-c", _KERAS3_SAVE, str(tmp_path)], capture_output=True, text=True,
-                            env=env, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", _KERAS3_SAVE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "keras 3." in result.stdout
 
@@ -545,8 +574,10 @@ def _ptq_accuracy(model, calibration, x_test, y_test):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([sample[None]] for sample in calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    interpreter = Interpreter(model_content=converter.convert(),
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter = Interpreter(
+        model_content=converter.convert(),
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     predictions = []
@@ -571,8 +602,11 @@ def test_digits_qat_int8_matches_float_and_beats_ptq():
     model = _digits_model()
     epochs, batch = 12, 32
     steps = epochs * -(-len(x_train) // batch)
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-2, steps)),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-2, steps)),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     model.fit(x_train, y_train, epochs=epochs, batch_size=batch, verbose=0)
     float_accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
     assert float_accuracy > 0.93  # the weights are trained: the comparison means something
@@ -581,14 +615,17 @@ def test_digits_qat_int8_matches_float_and_beats_ptq():
     ptq_accuracy, ptq_kernels = _ptq_accuracy(model, calibration, x_test, y_test)
 
     qat = quantization.quantize_model(model)
-    qat.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
+    qat.compile(
+        keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     qat.fit(x_train, y_train, epochs=2, batch_size=batch, verbose=0)
     flatbuffer = tflite.convert(qat, "int8", representative_data=calibration)
     assert tflite.is_int8_end_to_end(flatbuffer)
     qat_accuracy = float(np.mean(tflite.run(flatbuffer, x_test)[0].argmax(1) == y_test))
-    print(f"\ndigits 16x16, {len(x_test)} test images: float {float_accuracy:.4f}, "
-          f"post-training int8 {ptq_accuracy:.4f} ({ptq_kernels}), QAT int8 {qat_accuracy:.4f}")
+    print(
+        f"\ndigits 16x16, {len(x_test)} test images: float {float_accuracy:.4f}, "
+        f"post-training int8 {ptq_accuracy:.4f} ({ptq_kernels}), QAT int8 {qat_accuracy:.4f}"
+    )
     assert qat_accuracy >= float_accuracy - 0.005
     assert qat_accuracy >= ptq_accuracy
 
@@ -602,7 +639,10 @@ def test_example_fast(tmp_path):
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT)
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "qat_mobilenetv2_cbam.py"), "--fast", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| QAT int8 (LiteRT) |" in result.stdout and "| float (Keras) |" in result.stdout

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def np_fake_quant(x, low, high, narrow_range=False, num_bits=8):
     """TensorFlow's FakeQuantWithMinMaxVars: nudge the zero point onto the grid, clamp, round half up."""
-    qmin, qmax = (1 if narrow_range else 0), 2 ** num_bits - 1
+    qmin, qmax = (1 if narrow_range else 0), 2**num_bits - 1
     scale = (high - low) / (qmax - qmin)
     zero_from_min = qmin - low / scale
     zero = np.clip(np.floor(zero_from_min + 0.5), qmin, qmax)
@@ -76,8 +76,9 @@ def test_kernels_are_symmetric_per_output_channel():
     got = _np(quantize_kernel(kernel))
     for c in range(5):
         bound = np.abs(kernel[..., c]).max()
-        np.testing.assert_allclose(got[..., c], np_fake_quant(kernel[..., c], -bound, bound, narrow_range=True),
-                                   rtol=1e-5, atol=1e-7 * bound)
+        np.testing.assert_allclose(
+            got[..., c], np_fake_quant(kernel[..., c], -bound, bound, narrow_range=True), rtol=1e-5, atol=1e-7 * bound
+        )
         steps = got[..., c] / (bound / 127)
         np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)  # integers in [-127, 127]
         assert np.abs(steps).max() <= 127.001
@@ -126,8 +127,12 @@ def _data(n=48, size=16, seed=0):
 
 def _fit(model, x, y, epochs=1, jit=False, eager=False):
     # eager: for a few steps of a big backbone, tracing its training graph costs more than the steps.
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=jit, run_eagerly=eager)
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=jit,
+        run_eagerly=eager,
+    )
     model.fit(x, y, batch_size=16, epochs=epochs, verbose=0)
     return model
 
@@ -139,7 +144,9 @@ def test_quantize_model_trains_with_jit_and_moves_every_weight():
     qat = quantization.quantize_model(_small_model(ka.CBAM(reduction=2)))
     before = {w.path: _np(w).copy() for w in qat.trainable_weights}
     _fit(qat, x, y, jit=True)
-    frozen = [p for p, v in before.items() if np.array_equal(v, _np(next(w for w in qat.trainable_weights if w.path == p)))]
+    frozen = [
+        p for p, v in before.items() if np.array_equal(v, _np(next(w for w in qat.trainable_weights if w.path == p)))
+    ]
     assert not frozen, frozen
     assert not quantization.uncalibrated(qat)
     assert quantization.is_qat_model(qat)
@@ -173,8 +180,8 @@ def test_qat_keras_file_reloads_in_a_fresh_process_and_trains_on(tmp_path):
     script = f"""
 import numpy as np, keras, keras_attention
 m = keras.models.load_model({path!r}, safe_mode=True)
-x = np.load({str(tmp_path / 'x.npy')!r})
-np.testing.assert_allclose(np.asarray(m.predict(x, verbose=0)), np.load({str(tmp_path / 'expected.npy')!r}), atol=1e-5)
+x = np.load({str(tmp_path / "x.npy")!r})
+np.testing.assert_allclose(np.asarray(m.predict(x, verbose=0)), np.load({str(tmp_path / "expected.npy")!r}), atol=1e-5)
 m.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 loss = m.fit(x, np.zeros(len(x), "int32"), epochs=3, verbose=0).history["loss"]
 assert loss[-1] < loss[0], loss  # training on moves it towards the new labels
@@ -209,8 +216,9 @@ def _check_int8_file(qat, x, min_top1=0.99):
 
 ATTENTION_CASES = {
     "cbam": lambda: ka.CBAM(reduction=2),
-    "cbam_parallel_hard_identity_bn": lambda: ka.CBAM(reduction=2, arrangement="parallel", gate="hard_sigmoid",
-                                                      start_as_identity=True, use_batchnorm=True),
+    "cbam_parallel_hard_identity_bn": lambda: ka.CBAM(
+        reduction=2, arrangement="parallel", gate="hard_sigmoid", start_as_identity=True, use_batchnorm=True
+    ),
     "cbam_spatial_first": lambda: ka.CBAM(reduction=2, arrangement="spatial_first"),
     "channel_max_only": lambda: ka.ChannelAttention(reduction=2, pooling="max", use_bias=False),
     "se": lambda: ka.SqueezeExcitation(reduction=2),
@@ -255,7 +263,8 @@ def test_thundernet_layers_int8_file_computes_what_qat_computes(gate, per_channe
     x, y = _data(size=32)
     qat = _fit(quantization.quantize_model(_thundernet_model(gate, per_channel)), x, y)
     assert {"ContextEnhancement", "LightRPNHead", "RPNGuidedSpatialAttention"} <= {
-        type(layer).__name__ for layer in qat.layers if getattr(layer, "quantization", None) == "int8"}
+        type(layer).__name__ for layer in qat.layers if getattr(layer, "quantization", None) == "int8"
+    }
     flatbuffer, expected, got = _check_int8_file(qat, x, min_top1=0.95)
     step = (expected.max() - min(expected.min(), 0)) / 255
     assert np.abs(expected - got).max() <= 3 * step + 1e-6
@@ -281,7 +290,10 @@ def test_sag_mask_head_int8_file_computes_what_qat_computes():
     error = np.abs(expected - got)
     # Measured: 95.7 % of the logits within one int8 step, the rest within 3.2 (without the attention
     # 98.8 % and 2.1; deconv + predictor alone 99.6 % and 1.0): rounding differences through the gate's product.
-    assert np.mean(error <= step + 1e-6) >= 0.9 and error.max() <= 4 * step + 1e-6, (np.mean(error <= step), error.max() / step)
+    assert np.mean(error <= step + 1e-6) >= 0.9 and error.max() <= 4 * step + 1e-6, (
+        np.mean(error <= step),
+        error.max() / step,
+    )
     assert ("TRANSPOSE_CONV", "int8") in tflite.op_counts(flatbuffer)
 
 
@@ -349,8 +361,9 @@ qat.save({path!r})
 print(keras.backend.backend())
 """
     env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=backend)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900,
-                            cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert backend in result.stdout
     qat = keras.models.load_model(path, safe_mode=True)
@@ -364,7 +377,10 @@ def test_example_fast_keras3(tmp_path):
     """examples/qat_mobilenetv2_cbam.py under Keras 3: MobileNetV2 + 10 CBAM, QAT int8 end to end."""
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "examples", "qat_mobilenetv2_cbam.py"), "--fast", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONPATH=ROOT),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, PYTHONPATH=ROOT),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "| QAT int8 (LiteRT) |" in result.stdout
@@ -387,8 +403,9 @@ def test_backbone_with_cbam_qat_int8_end_to_end(family):
     from keras_attention import quantization
 
     size = BACKBONES[family]
-    trunk = getattr(keras.applications, family)(include_top=False, weights=None, input_shape=(size, size, 3),
-                                                pooling="avg")
+    trunk = getattr(keras.applications, family)(
+        include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg"
+    )
     model = ka.attach(keras.Model(trunk.input, keras.layers.Dense(5)(trunk.output)), "cbam")
     for layer in model.layers:  # trained statistics: a random deep net's activations fade to nothing
         if isinstance(layer, keras.layers.BatchNormalization):

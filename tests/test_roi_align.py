@@ -22,25 +22,30 @@ def _random_boxes(rng, batch, num, image_h, image_w, outside=8.0, max_size=None)
 
 def _border_boxes(image_h, image_w):
     """Boxes touching, straddling and leaving each border, whole-image, and degenerate ones."""
-    return np.array([
-        [0, 0, image_h, image_w],                     # the whole image
-        [-5, -7, 6, 9],                                # top-left corner, partly outside
-        [image_h - 6, image_w - 4, image_h + 9, image_w + 3],  # bottom-right, partly outside
-        [image_h + 20, 3, image_h + 40, 10],           # wholly below the image: zeros
-        [-30, -30, -10, -12],                          # wholly above-left: zeros
-        [2.5, 3.25, 2.5, 9.0],                         # zero height
-        [4.0, 4.0, 4.0, 4.0],                          # a point
-        [0, 0, 0, 0],                                  # padding
-        [0, 0, 1, 1],                                  # one image pixel
-    ], "float32")
+    return np.array(
+        [
+            [0, 0, image_h, image_w],  # the whole image
+            [-5, -7, 6, 9],  # top-left corner, partly outside
+            [image_h - 6, image_w - 4, image_h + 9, image_w + 3],  # bottom-right, partly outside
+            [image_h + 20, 3, image_h + 40, 10],  # wholly below the image: zeros
+            [-30, -30, -10, -12],  # wholly above-left: zeros
+            [2.5, 3.25, 2.5, 9.0],  # zero height
+            [4.0, 4.0, 4.0, 4.0],  # a point
+            [0, 0, 0, 0],  # padding
+            [0, 0, 1, 1],  # one image pixel
+        ],
+        "float32",
+    )
 
 
 def _call(layer, features, boxes):
     return to_numpy(layer([features, boxes]))
 
 
-@pytest.mark.parametrize("output_size, sampling_ratio, aligned", [(14, 2, True), (7, 1, True), (5, 3, True),
-                                                                  ((4, 6), 2, True), (7, 2, False)])
+@pytest.mark.parametrize(
+    "output_size, sampling_ratio, aligned",
+    [(14, 2, True), (7, 1, True), (5, 3, True), ((4, 6), 2, True), (7, 2, False)],
+)
 def test_single_level_matches_numpy(output_size, sampling_ratio, aligned):
     rng = np.random.default_rng(0)
     stride = 4
@@ -80,8 +85,9 @@ def test_image_size_maps_boxes_like_strides():
     boxes = _random_boxes(rng, 2, 5, 75, 75)
     features = rng.normal(size=(2, 10, 10, 4)).astype("float32")
     out = _call(ka.RoIAlign(output_size=6, image_size=75), features, boxes)
-    expected = np.stack([np.stack([ref.roi_align_one(features[b], boxes[b, n], 10 / 75, 6, 2) for n in range(5)])
-                         for b in range(2)])
+    expected = np.stack(
+        [np.stack([ref.roi_align_one(features[b], boxes[b, n], 10 / 75, 6, 2) for n in range(5)]) for b in range(2)]
+    )
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
@@ -109,8 +115,19 @@ def test_level_assignment_equals_the_formula():
     y1, x1 = rng.uniform(0, 800, size=(2, 400))
     boxes = np.stack([y1, x1, y1 + sides[:, 0], x1 + sides[:, 1]], -1).astype("float32")
     # Exact powers of two of the image area sit on the boundaries of ceil(): no off-by-one level.
-    exact = np.array([[0, 0, 800, 1216], [0, 0, 400, 1216], [0, 0, 400, 608], [0, 0, 200, 608],
-                      [0, 0, 100, 304], [0, 0, 25, 38], [0, 0, 0, 10], [5, 5, 5, 5]], "float32")
+    exact = np.array(
+        [
+            [0, 0, 800, 1216],
+            [0, 0, 400, 1216],
+            [0, 0, 400, 608],
+            [0, 0, 200, 608],
+            [0, 0, 100, 304],
+            [0, 0, 25, 38],
+            [0, 0, 0, 10],
+            [5, 5, 5, 5],
+        ],
+        "float32",
+    )
     boxes = np.concatenate([boxes, exact])
     got = to_numpy(assign_levels_by_ratio(boxes, image_area, min_level=3, max_level=5)).astype(int)
     expected = [ref.level_by_ratio(b, image_area, 3, 5) for b in boxes]
@@ -139,14 +156,18 @@ def test_no_boxes_gives_empty_output_eager_graph_and_jit():
     for features, strides in ((levels[0], 8), (levels, (8, 16))):
         layer = ka.RoIAlign(output_size=5, strides=strides)
         assert _call(layer, features, empty).shape == (2, 0, 5, 5, 3)
-        inputs = [[keras.Input((None, None, 3)) for _ in levels] if isinstance(features, list)
-                  else keras.Input((None, None, 3)), keras.Input((None, 4))]
+        inputs = [
+            [keras.Input((None, None, 3)) for _ in levels]
+            if isinstance(features, list)
+            else keras.Input((None, None, 3)),
+            keras.Input((None, 4)),
+        ]
         model = keras.Model(inputs, layer(inputs))
         assert model.predict([features, empty], verbose=0).shape == (2, 0, 5, 5, 3)
         if BACKEND == "tensorflow":
             import tensorflow as tf
 
-            jitted = tf.function(lambda f, b: layer([f, b]), jit_compile=True)
+            jitted = tf.function(lambda f, b: layer([f, b]), jit_compile=True)  # noqa: B023 - called at once
             assert tuple(jitted(features, empty).shape) == (2, 0, 5, 5, 3)
 
 
@@ -176,11 +197,14 @@ def test_config_round_trip_and_keras_file(tmp_path):
     config = layer.get_config()
     clone = ka.RoIAlign.from_config(config)
     assert clone.get_config() == config
-    model = _model((None, None, 3), 4, [4, 8], levels=2, output_size=(6, 4), sampling_ratio=3, aligned=False,
-                   image_size=(32, 48))
+    model = _model(
+        (None, None, 3), 4, [4, 8], levels=2, output_size=(6, 4), sampling_ratio=3, aligned=False, image_size=(32, 48)
+    )
     rng = np.random.default_rng(8)
-    inputs = [[rng.normal(size=(2, 8, 12, 3)).astype("float32"), rng.normal(size=(2, 4, 6, 3)).astype("float32")],
-              _random_boxes(rng, 2, 4, 32, 48)]
+    inputs = [
+        [rng.normal(size=(2, 8, 12, 3)).astype("float32"), rng.normal(size=(2, 4, 6, 3)).astype("float32")],
+        _random_boxes(rng, 2, 4, 32, 48),
+    ]
     model.save(str(tmp_path / "roi.keras"))
     reloaded = keras.models.load_model(str(tmp_path / "roi.keras"), safe_mode=True)
     np.testing.assert_array_equal(to_numpy(reloaded(inputs)), to_numpy(model(inputs)))

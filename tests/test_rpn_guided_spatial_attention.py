@@ -29,8 +29,13 @@ def test_battery(data_format, tmp_path):
     shapes = _shapes(data_format)
     dynamic = [(None,) + tuple(None if d not in (6, 10) else d for d in s[1:]) for s in shapes]
     run_layer_test(
-        ka.RPNGuidedSpatialAttention, dict(data_format=data_format), shapes,
-        expected_output_shape=shapes[0], reference_fn=sam_output, tmp_path=tmp_path, dynamic_input_shape=dynamic,
+        ka.RPNGuidedSpatialAttention,
+        dict(data_format=data_format),
+        shapes,
+        expected_output_shape=shapes[0],
+        reference_fn=sam_output,
+        tmp_path=tmp_path,
+        dynamic_input_shape=dynamic,
     )
 
 
@@ -47,8 +52,13 @@ def test_battery(data_format, tmp_path):
 def test_options_match_reference(kwargs, tmp_path):
     shapes = _shapes(kwargs.get("data_format", "channels_last"))
     run_layer_test(
-        ka.RPNGuidedSpatialAttention, kwargs, shapes, expected_output_shape=shapes[0],
-        reference_fn=sam_output, tmp_path=tmp_path, run_dtype_policies=False,
+        ka.RPNGuidedSpatialAttention,
+        kwargs,
+        shapes,
+        expected_output_shape=shapes[0],
+        reference_fn=sam_output,
+        tmp_path=tmp_path,
+        run_dtype_policies=False,
     )
 
 
@@ -102,8 +112,11 @@ def test_unknown_spatial_size():
 
 def test_not_a_pair():
     sam = ka.RPNGuidedSpatialAttention
-    with pytest.raises(ValueError, match=r"RPNGuidedSpatialAttention: expected a list of two 4-D feature maps "
-                                         r"\[cem, rpn\]; got a single input of shape \(None, 8, 8, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"RPNGuidedSpatialAttention: expected a list of two 4-D feature maps "
+        r"\[cem, rpn\]; got a single input of shape \(None, 8, 8, 3\)",
+    ):
         sam()(keras.Input((8, 8, 3)))
     with pytest.raises(ValueError, match="expected a list of two 4-D feature maps.*got 1 inputs"):
         sam()([keras.Input((8, 8, 3))])
@@ -244,7 +257,10 @@ def test_keras_file_round_trip(tmp_path, data_format):
     for a, b in zip(_outputs(reloaded, inputs), _outputs(model, inputs)):
         np.testing.assert_array_equal(a, b)
     assert [type(layer).__name__ for layer in reloaded.layers[2:]] == [
-        "ContextEnhancement", "LightRPNHead", "RPNGuidedSpatialAttention"]
+        "ContextEnhancement",
+        "LightRPNHead",
+        "RPNGuidedSpatialAttention",
+    ]
 
 
 def test_savedmodel_round_trip(tmp_path):
@@ -292,7 +308,10 @@ def _run_example(tmp_path, *args):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
         [sys.executable, os.path.join(root, "examples", "thundernet_sam.py"), "--out", str(tmp_path), *args],
-        capture_output=True, text=True, timeout=900, env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "thundernet_sam.png").stat().st_size > 10_000
@@ -316,13 +335,15 @@ def test_example_shared_gate_looks_at_the_shapes(tmp_path):
     SAM's shared gate is higher on the held-out shapes than on the background (ratio > 1.5; measured
     1.74 and 1.76 for seeds 0 and 1 on Keras 3/TensorFlow)."""
     if BACKEND != "tensorflow" or IS_LEGACY:
-        pytest.skip("a minute of CPU, run once (Keras 3 on TensorFlow); about 5 minutes on JAX, where XLA's "
-                    "CPU gradient of the 5x5 depthwise conv is slow. test_example_fast_smoke_run covers the others")
+        pytest.skip(
+            "a minute of CPU, run once (Keras 3 on TensorFlow); about 5 minutes on JAX, where XLA's "
+            "CPU gradient of the 5x5 depthwise conv is slow. test_example_fast_smoke_run covers the others"
+        )
     stdout = _run_example(tmp_path, "--variant", "shared")
-    ratio, = _printed(stdout, "SAM attention ratio per_channel=False")
+    (ratio,) = _printed(stdout, "SAM attention ratio per_channel=False")
     assert ratio > 1.5, stdout
-    rpn, = _printed(stdout, "held-out RPN foreground/background accuracy")
-    head, = _printed(stdout, "held-out head")
+    (rpn,) = _printed(stdout, "held-out RPN foreground/background accuracy")
+    (head,) = _printed(stdout, "held-out head")
     assert rpn > 0.95 and head > 0.9, stdout
 
 

@@ -23,10 +23,13 @@ def head_reference(layer, x):
     rois = x.reshape((-1,) + x.shape[-3:])
     out = ref.sag_mask_head(
         rois,
-        [_np(c.kernel) for c in layer.convs], [_np(c.bias) for c in layer.convs],
+        [_np(c.kernel) for c in layer.convs],
+        [_np(c.bias) for c in layer.convs],
         _np(layer.attention.conv.kernel) if layer.use_attention else None,
-        _np(layer.deconv.kernel), _np(layer.deconv.bias),
-        _np(layer.predictor.kernel), _np(layer.predictor.bias),
+        _np(layer.deconv.kernel),
+        _np(layer.deconv.bias),
+        _np(layer.predictor.kernel),
+        _np(layer.predictor.bias),
     )
     out = out.reshape(lead + out.shape[1:])
     if layer.data_format == "channels_first":
@@ -39,9 +42,9 @@ def architecture_params(channels, num_classes, filters=256, num_convs=4, class_a
     """Parameters of SAG-Mask counted from the architecture (CenterMask Fig. 3 / official code)."""
     outputs = 1 if class_agnostic else num_classes
     convs = (channels * 9 * filters + filters) + (num_convs - 1) * (filters * 9 * filters + filters)
-    sam = 2 * 3 * 3 * 1 if attention else 0     # 3x3 conv, [mean; max] -> 1 map, no bias, no BN
+    sam = 2 * 3 * 3 * 1 if attention else 0  # 3x3 conv, [mean; max] -> 1 map, no bias, no BN
     deconv = filters * 2 * 2 * filters + filters  # 2x2 transposed conv, stride 2
-    predictor = filters * outputs + outputs       # 1x1 conv to the mask logits
+    predictor = filters * outputs + outputs  # 1x1 conv to the mask logits
     return convs + sam + deconv + predictor
 
 
@@ -51,19 +54,34 @@ def test_battery_5d(data_format, tmp_path):
     out = (2, 3, 28, 28, 5) if data_format == "channels_last" else (2, 3, 5, 28, 28)
     dynamic = (None, None, None, None, 4) if data_format == "channels_last" else (None, None, 4, None, None)
     run_layer_test(
-        ka.SAGMaskHead, dict(num_classes=5, filters=8, num_convs=2, data_format=data_format), shape,
-        expected_output_shape=out, tmp_path=tmp_path, dynamic_input_shape=dynamic,
+        ka.SAGMaskHead,
+        dict(num_classes=5, filters=8, num_convs=2, data_format=data_format),
+        shape,
+        expected_output_shape=out,
+        tmp_path=tmp_path,
+        dynamic_input_shape=dynamic,
     )
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_classes=3), dict(num_classes=4, class_agnostic=True),
-                                    dict(num_classes=2, use_attention=False), dict(num_classes=1, num_convs=1)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_classes=3),
+        dict(num_classes=4, class_agnostic=True),
+        dict(num_classes=2, use_attention=False),
+        dict(num_classes=1, num_convs=1),
+    ],
+)
 def test_battery_flattened_rois(kwargs, tmp_path):
     kwargs = {"filters": 8, "num_convs": 2, **kwargs}
     k = 1 if kwargs.get("class_agnostic") else kwargs["num_classes"]
     run_layer_test(
-        ka.SAGMaskHead, kwargs, (6, 14, 14, 5), expected_output_shape=(6, 28, 28, k),
-        tmp_path=tmp_path, run_dtype_policies=False,
+        ka.SAGMaskHead,
+        kwargs,
+        (6, 14, 14, 5),
+        expected_output_shape=(6, 28, 28, k),
+        tmp_path=tmp_path,
+        run_dtype_policies=False,
     )
 
 
@@ -79,14 +97,17 @@ def _trained_like_weights(layer, seed):
             w.assign(rng.normal(0.0, 0.1, size=shape).astype("float32"))
 
 
-@pytest.mark.parametrize("kwargs, shape", [
-    (dict(num_classes=5), (2, 3, 14, 14, 6)),
-    (dict(num_classes=5, data_format="channels_first"), (2, 3, 6, 14, 14)),
-    (dict(num_classes=3), (7, 14, 14, 6)),
-    (dict(num_classes=4, class_agnostic=True), (2, 2, 14, 14, 6)),
-    (dict(num_classes=2, use_attention=False), (4, 14, 14, 6)),
-    (dict(num_classes=2, num_convs=1), (2, 2, 7, 9, 6)),
-])
+@pytest.mark.parametrize(
+    "kwargs, shape",
+    [
+        (dict(num_classes=5), (2, 3, 14, 14, 6)),
+        (dict(num_classes=5, data_format="channels_first"), (2, 3, 6, 14, 14)),
+        (dict(num_classes=3), (7, 14, 14, 6)),
+        (dict(num_classes=4, class_agnostic=True), (2, 2, 14, 14, 6)),
+        (dict(num_classes=2, use_attention=False), (4, 14, 14, 6)),
+        (dict(num_classes=2, num_convs=1), (2, 2, 7, 9, 6)),
+    ],
+)
 def test_matches_numpy_reference(kwargs, shape):
     layer = ka.SAGMaskHead(filters=16, num_convs=kwargs.pop("num_convs", 4), **kwargs)
     model = build_model(layer, [shape])
@@ -96,15 +117,20 @@ def test_matches_numpy_reference(kwargs, shape):
     np.testing.assert_allclose(to_numpy(model(x)), expected, atol=1e-5 * max(1.0, np.abs(expected).max()), rtol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(), dict(class_agnostic=True), dict(use_attention=False),
-                                    dict(filters=64, num_convs=2)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(), dict(class_agnostic=True), dict(use_attention=False), dict(filters=64, num_convs=2)]
+)
 def test_parameter_count_equals_architecture(kwargs):
     channels, num_classes = 256, 80
     layer = ka.SAGMaskHead(num_classes, **kwargs)
     build_model(layer, [(1, 14, 14, channels)])
     expected = architecture_params(
-        channels, num_classes, kwargs.get("filters", 256), kwargs.get("num_convs", 4),
-        kwargs.get("class_agnostic", False), kwargs.get("use_attention", True),
+        channels,
+        num_classes,
+        kwargs.get("filters", 256),
+        kwargs.get("num_convs", 4),
+        kwargs.get("class_agnostic", False),
+        kwargs.get("use_attention", True),
     )
     assert layer.count_params() == expected
     if not kwargs:  # CenterMask on COCO: 256-channel RoIs, 80 classes
@@ -116,8 +142,13 @@ def test_structure_and_initialisation_follow_centermask():
     build_model(layer, [(1, 14, 14, 256)])
     sam = layer.attention
     assert isinstance(sam, ka.SpatialAttention)
-    assert (sam.kernel_size, sam.use_batchnorm, sam.use_bias, sam.gate, sam.pooling) == (3, False, False, "sigmoid",
-                                                                                        ("avg", "max"))
+    assert (sam.kernel_size, sam.use_batchnorm, sam.use_bias, sam.gate, sam.pooling) == (
+        3,
+        False,
+        False,
+        "sigmoid",
+        ("avg", "max"),
+    )
     assert len(layer.convs) == 4 and all(c.kernel_size == (3, 3) for c in layer.convs)
     assert layer.deconv.kernel_size == (2, 2) and layer.deconv.strides == (2, 2)
     predictor = _np(layer.predictor.kernel)
@@ -192,8 +223,9 @@ def test_small_sag_mask_learns_masks():
     spec = importlib.util.spec_from_file_location("sag_mask_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    results, baseline, _ = example.run(epochs=12, num_images=512, num_test=64, filters=16, num_convs=2, width=16,
-                                       variants=(True,))
+    results, baseline, _ = example.run(
+        epochs=12, num_images=512, num_test=64, filters=16, num_convs=2, width=16, variants=(True,)
+    )
     iou = results[True]["iou"]
     print(f"held-out mask IoU {iou:.3f}, all-foreground baseline {baseline:.3f}")
     assert 0.5 < baseline < 0.75  # circles fill pi/4 of their box, triangles about half

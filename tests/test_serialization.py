@@ -46,8 +46,12 @@ def save_expected(path, inputs, outputs, **extra):
     """The npz `_reload_in_fresh_process.py` reads: inputs `in00`..., outputs `out00`..., extras."""
     inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    np.savez(path, **{f"in{i:02d}": x for i, x in enumerate(inputs)},
-             **{f"out{i:02d}": to_numpy(o).astype("float32") for i, o in enumerate(outputs)}, **extra)
+    np.savez(
+        path,
+        **{f"in{i:02d}": x for i, x in enumerate(inputs)},
+        **{f"out{i:02d}": to_numpy(o).astype("float32") for i, o in enumerate(outputs)},
+        **extra,
+    )
     return path
 
 
@@ -57,7 +61,10 @@ def reload_elsewhere(*fmt_path_expected):
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
         [sys.executable, os.path.join(HERE, "_reload_in_fresh_process.py"), *map(str, fmt_path_expected)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0 and "RELOAD_OK" in result.stdout, result.stdout + result.stderr[-3000:]
     return result.stdout
@@ -101,8 +108,10 @@ def test_centermask_parts_reload_in_a_fresh_process(tmp_path):
             randomize_weights(layer, seed=5)
     model.compile(loss=MaskLoss())
     rng = np.random.default_rng(0)
-    x = [rng.normal(size=(2, 16, 16, 8)).astype("float32"),
-         np.array([[[2, 3, 40, 50], [0, 0, 63, 63], [10.5, 20.25, 30, 33]]] * 2, "float32")]
+    x = [
+        rng.normal(size=(2, 16, 16, 8)).astype("float32"),
+        np.array([[[2, 3, 40, 50], [0, 0, 63, 63], [10.5, 20.25, 30, 33]]] * 2, "float32"),
+    ]
     outputs = model(x, training=False)
     y_true = encode_mask_targets(rng.uniform(size=(2, 3, 14, 14)), np.array([[0, 2, -1], [1, 1, 0]]), 3)
     loss = float(to_numpy(MaskLoss()(y_true, outputs)))

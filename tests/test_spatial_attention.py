@@ -12,8 +12,12 @@ def test_battery(data_format, tmp_path):
     shape = (2, 11, 9, 6) if data_format == "channels_last" else (2, 6, 11, 9)
     dynamic = (None, None, None, 6) if data_format == "channels_last" else (None, 6, None, None)
     run_layer_test(
-        ka.SpatialAttention, dict(kernel_size=7, use_batchnorm=True, data_format=data_format), shape,
-        reference_fn=reference_output, tmp_path=tmp_path, dynamic_input_shape=dynamic,
+        ka.SpatialAttention,
+        dict(kernel_size=7, use_batchnorm=True, data_format=data_format),
+        shape,
+        reference_fn=reference_output,
+        tmp_path=tmp_path,
+        dynamic_input_shape=dynamic,
     )
 
 
@@ -32,8 +36,12 @@ def test_battery(data_format, tmp_path):
 )
 def test_options_match_reference(kwargs):
     run_layer_test(
-        ka.SpatialAttention, kwargs, (2, 8, 10, 5),
-        reference_fn=reference_output, run_training=False, run_dtype_policies=False,
+        ka.SpatialAttention,
+        kwargs,
+        (2, 8, 10, 5),
+        reference_fn=reference_output,
+        run_training=False,
+        run_dtype_policies=False,
     )
 
 
@@ -80,7 +88,9 @@ def test_bad_gate_and_pooling():
 
 
 @pytest.mark.skipif(ka.backend.BACKEND != "tensorflow", reason="TensorFlow graphs only")
-@pytest.mark.parametrize("kernel_size, channels, block", [(7, 2, 4), (7, 2, 2), (3, 2, 2), (3, 1, 4), (5, 1, 4), (1, 2, 2)])
+@pytest.mark.parametrize(
+    "kernel_size, channels, block", [(7, 2, 4), (7, 2, 2), (3, 2, 2), (3, 1, 4), (5, 1, 4), (1, 2, 2)]
+)
 def test_space_to_depth_convolution_equals_the_plain_convolution(kernel_size, channels, block):
     """The block-grid form SpatialAttention uses on TensorFlow (12x faster in LiteRT), against NumPy."""
     from keras_attention.layers._space_to_depth import same_conv_to_one_channel

@@ -20,8 +20,11 @@ def se_reference(layer, x):
 def test_battery(data_format, tmp_path):
     shape = (2, 5, 6, 24) if data_format == "channels_last" else (2, 24, 5, 6)
     run_layer_test(
-        ka.SqueezeExcitation, dict(reduction=4, data_format=data_format), shape,
-        reference_fn=se_reference, tmp_path=tmp_path,
+        ka.SqueezeExcitation,
+        dict(reduction=4, data_format=data_format),
+        shape,
+        reference_fn=se_reference,
+        tmp_path=tmp_path,
     )
 
 

@@ -62,8 +62,9 @@ def trained_cnn_cbam(digits16):
     x = ka.CBAM(reduction=4, kernel_size=3, name="cbam_2")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(10)(x), name="cnn_cbam")
-    model.compile(keras.optimizers.Adam(3e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
+    )
     model.fit(x_train, y_train, batch_size=32, epochs=4, verbose=0)
     return model
 
@@ -72,8 +73,7 @@ def trained_cnn_cbam(digits16):
 def trained_tflite(trained_cnn_cbam, digits16):
     """The trained model converted once per quantization mode."""
     (x_train, _), _ = digits16
-    return {q: tflite.convert(trained_cnn_cbam, q, representative_data=x_train[:100])
-            for q in tflite.QUANTIZATIONS}
+    return {q: tflite.convert(trained_cnn_cbam, q, representative_data=x_train[:100]) for q in tflite.QUANTIZATIONS}
 
 
 # ---------------------------------------------------- every public layer, float32
@@ -82,10 +82,16 @@ def trained_tflite(trained_cnn_cbam, digits16):
 def _public_layer_cases():
     cases = [
         ("CBAM", lambda: ka.CBAM(reduction=4), [(12, 12, 16)]),
-        ("CBAM-spatial_first", lambda: ka.CBAM(reduction=4, arrangement="spatial_first", use_batchnorm=True),
-         [(12, 12, 16)]),
-        ("CBAM-parallel-hard_sigmoid", lambda: ka.CBAM(reduction=4, arrangement="parallel", gate="hard_sigmoid"),
-         [(12, 12, 16)]),
+        (
+            "CBAM-spatial_first",
+            lambda: ka.CBAM(reduction=4, arrangement="spatial_first", use_batchnorm=True),
+            [(12, 12, 16)],
+        ),
+        (
+            "CBAM-parallel-hard_sigmoid",
+            lambda: ka.CBAM(reduction=4, arrangement="parallel", gate="hard_sigmoid"),
+            [(12, 12, 16)],
+        ),
         ("CBAM-unknown-size", lambda: ka.CBAM(reduction=4), [(None, None, 16)]),
         ("CBAM-channels_first", lambda: ka.CBAM(reduction=4, data_format="channels_first"), [(16, 10, 12)]),
         ("ChannelAttention", lambda: ka.ChannelAttention(reduction=4), [(12, 12, 16)]),
@@ -114,8 +120,7 @@ def test_every_public_layer_float32_matches_keras(request, factory, shapes):
     concrete = [tuple(d if d is not None else 10 for d in s) for s in shapes]
     data = [rng.normal(size=(4,) + s).astype("float32") for s in concrete]
     flatbuffer = tflite.convert(model)
-    report = tflite.verify(model, flatbuffer, data if len(data) > 1 else data[0], latency_runs=0,
-                           analyze_gpu=False)
+    report = tflite.verify(model, flatbuffer, data if len(data) > 1 else data[0], latency_runs=0, analyze_gpu=False)
     assert report.all_builtin
     assert report.max_abs_error <= 1e-4, str(report)
     assert report.max_rel_error <= 1e-4, str(report)
@@ -130,7 +135,8 @@ def test_every_public_layer_float32_matches_keras(request, factory, shapes):
     [("float32", 1e-5, 0.999999), ("float16", 5e-3, 0.9999), ("dynamic", 5e-2, 0.999), ("int8", 0.15, 0.99)],
 )
 def test_each_quantization_mode_agrees_with_keras_on_held_out_digits(
-        trained_cnn_cbam, trained_tflite, digits16, quantization, max_rel, min_cos):
+    trained_cnn_cbam, trained_tflite, digits16, quantization, max_rel, min_cos
+):
     _, (x_test, y_test) = digits16
     report = tflite.verify(trained_cnn_cbam, trained_tflite[quantization], x_test[:64], latency_runs=0)
     assert report.all_builtin and report.custom_ops == []
@@ -160,8 +166,10 @@ def test_auto_quantizer_keeps_the_int8_model_closer_to_keras_on_a_signed_map():
     features = ka.CBAM(reduction=4)(keras.layers.Conv2D(16, 3, padding="same")(inputs))
     model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(features)))
     x_calibration, x_held_out = rng.normal(size=(2, 32, 16, 16, 8)).astype("float32")
-    files = {q: tflite.convert(model, "int8", representative_data=x_calibration, quantizer=q)
-             for q in ("mlir", "legacy", "auto")}
+    files = {
+        q: tflite.convert(model, "int8", representative_data=x_calibration, quantizer=q)
+        for q in ("mlir", "legacy", "auto")
+    }
     expected = np.asarray(model(x_held_out))
     errors = {q: float(np.mean((tflite.run(f, x_held_out)[0] - expected) ** 2)) for q, f in files.items()}
     assert errors["mlir"] > 10 * errors["legacy"], errors
@@ -175,7 +183,15 @@ def test_int8_cbam_is_int8_end_to_end_with_builtin_ops(trained_cnn_cbam, trained
     report = tflite.verify(trained_cnn_cbam, trained_tflite["int8"], x_test[:200], latency_runs=0)
     assert report.int8_end_to_end and report.float_ops == []
     table = report.op_table()
-    for op in ("REDUCE_MAX", "MEAN", "LOGISTIC", "MUL", "CONCATENATION", "CONV_2D", "SUM"):  # avg+max share one MLP call: SUM of hidden units, bias folded into the conv
+    for op in (
+        "REDUCE_MAX",
+        "MEAN",
+        "LOGISTIC",
+        "MUL",
+        "CONCATENATION",
+        "CONV_2D",
+        "SUM",
+    ):  # avg+max share one MLP call: SUM of hidden units, bias folded into the conv
         assert table[(op, "int8")] >= 1, (op, table)
     assert table[("QUANTIZE", "float32->int8")] == 1 and table[("DEQUANTIZE", "int8->float32")] == 1
     assert report.cosine_similarity >= 0.99 and report.min_cosine_similarity >= 0.95, str(report)
@@ -349,8 +365,11 @@ def _with_scale(flatbuffer, scale):
     from ai_edge_litert.interpreter import Interpreter
 
     details = Interpreter(model_content=flatbuffer).get_tensor_details()
-    old = [d["quantization_parameters"]["scales"][0] for d in details
-           if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) == 1][-1]
+    old = [
+        d["quantization_parameters"]["scales"][0]
+        for d in details
+        if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) == 1
+    ][-1]
     pattern = np.float32(old).tobytes()
     assert pattern in flatbuffer  # control: the scale is stored where we patch it
     return flatbuffer.replace(pattern, np.float32(scale).tobytes())
@@ -366,8 +385,11 @@ def test_nan_or_zero_activation_scales_are_refused_not_crashed_on(scale):
     assert not tflite.degenerate_activations(good)  # control: the unpatched file is fine
     bad = _with_scale(good, scale)
     assert tflite.degenerate_activations(bad)
-    for call in (lambda: tflite.run(bad, data[:2]), lambda: tflite.verify(model, bad, data[:2], latency_runs=0),
-                 lambda: tflite.measure_latency(bad, threads=(1,), runs=1)):
+    for call in (
+        lambda: tflite.run(bad, data[:2]),
+        lambda: tflite.verify(model, bad, data[:2], latency_runs=0),
+        lambda: tflite.measure_latency(bad, threads=(1,), runs=1),
+    ):
         try:
             call()
         except tflite.InvalidTFLiteModelError as error:
@@ -401,8 +423,7 @@ def test_spatial_attention_avg_pooling_for_mobile_gpus():
     reports = {}
     for pooling in (("avg", "max"), ("avg",)):
         keras.utils.set_random_seed(0)
-        model = _model(lambda x, p=pooling: ka.SpatialAttention(pooling=p)(keras.layers.Conv2D(16, 3)(x)),
-                       (16, 16, 3))
+        model = _model(lambda x, p=pooling: ka.SpatialAttention(pooling=p)(keras.layers.Conv2D(16, 3)(x)), (16, 16, 3))
         flatbuffer = tflite.convert(model)
         compatible, issues, text = tflite.gpu_compatibility(flatbuffer)
         reports[pooling] = (compatible, issues, {op["op"] for op in tflite.op_inventory(flatbuffer)})
@@ -435,7 +456,9 @@ def test_gpu_delegate_gaps_are_reported_even_where_the_analyzer_passes_them():
 
 
 def _reference_models():
-    spec = importlib.util.spec_from_file_location("reference_models", os.path.join(ROOT, "tflite", "reference_models.py"))
+    spec = importlib.util.spec_from_file_location(
+        "reference_models", os.path.join(ROOT, "tflite", "reference_models.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -465,7 +488,10 @@ def test_kit_script_writes_the_table_in_ci_size(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tflite", "build_kit.py"), "--ci", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=1200,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     import json

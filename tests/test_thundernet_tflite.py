@@ -29,8 +29,9 @@ def _features(rng, n, c4_shape, c5_shape):
 
 
 def _graph(c4_shape, c5_shape, per_channel=True):
-    model, layers = thundernet_graph(c4_shape=c4_shape, c5_shape=c5_shape, channels=245, filters=256,
-                                     num_anchors=5, per_channel=per_channel)
+    model, layers = thundernet_graph(
+        c4_shape=c4_shape, c5_shape=c5_shape, channels=245, filters=256, num_anchors=5, per_channel=per_channel
+    )
     rng = np.random.default_rng(0)
     for layer in layers.values():
         randomize_weights(layer, seed=len(layer.name))
@@ -53,9 +54,15 @@ def _by_channels(outputs):
     return {o.shape[-1]: o for o in outputs}
 
 
-@pytest.fixture(scope="module", params=[((20, 20, 32), (10, 10, 64), True), ((21, 21, 32), (11, 11, 64), True),
-                                        ((20, 20, 32), (10, 10, 64), False)],
-                ids=["even-20x20", "odd-21x21", "shared-gate"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ((20, 20, 32), (10, 10, 64), True),
+        ((21, 21, 32), (11, 11, 64), True),
+        ((20, 20, 32), (10, 10, 64), False),
+    ],
+    ids=["even-20x20", "odd-21x21", "shared-gate"],
+)
 def converted(request):
     from keras_attention import tflite
 
@@ -84,8 +91,9 @@ def test_float32_builtin_ops_only_and_matches_keras(converted):
     assert sorted(actual) == sorted(expected) == [5, 20, 245]  # objectness, box deltas, SAM
     for channels, e in expected.items():
         scale = np.abs(e).max()
-        np.testing.assert_allclose(actual[channels], e, atol=1e-4 * max(1.0, scale), rtol=1e-4,
-                                   err_msg=f"{channels}-channel output")
+        np.testing.assert_allclose(
+            actual[channels], e, atol=1e-4 * max(1.0, scale), rtol=1e-4, err_msg=f"{channels}-channel output"
+        )
 
 
 def test_int8_full_integer_builtin_ops_and_close_to_keras(converted):

@@ -30,14 +30,19 @@ def test_attention_maps_equal_the_gates_of_the_formula():
     ca, sa = cbam.channel_attention, cbam.spatial_attention
     w = lambda v: v.numpy().astype("float64")  # noqa: E731
     after_channel = features * ref.channel_gate(
-        features, w(ca.mlp_reduce.kernel)[0, 0], w(ca.mlp_reduce.bias), w(ca.mlp_expand.kernel)[0, 0], w(ca.mlp_expand.bias)
+        features,
+        w(ca.mlp_reduce.kernel)[0, 0],
+        w(ca.mlp_reduce.bias),
+        w(ca.mlp_expand.kernel)[0, 0],
+        w(ca.mlp_expand.bias),
     )
     expected = ref.spatial_gate(after_channel, w(sa.conv.kernel))[..., 0]
     np.testing.assert_allclose(maps["cbam"], expected, rtol=1e-5, atol=1e-5)
     after_cbam = np.asarray(keras.Model(model.inputs, cbam.output)(images)).astype("float64")
     sa_layer = model.get_layer("sa")
-    np.testing.assert_allclose(maps["sa"], ref.spatial_gate(after_cbam, w(sa_layer.conv.kernel))[..., 0],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        maps["sa"], ref.spatial_gate(after_cbam, w(sa_layer.conv.kernel))[..., 0], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_attention_maps_need_a_spatial_gate():
@@ -63,6 +68,8 @@ def test_grad_cam_matches_its_definition_on_a_linear_head():
 
 def test_save_overlays_writes_a_png(tmp_path):
     images = np.random.default_rng(2).uniform(size=(2, 12, 12, 3)).astype("float32")
-    path = visualize.save_overlays(tmp_path / "maps.png", images, [("a", np.ones((2, 6, 6))), ("b", np.zeros((2, 3, 3)))])
+    path = visualize.save_overlays(
+        tmp_path / "maps.png", images, [("a", np.ones((2, 6, 6))), ("b", np.zeros((2, 3, 3)))]
+    )
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -30,16 +30,27 @@ for _path in (ROOT, HERE, os.path.join(ROOT, "benchmarks")):
         sys.path.insert(0, _path)
 
 import reference_models as refs  # noqa: E402
+
 from keras_attention import tflite  # noqa: E402
 from keras_attention.backend import BACKEND  # noqa: E402
 
 COLUMNS = [
-    ("model", "model"), ("quantization", "quant"), ("size_kib", "size KiB"), ("max_abs_error", "max abs err"),
-    ("max_rel_error", "max rel err"), ("cosine_similarity", "cosine"), ("top1_agreement", "top-1 agree"),
-    ("latency_1", "1 thread ms"), ("latency_2", "2 threads ms"), ("num_ops", "ops"),
-    ("all_builtin", "builtin"), ("int8_end_to_end", "int8 e2e"), ("gpu_compatible", "GPU (analyzer)"),
+    ("model", "model"),
+    ("quantization", "quant"),
+    ("size_kib", "size KiB"),
+    ("max_abs_error", "max abs err"),
+    ("max_rel_error", "max rel err"),
+    ("cosine_similarity", "cosine"),
+    ("top1_agreement", "top-1 agree"),
+    ("latency_1", "1 thread ms"),
+    ("latency_2", "2 threads ms"),
+    ("num_ops", "ops"),
+    ("all_builtin", "builtin"),
+    ("int8_end_to_end", "int8 e2e"),
+    ("gpu_compatible", "GPU (analyzer)"),
     ("weights", "weights"),
 ]
+
 
 def _fmt(value):
     if isinstance(value, bool):
@@ -52,6 +63,7 @@ def _fmt(value):
         return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}".rstrip("0").rstrip(".")
     return str(value)
 
+
 def markdown_table(rows):
     headers = [title for _, title in COLUMNS]
     body = [[_fmt(row.get(key)) for key, _ in COLUMNS] for row in rows]
@@ -59,14 +71,14 @@ def markdown_table(rows):
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in body])
 
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ci", action="store_true", help="CI size: 32x32 inputs, 1 epoch, fewer samples/runs")
     parser.add_argument("--size", type=int, default=None, help="MobileNetV2 input size (96; 32 with --ci)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs on digits (3; 1 with --ci)")
     parser.add_argument("--models", default=None, help="comma-separated subset of the reference models")
-    parser.add_argument("--quantizations", default=None,
-                        help="comma-separated (all four; float32,int8 with --ci)")
+    parser.add_argument("--quantizations", default=None, help="comma-separated (all four; float32,int8 with --ci)")
     parser.add_argument("--latency-runs", type=int, default=None, help="timed runs per thread count (50; 10 --ci)")
     parser.add_argument("--out", default=os.path.join(HERE, "models"))
     args = parser.parse_args(argv)
@@ -104,20 +116,33 @@ def main(argv=None):
             flatbuffer = tflite.convert(saved_model, quantization, representative_data=calibration_data, path=path)
             report = tflite.verify(model, flatbuffer, eval_data, latency_runs=latency_runs)
             row = dict(
-                model=name, quantization=quantization, size_bytes=report.size_bytes,
-                size_kib=round(report.size_bytes / 1024, 1), max_abs_error=report.max_abs_error,
-                max_rel_error=report.max_rel_error, cosine_similarity=report.cosine_similarity,
-                min_cosine_similarity=report.min_cosine_similarity, top1_agreement=report.top1_agreement,
-                latency_1=report.latency_ms.get(1), latency_2=report.latency_ms.get(2),
-                num_ops=sum(op["count"] for op in report.ops), all_builtin=report.all_builtin,
-                int8_end_to_end=report.int8_end_to_end, gpu_compatible=report.gpu_compatible,
-                gpu_issues=report.gpu_issues, float_ops=report.float_ops,
+                model=name,
+                quantization=quantization,
+                size_bytes=report.size_bytes,
+                size_kib=round(report.size_bytes / 1024, 1),
+                max_abs_error=report.max_abs_error,
+                max_rel_error=report.max_rel_error,
+                cosine_similarity=report.cosine_similarity,
+                min_cosine_similarity=report.min_cosine_similarity,
+                top1_agreement=report.top1_agreement,
+                latency_1=report.latency_ms.get(1),
+                latency_2=report.latency_ms.get(2),
+                num_ops=sum(op["count"] for op in report.ops),
+                all_builtin=report.all_builtin,
+                int8_end_to_end=report.int8_end_to_end,
+                gpu_compatible=report.gpu_compatible,
+                gpu_issues=report.gpu_issues,
+                float_ops=report.float_ops,
                 ops={f"{op['op']} [{op['dtype']}]": op["count"] for op in report.ops},
-                weights="trained (digits)" if classifier else "random", file=os.path.basename(path),
+                weights="trained (digits)" if classifier else "random",
+                file=os.path.basename(path),
             )
             rows.append(row)
-            print(f"  {name} {quantization}: {row['size_kib']} KiB, cos {row['cosine_similarity']:.5f}, "
-                  f"{_fmt(row['latency_1'])} ms (1 thread), {time.time() - start:.1f}s", flush=True)
+            print(
+                f"  {name} {quantization}: {row['size_kib']} KiB, cos {row['cosine_similarity']:.5f}, "
+                f"{_fmt(row['latency_1'])} ms (1 thread), {time.time() - start:.1f}s",
+                flush=True,
+            )
         import shutil
 
         shutil.rmtree(saved_model, ignore_errors=True)
@@ -139,26 +164,44 @@ def main(argv=None):
             )
 
     table = markdown_table(rows)
-    lines = [f"Reference models, {size}x{size} MobileNetV2 (alpha {refs.ALPHA}), LiteRT interpreter + XNNPACK, "
-             f"median of {latency_runs} runs; errors vs Keras on {held_out if not args.ci else 64} held-out inputs.",
-             "", table, ""]
+    lines = [
+        f"Reference models, {size}x{size} MobileNetV2 (alpha {refs.ALPHA}), LiteRT interpreter + XNNPACK, "
+        f"median of {latency_runs} runs; errors vs Keras on {held_out if not args.ci else 64} held-out inputs.",
+        "",
+        table,
+        "",
+    ]
     if comparison:
-        lines += ["MobileNetV2 + CBAM vs plain MobileNetV2 (interleaved timing):", "",
-                  "| quantization | latency x (1 thread) | latency x (2 threads) | size x |", "|---|---|---|---|"]
-        lines += [f"| {q} | {c['latency_ratio_1_thread']:.3f} | {c['latency_ratio_2_threads']:.3f} | "
-                  f"{c['size_ratio']:.3f} |" for q, c in comparison.items()]
+        lines += [
+            "MobileNetV2 + CBAM vs plain MobileNetV2 (interleaved timing):",
+            "",
+            "| quantization | latency x (1 thread) | latency x (2 threads) | size x |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {q} | {c['latency_ratio_1_thread']:.3f} | {c['latency_ratio_2_threads']:.3f} | {c['size_ratio']:.3f} |"
+            for q, c in comparison.items()
+        ]
         lines.append("")
     markdown = "\n".join(lines).rstrip() + "\n"
     print("\n" + markdown)
     with open(os.path.join(args.out, "results.md"), "w") as handle:
         handle.write(markdown)
-    payload = dict(size=size, epochs=epochs, ci=args.ci, latency_runs=latency_runs, rows=rows,
-                   cbam_vs_plain=comparison, seconds=round(time.time() - started, 1),
-                   machine=dict(cpu_count=os.cpu_count(), platform=sys.platform))
+    payload = dict(
+        size=size,
+        epochs=epochs,
+        ci=args.ci,
+        latency_runs=latency_runs,
+        rows=rows,
+        cbam_vs_plain=comparison,
+        seconds=round(time.time() - started, 1),
+        machine=dict(cpu_count=os.cpu_count(), platform=sys.platform),
+    )
     with open(os.path.join(args.out, "results.json"), "w") as handle:
         json.dump(payload, handle, indent=2, default=float)
     print(f"wrote {os.path.join(args.out, 'results.md')} and results.json")
     return payload
+
 
 if __name__ == "__main__":
     main()

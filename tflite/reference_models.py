@@ -35,7 +35,11 @@ def mobilenet_v2(size=96, cbam=False, alpha=ALPHA, classes=NUM_CLASSES, preserve
     which a short from-scratch training run on a 10-block network feels.
     """
     base = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), alpha=alpha, weights=None, include_top=True, classes=classes,
+        input_shape=(size, size, 3),
+        alpha=alpha,
+        weights=None,
+        include_top=True,
+        classes=classes,
         classifier_activation=None,
     )
     if cbam:

@@ -118,8 +118,13 @@ class QuantizationPoints:
     def apply_gate(self, logits, prefix="gate"):
         """gate(logits), times 2 when the layer starts as the identity, at its int8 points."""
         scale = 2.0 if getattr(self, "start_as_identity", False) else 1.0
-        return apply_gate(logits, self.gate, scale, point=lambda suffix, x: self.at_point(prefix + suffix, x),
-                          fixed_range=self.at_fixed_range)
+        return apply_gate(
+            logits,
+            self.gate,
+            scale,
+            point=lambda suffix, x: self.at_point(prefix + suffix, x),
+            fixed_range=self.at_fixed_range,
+        )
 
     def quantization_config(self):
         """The config entry (only when quantized, so float configs stay as they were)."""

@@ -26,7 +26,7 @@ def block_size(height, width):
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel_index(k, channels, s):
     """For each weight of the block kernel, its index in the flattened (k, k, n) kernel, or k*k*n (a zero).
 

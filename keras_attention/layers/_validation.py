@@ -31,10 +31,21 @@ def normalize_pooling(layer_name, pooling):
 
 
 # What Keras' base Layer (Keras 3 or tf_keras) takes besides a layer's own arguments.
-BASE_LAYER_KWARGS = frozenset({
-    "name", "dtype", "trainable", "autocast", "dynamic", "input_shape", "batch_input_shape", "batch_size",
-    "input_dim", "weights", "activity_regularizer",
-})
+BASE_LAYER_KWARGS = frozenset(
+    {
+        "name",
+        "dtype",
+        "trainable",
+        "autocast",
+        "dynamic",
+        "input_shape",
+        "batch_input_shape",
+        "batch_size",
+        "input_dim",
+        "weights",
+        "activity_regularizer",
+    }
+)
 
 
 def check_layer_kwargs(layer, kwargs):
@@ -49,8 +60,10 @@ def check_layer_kwargs(layer, kwargs):
     if unknown:
         name = type(layer).__name__
         own = [p for p in inspect.signature(type(layer).__init__).parameters if p not in ("self", "kwargs")]
-        raise TypeError(f"{name}: unknown keyword argument(s) {unknown}; {name} takes {own} and Keras' layer "
-                        "arguments (name, dtype, trainable).")
+        raise TypeError(
+            f"{name}: unknown keyword argument(s) {unknown}; {name} takes {own} and Keras' layer "
+            "arguments (name, dtype, trainable)."
+        )
     return kwargs
 
 
@@ -85,7 +98,9 @@ def channels_of(layer_name, input_shape, data_format):
     """Checks a 4-D feature-map shape and returns its (known) channel count."""
     input_shape = tuple(input_shape)
     if len(input_shape) != 4:
-        expected = "(batch, height, width, channels)" if data_format == "channels_last" else "(batch, channels, height, width)"
+        expected = (
+            "(batch, height, width, channels)" if data_format == "channels_last" else "(batch, channels, height, width)"
+        )
         raise ValueError(
             f"{layer_name}: expected a 4-D input {expected} ({data_format}); "
             f"got shape {input_shape} of rank {len(input_shape)}."

@@ -29,11 +29,11 @@ def shifted_sum_conv(maps, kernel, bias=None):
     padded = ops.pad(maps, ((0, 0), (r, r), (r, r), (0, 0)))
     out = None
     for c in range(kernel.shape[2]):
-        plane = padded[..., c:c + 1]
+        plane = padded[..., c : c + 1]
         for i in range(k):
-            rows = plane[:, i:(i - 2 * r) or None]
+            rows = plane[:, i : (i - 2 * r) or None]
             for j in range(k):
-                term = rows[:, :, j:(j - 2 * r) or None] * kernel[i, j, c, 0]
+                term = rows[:, :, j : (j - 2 * r) or None] * kernel[i, j, c, 0]
                 out = term if out is None else out + term
     return out if bias is None else out + bias
 
@@ -51,7 +51,7 @@ def _channel_reduce(maps, reduce, combine, slices=8):
     width = channels // slices
     combined = maps[..., :width]
     for i in range(1, slices):
-        combined = combine(combined, maps[..., i * width:(i + 1) * width])
+        combined = combine(combined, maps[..., i * width : (i + 1) * width])
     return reduce(combined, axis=-1)
 
 
@@ -66,14 +66,14 @@ def _shifted_sum_conv_grads(maps, kernel, upstream):
     padded_maps = ops.pad(maps, ((0, 0), (r, r), (r, r), (0, 0)))
     grad_planes, grad_kernel = [], []
     for c in range(kernel.shape[2]):
-        plane, grad_plane = padded_maps[..., c:c + 1], None
+        plane, grad_plane = padded_maps[..., c : c + 1], None
         for i in range(k):
             for j in range(k):
                 # out[h, w] gets maps[h + i - r, w + j - r] * kernel[i, j]: the transpose shifts back.
-                shifted = padded_upstream[:, 2 * r - i:2 * r - i + height, 2 * r - j:2 * r - j + width]
+                shifted = padded_upstream[:, 2 * r - i : 2 * r - i + height, 2 * r - j : 2 * r - j + width]
                 term = shifted * kernel[i, j, c, 0]
                 grad_plane = term if grad_plane is None else grad_plane + term
-                grad_kernel.append(ops.sum(plane[:, i:i + height, j:j + width] * upstream))
+                grad_kernel.append(ops.sum(plane[:, i : i + height, j : j + width] * upstream))
         grad_planes.append(grad_plane)
     grad_kernel = ops.transpose(ops.reshape(ops.stack(grad_kernel), (kernel.shape[2], k, k, 1)), (1, 2, 0, 3))
     return ops.concatenate(grad_planes, axis=-1), grad_kernel

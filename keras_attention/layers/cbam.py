@@ -67,21 +67,33 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
         self.data_format = v.normalize_data_format(name, data_format)
         try:  # the sublayers check the arguments; the user called CBAM, so the error says CBAM
             self.channel_attention = ChannelAttention(
-                reduction=reduction, min_channels=min_channels, pooling=pooling, use_bias=use_bias,
-                gate=gate, start_as_identity=start_as_identity, data_format=self.data_format,
-                quantization=self.quantization, name="channel_attention",
+                reduction=reduction,
+                min_channels=min_channels,
+                pooling=pooling,
+                use_bias=use_bias,
+                gate=gate,
+                start_as_identity=start_as_identity,
+                data_format=self.data_format,
+                quantization=self.quantization,
+                name="channel_attention",
             )
             self.spatial_attention = SpatialAttention(
-                kernel_size=kernel_size, use_batchnorm=use_batchnorm, pooling=spatial_pooling,
-                gate=gate, start_as_identity=start_as_identity, data_format=self.data_format,
-                quantization=self.quantization, name="spatial_attention",
+                kernel_size=kernel_size,
+                use_batchnorm=use_batchnorm,
+                pooling=spatial_pooling,
+                gate=gate,
+                start_as_identity=start_as_identity,
+                data_format=self.data_format,
+                quantization=self.quantization,
+                name="spatial_attention",
             )
         except ValueError as error:
             sublayer, _, detail = str(error).partition(": ")
             if sublayer == "SpatialAttention":  # CBAM's own name for the spatial branch's pooling
                 detail = detail.replace("`pooling`", "`spatial_pooling`")
-            raise ValueError(f"{name}: {detail if sublayer in ('ChannelAttention', 'SpatialAttention') else error}"
-                             ) from None
+            raise ValueError(
+                f"{name}: {detail if sublayer in ('ChannelAttention', 'SpatialAttention') else error}"
+            ) from None
         if self.arrangement == "parallel":  # only their gates are used: no output points of their own
             self.channel_attention.gate_only = self.spatial_attention.gate_only = True
         self.supports_masking = True

@@ -53,8 +53,16 @@ class SAGMaskHead(QuantizationPoints, keras.layers.Layer):
     (None, 8, 28, 28, 3)
     """
 
-    def __init__(self, num_classes, filters=256, num_convs=4, class_agnostic=False, use_attention=True,
-                 data_format=None, **kwargs):
+    def __init__(
+        self,
+        num_classes,
+        filters=256,
+        num_convs=4,
+        class_agnostic=False,
+        use_attention=True,
+        data_format=None,
+        **kwargs,
+    ):
         super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
         self.num_classes = v.check_int(name, "num_classes", num_classes)
@@ -88,26 +96,47 @@ class SAGMaskHead(QuantizationPoints, keras.layers.Layer):
         width = channels
         for i in range(self.num_convs):
             conv = keras.layers.Conv2D(
-                self.filters, 3, padding="same", activation="relu", kernel_initializer=_msra_fill(),
-                dtype=self.dtype_policy, name=f"mask_fcn{i + 1}",
+                self.filters,
+                3,
+                padding="same",
+                activation="relu",
+                kernel_initializer=_msra_fill(),
+                dtype=self.dtype_policy,
+                name=f"mask_fcn{i + 1}",
             )
             build_sublayer(conv, (None, None, None, width))
             self.convs.append(conv)
             width = self.filters
         self.attention = None
         if self.use_attention:
-            self.attention = SpatialAttention(kernel_size=3, use_batchnorm=False, use_bias=False, gate="sigmoid",
-                                              data_format="channels_last", quantization=self.quantization,
-                                              dtype=self.dtype_policy, name="sam")
+            self.attention = SpatialAttention(
+                kernel_size=3,
+                use_batchnorm=False,
+                use_bias=False,
+                gate="sigmoid",
+                data_format="channels_last",
+                quantization=self.quantization,
+                dtype=self.dtype_policy,
+                name="sam",
+            )
             build_sublayer(self.attention, (None, None, None, width))
         self.deconv = keras.layers.Conv2DTranspose(
-            self.filters, 2, strides=2, padding="valid", activation="relu", kernel_initializer=_msra_fill(),
-            dtype=self.dtype_policy, name="deconv",
+            self.filters,
+            2,
+            strides=2,
+            padding="valid",
+            activation="relu",
+            kernel_initializer=_msra_fill(),
+            dtype=self.dtype_policy,
+            name="deconv",
         )
         build_sublayer(self.deconv, (None, None, None, width))
         self.predictor = keras.layers.Conv2D(
-            self.num_outputs, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-            dtype=self.dtype_policy, name="predictor",
+            self.num_outputs,
+            1,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+            dtype=self.dtype_policy,
+            name="predictor",
         )
         build_sublayer(self.predictor, (None, None, None, self.filters))
         self._build_quantization_points()

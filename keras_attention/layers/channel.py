@@ -156,12 +156,21 @@ class ChannelAttention(_ChannelGateBase):
         hidden = self.hidden_channels(self.channels)
         # The MLP is tiny; keeping it in float32 keeps the gate exact under mixed precision.
         self.mlp_reduce = keras.layers.Conv2D(
-            hidden, 1, use_bias=self.use_bias, activation="relu",
-            data_format="channels_last", dtype="float32", name="mlp_reduce",
+            hidden,
+            1,
+            use_bias=self.use_bias,
+            activation="relu",
+            data_format="channels_last",
+            dtype="float32",
+            name="mlp_reduce",
         )
         self.mlp_expand = keras.layers.Conv2D(
-            self.channels, 1, use_bias=self.use_bias,
-            data_format="channels_last", dtype="float32", name="mlp_expand",
+            self.channels,
+            1,
+            use_bias=self.use_bias,
+            data_format="channels_last",
+            dtype="float32",
+            name="mlp_expand",
         )
         build_sublayer(self.mlp_reduce, (None, 1, 1, self.channels))
         build_sublayer(self.mlp_expand, (None, 1, 1, hidden))
@@ -205,8 +214,10 @@ class ChannelAttention(_ChannelGateBase):
         if self.quantization:
             # No CONCATENATION under QAT: TF 2.21's converter rejects one whose two input scales are
             # nearly (not exactly) equal ("same scale constraint"). One reduce per descriptor, summed.
-            hidden = [self.at_point(f"hidden_{kind}", self.convolve(self.mlp_reduce, p))
-                      for kind, p in zip(self.pooling, pooled)]
+            hidden = [
+                self.at_point(f"hidden_{kind}", self.convolve(self.mlp_reduce, p))
+                for kind, p in zip(self.pooling, pooled)
+            ]
             hidden = self.at_point("hidden_sum", ops.add(hidden[0], hidden[1]))
         else:
             stacked = ops.concatenate(pooled, axis=1)
@@ -264,15 +275,31 @@ class SqueezeExcitation(ChannelAttention):
     (None, 8, 8, 32)
     """
 
-    def __init__(self, reduction=16, min_channels=None, use_bias=True, gate="sigmoid",
-                 start_as_identity=False, data_format=None, **kwargs):
+    def __init__(
+        self,
+        reduction=16,
+        min_channels=None,
+        use_bias=True,
+        gate="sigmoid",
+        start_as_identity=False,
+        data_format=None,
+        **kwargs,
+    ):
         pooling = kwargs.pop("pooling", "avg")  # the paper's squeeze: average pooling only
         if v.normalize_pooling(type(self).__name__, pooling) != ("avg",):
-            raise ValueError(f"SqueezeExcitation: `pooling` is fixed to average pooling (the paper's squeeze); "
-                             f"got {pooling!r}. ChannelAttention(pooling=...) takes max pooling.")
+            raise ValueError(
+                f"SqueezeExcitation: `pooling` is fixed to average pooling (the paper's squeeze); "
+                f"got {pooling!r}. ChannelAttention(pooling=...) takes max pooling."
+            )
         super().__init__(
-            reduction=reduction, min_channels=min_channels, pooling=("avg",), use_bias=use_bias,
-            gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs,
+            reduction=reduction,
+            min_channels=min_channels,
+            pooling=("avg",),
+            use_bias=use_bias,
+            gate=gate,
+            start_as_identity=start_as_identity,
+            data_format=data_format,
+            **kwargs,
         )
 
     def get_config(self):
@@ -317,18 +344,25 @@ class EfficientChannelAttention(_ChannelGateBase):
     (None, 8, 8, 64)
     """
 
-    def __init__(self, kernel_size=None, gamma=2, beta=1, gate="sigmoid",
-                 start_as_identity=False, data_format=None, **kwargs):
+    def __init__(
+        self, kernel_size=None, gamma=2, beta=1, gate="sigmoid", start_as_identity=False, data_format=None, **kwargs
+    ):
         super().__init__(gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs)
         name = type(self).__name__
         if kernel_size is not None:
             v.check_odd_kernel_size(name, kernel_size)
         for arg, value in (("gamma", gamma), ("beta", beta)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or (arg == "gamma" and value <= 0):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or (arg == "gamma" and value <= 0)
+            ):
                 expected = "a positive number" if arg == "gamma" else "a finite number"
-                raise ValueError(f"{name}: `{arg}` must be {expected} (the kernel-size rule "
-                                 f"|log2(C) + beta| / gamma); got {value!r}.")
+                raise ValueError(
+                    f"{name}: `{arg}` must be {expected} (the kernel-size rule "
+                    f"|log2(C) + beta| / gamma); got {value!r}."
+                )
         self.kernel_size = kernel_size
         self.gamma = gamma
         self.beta = beta
@@ -339,9 +373,14 @@ class EfficientChannelAttention(_ChannelGateBase):
         # A (1, k) 2-D convolution over a (B, 1, C, 1) view is the paper's 1-D conv
         # and stays a single builtin CONV_2D in TFLite.
         self.conv = keras.layers.Conv2D(
-            1, (1, self.resolved_kernel_size), padding="same", use_bias=False,
+            1,
+            (1, self.resolved_kernel_size),
+            padding="same",
+            use_bias=False,
             kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
-            data_format="channels_last", dtype="float32", name="conv",
+            data_format="channels_last",
+            dtype="float32",
+            name="conv",
         )
         build_sublayer(self.conv, (None, 1, self.channels, 1))
         self._build_quantization_points()

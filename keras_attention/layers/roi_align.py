@@ -148,8 +148,9 @@ class RoIAlign(keras.layers.Layer):
     (None, 5, 14, 14, 32)
     """
 
-    def __init__(self, output_size=14, sampling_ratio=2, aligned=True, strides=None, image_size=None,
-                 data_format=None, **kwargs):
+    def __init__(
+        self, output_size=14, sampling_ratio=2, aligned=True, strides=None, image_size=None, data_format=None, **kwargs
+    ):
         kwargs.setdefault("autocast", False)  # boxes stay float32 under mixed precision
         super().__init__(**v.check_layer_kwargs(self, kwargs))
         name = type(self).__name__
@@ -197,9 +198,7 @@ class RoIAlign(keras.layers.Layer):
         if not levels:
             raise ValueError(f"{name}: the list of feature levels is empty.")
         if boxes is None or len(boxes) != 3 or boxes[-1] != 4:
-            raise ValueError(
-                f"{name}: boxes must have shape (batch, num_boxes, 4) as (y1, x1, y2, x2); got {boxes}."
-            )
+            raise ValueError(f"{name}: boxes must have shape (batch, num_boxes, 4) as (y1, x1, y2, x2); got {boxes}.")
         channels = [v.channels_of(name, s, self.data_format) for s in levels]
         if len(set(channels)) != 1:
             raise ValueError(
@@ -225,21 +224,25 @@ class RoIAlign(keras.layers.Layer):
         name = type(self).__name__
         heights = [s[1] if self.data_format == "channels_last" else s[2] for s in levels]
         if self.strides is not None and any(b <= a for a, b in zip(self.strides, self.strides[1:])):
-            raise ValueError(f"{name}: `strides` must increase from the finest level to the coarsest; "
-                             f"got {self.strides}.")
+            raise ValueError(
+                f"{name}: `strides` must increase from the finest level to the coarsest; got {self.strides}."
+            )
         for i, (a, b) in enumerate(zip(heights, heights[1:])):
             if a is None or b is None:
                 continue
             if b > a:
-                raise ValueError(f"{name}: feature levels must go from fine to coarse (P3, P4, ...); level {i + 1} "
-                                 f"has height {b}, more than level {i}'s {a}. Give the levels finest first.")
+                raise ValueError(
+                    f"{name}: feature levels must go from fine to coarse (P3, P4, ...); level {i + 1} "
+                    f"has height {b}, more than level {i}'s {a}. Give the levels finest first."
+                )
             if self.strides is not None:
                 expected = a * self.strides[i] / self.strides[i + 1]
                 if abs(b - expected) > 1:
                     raise ValueError(
                         f"{name}: level {i + 1} has height {b}, but strides {self.strides[i]} -> "
                         f"{self.strides[i + 1]} put it at about {expected:g} (level {i} has height {a}); "
-                        "the strides do not match the feature maps.")
+                        "the strides do not match the feature maps."
+                    )
 
     def build(self, input_shape):
         levels, _, self.channels = self._split_shapes(input_shape)
@@ -353,8 +356,7 @@ class RoIAlign(keras.layers.Layer):
         cols, col_weights = self._axis_samples(start_x, width, ow, per_roi(wf, 2))  # (R, 2*ow*sr)
 
         base = level_offset + batch_index * image_stride
-        index = (ops.reshape(base, (rois, 1, 1)) + rows[:, :, None] * per_roi(row_stride, 3)
-                 + cols[:, None, :])
+        index = ops.reshape(base, (rois, 1, 1)) + rows[:, :, None] * per_roi(row_stride, 3) + cols[:, None, :]
         px = 2 * ow * sr
         values = ops.take(table, index, axis=0)  # (R, 2 * oh * sr, px, C)
         weights = row_weights[:, :, None, None] * col_weights[:, None, :, None]

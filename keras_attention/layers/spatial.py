@@ -72,16 +72,25 @@ class SpatialAttention(QuantizationPoints, keras.layers.Layer):
     def build(self, input_shape):
         self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
         self.conv = keras.layers.Conv2D(
-            1, self.kernel_size, padding="same", use_bias=self.use_bias,
+            1,
+            self.kernel_size,
+            padding="same",
+            use_bias=self.use_bias,
             kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
-            data_format="channels_last", dtype="float32", name="conv",
+            data_format="channels_last",
+            dtype="float32",
+            name="conv",
         )
         build_sublayer(self.conv, (None, None, None, len(self.pooling)))
         if self.use_batchnorm:
             # Official CBAM: BN(eps=1e-5, torch momentum 0.01) with gamma zeroed.
             self.bn = keras.layers.BatchNormalization(
-                axis=-1, momentum=0.99, epsilon=1e-5, gamma_initializer="zeros",
-                dtype="float32", name="bn",
+                axis=-1,
+                momentum=0.99,
+                epsilon=1e-5,
+                gamma_initializer="zeros",
+                dtype="float32",
+                name="bn",
             )
             build_sublayer(self.bn, (None, None, None, 1))
         self._build_quantization_points()

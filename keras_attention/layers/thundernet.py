@@ -38,8 +38,9 @@ def _shape_tuple(shape):
             return tuple(shape.as_list())
         except ValueError:  # unknown rank
             return None
-    if isinstance(shape, (list, tuple)) and all(d is None or (isinstance(d, int) and not isinstance(d, bool))
-                                                for d in shape):
+    if isinstance(shape, (list, tuple)) and all(
+        d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in shape
+    ):
         return tuple(shape)
     return None
 
@@ -191,8 +192,9 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
         policy = self.dtype_policy
 
         def conv(name, dtype=policy):
-            return keras.layers.Conv2D(self.channels, 1, use_bias=True, data_format="channels_last",
-                                       dtype=dtype, name=name)
+            return keras.layers.Conv2D(
+                self.channels, 1, use_bias=True, data_format="channels_last", dtype=dtype, name=name
+            )
 
         self.c4_lateral = conv("c4_lateral")
         self.c5_lateral = conv("c5_lateral")
@@ -224,15 +226,13 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
         if not (isinstance(w4, int) and isinstance(w5, int) and w4 == 2 * w5):
             up5 = up5[:, :, :w4]
         pooled = self.at_point("pooled", ops.mean(ops.cast(c5, "float32"), axis=(1, 2), keepdims=True))
-        context = ops.cast(self.at_point("global_context", self.convolve(self.global_context, pooled)),
-                           lateral4.dtype)
+        context = ops.cast(self.at_point("global_context", self.convolve(self.global_context, pooled)), lateral4.dtype)
         merged = self.at_point("c4_plus_c5", lateral4 + up5)
         return v.from_channels_last(self.at_point("output", merged + context), self.data_format)
 
     def compute_output_shape(self, input_shape):
         shapes, _ = self._check_shapes(input_shape)
-        return _output_shape(shapes[0][0], _spatial(shapes[0], self.data_format), self.channels,
-                             self.data_format)
+        return _output_shape(shapes[0][0], _spatial(shapes[0], self.data_format), self.channels, self.data_format)
 
     def get_config(self):
         config = super().get_config()
@@ -292,24 +292,38 @@ class LightRPNHead(QuantizationPoints, keras.layers.Layer):
         policy = self.dtype_policy
 
         def bn(bn_name):
-            return keras.layers.BatchNormalization(axis=-1, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON,
-                                                   dtype=policy, name=bn_name)
+            return keras.layers.BatchNormalization(
+                axis=-1, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype=policy, name=bn_name
+            )
 
         self.depthwise = keras.layers.DepthwiseConv2D(
-            self.kernel_size, padding="same", use_bias=False, data_format="channels_last",
-            dtype=policy, name="depthwise",
+            self.kernel_size,
+            padding="same",
+            use_bias=False,
+            data_format="channels_last",
+            dtype=policy,
+            name="depthwise",
         )
         self.depthwise_bn = bn("depthwise_bn")
         self.pointwise = keras.layers.Conv2D(
-            self.filters, 1, use_bias=False, data_format="channels_last", dtype=policy, name="pointwise",
+            self.filters,
+            1,
+            use_bias=False,
+            data_format="channels_last",
+            dtype=policy,
+            name="pointwise",
         )
         self.pointwise_bn = bn("pointwise_bn")
 
         def head(head_name, channels_out):
             # MMDetection's RPN head init: normal(std=0.01), zero bias.
             return keras.layers.Conv2D(
-                channels_out, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                data_format="channels_last", dtype=policy, name=head_name,
+                channels_out,
+                1,
+                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                data_format="channels_last",
+                dtype=policy,
+                name=head_name,
             )
 
         self.objectness = head("objectness", self.num_anchors)
@@ -331,8 +345,7 @@ class LightRPNHead(QuantizationPoints, keras.layers.Layer):
         v.check_floating(type(self).__name__, inputs)
         x = v.to_channels_last(inputs, self.data_format)
         x = self.at_point("depthwise", ops.relu(self.convolve(self.depthwise, x, self.depthwise_bn, training)))
-        features = self.at_point(
-            "features", ops.relu(self.convolve(self.pointwise, x, self.pointwise_bn, training)))
+        features = self.at_point("features", ops.relu(self.convolve(self.pointwise, x, self.pointwise_bn, training)))
         objectness = self.at_point("objectness", self.convolve(self.objectness, features))
         deltas = self.at_point("box_deltas", self.convolve(self.box_deltas, features))
         return [v.from_channels_last(t, self.data_format) for t in (features, objectness, deltas)]
@@ -342,13 +355,20 @@ class LightRPNHead(QuantizationPoints, keras.layers.Layer):
         if shape is None:
             raise ValueError(f"{type(self).__name__}: expected one 4-D feature map; got {_describe(input_shape)}.")
         batch, spatial = shape[0], _spatial(shape, self.data_format)
-        return [_output_shape(batch, spatial, c, self.data_format)
-                for c in (self.filters, self.num_anchors, 4 * self.num_anchors)]
+        return [
+            _output_shape(batch, spatial, c, self.data_format)
+            for c in (self.filters, self.num_anchors, 4 * self.num_anchors)
+        ]
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_anchors=self.num_anchors, filters=self.filters, kernel_size=self.kernel_size,
-                      data_format=self.data_format, **self.quantization_config())
+        config.update(
+            num_anchors=self.num_anchors,
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            data_format=self.data_format,
+            **self.quantization_config(),
+        )
         return config
 
 
@@ -411,8 +431,9 @@ class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
     def _check_shapes(self, input_shape):
         name = type(self).__name__
         shapes, channels = _checked_pair(self, input_shape)
-        for (axis, a), b in zip(zip(("height", "width"), _spatial(shapes[0], self.data_format)),
-                                _spatial(shapes[1], self.data_format)):
+        for (axis, a), b in zip(
+            zip(("height", "width"), _spatial(shapes[0], self.data_format)), _spatial(shapes[1], self.data_format)
+        ):
             if a is not None and b is not None and a != b:
                 raise ValueError(
                     f"{name}: cem and rpn features must have the same spatial size; got {axis} {a} "
@@ -425,13 +446,21 @@ class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
         self.channels = cem_channels
         gate_channels = cem_channels if self.per_channel else 1
         self.theta = keras.layers.Conv2D(
-            gate_channels, 1, use_bias=not self.use_batchnorm, data_format="channels_last",
-            dtype=self.dtype_policy, name="theta",
+            gate_channels,
+            1,
+            use_bias=not self.use_batchnorm,
+            data_format="channels_last",
+            dtype=self.dtype_policy,
+            name="theta",
         )
         build_sublayer(self.theta, (None, None, None, rpn_channels))
         if self.use_batchnorm:
             self.theta_bn = keras.layers.BatchNormalization(
-                axis=-1, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, dtype="float32", name="theta_bn",
+                axis=-1,
+                momentum=_BN_MOMENTUM,
+                epsilon=_BN_EPSILON,
+                dtype="float32",
+                name="theta_bn",
             )
             build_sublayer(self.theta_bn, (None, None, None, gate_channels))
         self._build_quantization_points()
@@ -462,6 +491,11 @@ class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(use_batchnorm=self.use_batchnorm, gate=self.gate, per_channel=self.per_channel,
-                      data_format=self.data_format, **self.quantization_config())
+        config.update(
+            use_batchnorm=self.use_batchnorm,
+            gate=self.gate,
+            per_channel=self.per_channel,
+            data_format=self.data_format,
+            **self.quantization_config(),
+        )
         return config

@@ -64,8 +64,9 @@ def supported_layers():
         return _tfmot.supported_layers()
     from keras_attention import layers
 
-    return tuple(cls for cls in vars(layers).values()
-                 if isinstance(cls, type) and issubclass(cls, _keras3.QuantizationPoints))
+    return tuple(
+        cls for cls in vars(layers).values() if isinstance(cls, type) and issubclass(cls, _keras3.QuantizationPoints)
+    )
 
 
 def __getattr__(name):  # the tfmot QuantizeConfig classes, created on first access (they need tfmot)

@@ -43,20 +43,44 @@ from keras_attention.quantization.layers import (
 from keras_attention.quantization.quantizers import ActivationQuantizer
 from keras_attention.quantization.tfmot import UnsupportedLayerError
 
-_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
-          keras.layers.Conv2DTranspose, keras.layers.Dense)
+_CONVS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Dense,
+)
 # TFLite runs these at their input's scale: no new int8 tensor, no quantizer.
 _SAME_SCALE = (
-    keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling1D,
-    keras.layers.GlobalMaxPooling2D, keras.layers.ZeroPadding1D, keras.layers.ZeroPadding2D,
-    keras.layers.Cropping2D, keras.layers.Reshape, keras.layers.Flatten, keras.layers.Dropout,
-    keras.layers.SpatialDropout2D, keras.layers.Permute, keras.layers.Identity, keras.layers.InputLayer,
+    keras.layers.MaxPooling1D,
+    keras.layers.MaxPooling2D,
+    keras.layers.GlobalMaxPooling1D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.ZeroPadding1D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Cropping2D,
+    keras.layers.Reshape,
+    keras.layers.Flatten,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.Permute,
+    keras.layers.Identity,
+    keras.layers.InputLayer,
 )
 # Layers kept as they are, with an ActivationQuantizer on their output.
 _OUTPUT_QUANTIZED = (
-    keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply, keras.layers.Concatenate,
-    keras.layers.Maximum, keras.layers.Minimum, keras.layers.AveragePooling1D, keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D, keras.layers.UpSampling2D,
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.Concatenate,
+    keras.layers.Maximum,
+    keras.layers.Minimum,
+    keras.layers.AveragePooling1D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling1D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.UpSampling2D,
 )
 
 
@@ -68,8 +92,11 @@ def _same_scale(layer):
 
 
 def _is_attention_layer(layer):
-    return isinstance(layer, QuantizationPoints) and not getattr(layer, "quantization", None) \
+    return (
+        isinstance(layer, QuantizationPoints)
+        and not getattr(layer, "quantization", None)
         and type(layer).__module__.startswith("keras_attention.layers")
+    )
 
 
 def supports(layer):
@@ -80,8 +107,16 @@ def supports(layer):
         return activation_name(layer) is not None
     if isinstance(layer, keras.layers.Normalization):
         return not layer.invert
-    return isinstance(layer, (*_SAME_SCALE, *_OUTPUT_QUANTIZED, keras.layers.BatchNormalization,
-                              keras.layers.Rescaling, ActivationQuantizer)) or _is_attention_layer(layer)
+    return isinstance(
+        layer,
+        (
+            *_SAME_SCALE,
+            *_OUTPUT_QUANTIZED,
+            keras.layers.BatchNormalization,
+            keras.layers.Rescaling,
+            ActivationQuantizer,
+        ),
+    ) or _is_attention_layer(layer)
 
 
 def _check_model(model):
@@ -92,16 +127,20 @@ def _check_model(model):
         raise TypeError(f"{name}: expected a keras.Model; got {type(model).__name__}.")
     if isinstance(model, keras.Sequential):
         if not model.built or not getattr(model, "inputs", None):
-            raise ValueError(f"{name}: the Sequential model {model.name!r} has no Input; build it with an "
-                             "`keras.Input(shape)` first.")
+            raise ValueError(
+                f"{name}: the Sequential model {model.name!r} has no Input; build it with an "
+                "`keras.Input(shape)` first."
+            )
         return keras.Model(model.inputs, model.outputs, name=model.name)
     if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
         raise TypeError(
             f"{name}: {model.name!r} is a subclassed model ({type(model).__name__}); QAT rebuilds the layer "
             "graph, which only functional and Sequential models expose. Build it with the functional API."
         )
-    if any(getattr(layer, "quantization", None) or isinstance(layer, ActivationQuantizer)
-           for layer in backend.all_layers(model)):
+    if any(
+        getattr(layer, "quantization", None) or isinstance(layer, ActivationQuantizer)
+        for layer in backend.all_layers(model)
+    ):
         raise ValueError(f"{name}: {model.name!r} is already a QAT model.")
     return model
 
@@ -149,12 +188,20 @@ def _fusion_plan(model):
         bn = activation = None
         nxt = _single_use_output(layer, consumers)
         own = activation_name(getattr(layer, "activation", None))
-        if own == "linear" and isinstance(nxt, keras.layers.BatchNormalization) and not isinstance(layer, keras.layers.Dense):
+        if (
+            own == "linear"
+            and isinstance(nxt, keras.layers.BatchNormalization)
+            and not isinstance(layer, keras.layers.Dense)
+        ):
             channel_axis = -1 if getattr(layer, "data_format", "channels_last") == "channels_last" else 1
             if nxt.axis % 4 == channel_axis % 4:
                 bn, nxt = nxt, _single_use_output(nxt, consumers)
-        if own == "linear" and nxt is not None and activation_name(nxt) in FUSABLE_ACTIVATIONS and \
-                isinstance(nxt, (keras.layers.Activation, keras.layers.ReLU)):
+        if (
+            own == "linear"
+            and nxt is not None
+            and activation_name(nxt) in FUSABLE_ACTIVATIONS
+            and isinstance(nxt, (keras.layers.Activation, keras.layers.ReLU))
+        ):
             activation = nxt
         plan[id(layer)] = (bn, activation)
         absorbed.update(id(x) for x in (bn, activation) if x is not None)
@@ -192,10 +239,12 @@ class _Rewriter:
             return self._clone(op)
         if id(op) in plan:
             bn, activation = plan[id(op)]
-            new = QuantizedConv(op.__class__.from_config(op.get_config()),
-                                batch_norm=bn.__class__.from_config(bn.get_config()) if bn is not None else None,
-                                activation=activation_name(activation) if activation is not None else "linear",
-                                name=op.name)
+            new = QuantizedConv(
+                op.__class__.from_config(op.get_config()),
+                batch_norm=bn.__class__.from_config(bn.get_config()) if bn is not None else None,
+                activation=activation_name(activation) if activation is not None else "linear",
+                name=op.name,
+            )
             self.copies.append((op, new.layer, "weights"))
             if bn is not None:
                 self.copies.append((bn, new.batch_norm, "weights"))
@@ -239,8 +288,11 @@ class _Rewriter:
 
 
 def _unsupported(model, leave_float):
-    return [f"{layer.name} ({type(layer).__name__})" for layer in _own_layers(model)
-            if not supports(layer) and not _is_left_float(layer, leave_float)]
+    return [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in _own_layers(model)
+        if not supports(layer) and not _is_left_float(layer, leave_float)
+    ]
 
 
 def _relative(variable):
@@ -302,7 +354,9 @@ def quantize_model(model, leave_float=()):
     if is_mixed_precision(model):
         warnings.warn(
             f"quantize_model: {model.name!r} uses a mixed-precision policy; its QAT copy computes in float32 "
-            "(fake quantization is float32, and so is every float op of the int8 file).", stacklevel=2)
+            "(fake quantization is float32, and so is every float op of the int8 file).",
+            stacklevel=2,
+        )
         model = float32_copy(model)
     rewriter = _Rewriter(leave_float)
     inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=t.name) for t in model.inputs]
@@ -313,15 +367,18 @@ def quantize_model(model, leave_float=()):
     qat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
     _copy_weights(rewriter.copies)
     if rewriter.left_float:
-        warnings.warn("quantize_model: left in float (not int8 in the TFLite file): "
-                      + ", ".join(rewriter.left_float), stacklevel=2)
+        warnings.warn(
+            "quantize_model: left in float (not int8 in the TFLite file): " + ", ".join(rewriter.left_float),
+            stacklevel=2,
+        )
     return qat
 
 
 def quantizers(model):
     """Every ActivationQuantizer with a learned range in `model` (nested ones included)."""
-    return [layer for layer in backend.all_layers(model)
-            if isinstance(layer, ActivationQuantizer) and layer.fixed is None]
+    return [
+        layer for layer in backend.all_layers(model) if isinstance(layer, ActivationQuantizer) and layer.fixed is None
+    ]
 
 
 def is_qat_model(model):
@@ -348,6 +405,6 @@ def calibrate(model, data, batch_size=32, steps=None):
     for step, start in enumerate(range(0, count, batch_size)):
         if steps is not None and step >= steps:
             break
-        batch = [np.asarray(a[start:start + batch_size]) for a in arrays]
+        batch = [np.asarray(a[start : start + batch_size]) for a in arrays]
         model(batch if len(batch) > 1 else batch[0], training=True)
     return model

@@ -33,9 +33,17 @@ from keras_attention.quantization.quantizers import (
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
 # Activations with an int8 form, and the points inside each (beyond "output").
 ACTIVATION_POINTS = {
-    "linear": [], "relu": ["output"], "relu6": ["output"], "sigmoid": [], "softmax": [], "tanh": [],
-    "hard_sigmoid": ["relu6", "output"], "swish": ["output"], "silu": ["output"],
-    "hard_swish": ["output"], "hard_silu": ["output"],
+    "linear": [],
+    "relu": ["output"],
+    "relu6": ["output"],
+    "sigmoid": [],
+    "softmax": [],
+    "tanh": [],
+    "hard_sigmoid": ["relu6", "output"],
+    "swish": ["output"],
+    "silu": ["output"],
+    "hard_swish": ["output"],
+    "hard_silu": ["output"],
 }
 
 
@@ -177,11 +185,16 @@ class QuantizedConv(_QuantizedWrapper):
     def _separable(self, x):
         layer = self.layer
         depthwise = quantize_kernel(layer.depthwise_kernel, "depthwise")
-        y = ops.depthwise_conv(x, depthwise, strides=layer.strides, padding=layer.padding,
-                               data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+        y = ops.depthwise_conv(
+            x,
+            depthwise,
+            strides=layer.strides,
+            padding=layer.padding,
+            data_format=layer.data_format,
+            dilation_rate=layer.dilation_rate,
+        )
         y = self.at_point("depthwise", y)
-        kernel, bias = fold_batch_norm(layer.pointwise_kernel, layer.bias if layer.use_bias else None,
-                                       self.batch_norm)
+        kernel, bias = fold_batch_norm(layer.pointwise_kernel, layer.bias if layer.use_bias else None, self.batch_norm)
         y = ops.conv(y, quantize_kernel(kernel, -1), data_format=layer.data_format)
         return bias_add(y, bias, layer.data_format)
 
@@ -326,7 +339,9 @@ class QuantizedRescaling(_QuantizedWrapper):
         scaled = inputs * ops.convert_to_tensor(self.scale, inputs.dtype)
         if not self.has_offset:
             return self.at_point("output", scaled)
-        return self.at_point("output", self.at_point("scaled", scaled) + ops.convert_to_tensor(self.offset, inputs.dtype))
+        return self.at_point(
+            "output", self.at_point("scaled", scaled) + ops.convert_to_tensor(self.offset, inputs.dtype)
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -357,7 +372,9 @@ class QuantizedNormalization(_QuantizedSublayerWrapper):
     def __init__(self, layer, **kwargs):
         super().__init__(layer, **kwargs)
         if getattr(self.layer, "invert", False):
-            raise ValueError(f"QuantizedNormalization: {self.layer.name!r} has invert=True, which has no int8 form here.")
+            raise ValueError(
+                f"QuantizedNormalization: {self.layer.name!r} has invert=True, which has no int8 form here."
+            )
 
     def quantization_points(self):
         return ["centered", "output"]

@@ -112,12 +112,15 @@ class ActivationQuantizer(keras.layers.Layer):
     def build(self, input_shape):
         if self.fixed is None:
             # float32 whatever the policy: ranges are statistics, not activations.
-            self.range_min = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                             dtype="float32", name="range_min")
-            self.range_max = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                             dtype="float32", name="range_max")
-            self.initialized = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                               dtype="float32", name="initialized")
+            self.range_min = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, dtype="float32", name="range_min"
+            )
+            self.range_max = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, dtype="float32", name="range_max"
+            )
+            self.initialized = self.add_weight(
+                shape=(), initializer="zeros", trainable=False, dtype="float32", name="initialized"
+            )
         self.built = True
 
     @property
@@ -237,12 +240,24 @@ def quantized_call(layer, x, bn=None, activation=True):
     if isinstance(layer, keras.layers.Dense):
         y = ops.matmul(x, kernel)
     elif _is_depthwise(layer):
-        y = ops.depthwise_conv(x, kernel, strides=layer.strides, padding=layer.padding,
-                               data_format=data_format, dilation_rate=layer.dilation_rate)
+        y = ops.depthwise_conv(
+            x,
+            kernel,
+            strides=layer.strides,
+            padding=layer.padding,
+            data_format=data_format,
+            dilation_rate=layer.dilation_rate,
+        )
     elif isinstance(layer, keras.layers.Conv2DTranspose):
-        y = ops.conv_transpose(x, kernel, strides=layer.strides, padding=layer.padding,
-                               output_padding=layer.output_padding, data_format=data_format,
-                               dilation_rate=layer.dilation_rate)
+        y = ops.conv_transpose(
+            x,
+            kernel,
+            strides=layer.strides,
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            data_format=data_format,
+            dilation_rate=layer.dilation_rate,
+        )
     else:
         y = layer.convolution_op(x, kernel)
     y = bias_add(y, bias, data_format)

@@ -85,9 +85,19 @@ CONFIG_NAMES = (
 )
 
 __all__ = [
-    "quantize_model", "quantize_annotate_layer", "quantize_annotate_model", "quantize_apply",
-    "quantize_scope", "quantize_config_for", "load_qat_model", "save_qat_model", "float32_model",
-    "is_mixed_precision", "supported_layers", "load_keras3_weights", "UnsupportedLayerError",
+    "quantize_model",
+    "quantize_annotate_layer",
+    "quantize_annotate_model",
+    "quantize_apply",
+    "quantize_scope",
+    "quantize_config_for",
+    "load_qat_model",
+    "save_qat_model",
+    "float32_model",
+    "is_mixed_precision",
+    "supported_layers",
+    "load_keras3_weights",
+    "UnsupportedLayerError",
 ]  # the *QuantizeConfig classes are attributes too, created on first access (they need tfmot)
 
 
@@ -102,8 +112,7 @@ def _require():
         import tensorflow_model_optimization as tfmot
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            f"{_FEATURE} needs tensorflow-model-optimization 0.8.1: "
-            "pip install 'keras-vision-attention[qat]'"
+            f"{_FEATURE} needs tensorflow-model-optimization 0.8.1: pip install 'keras-vision-attention[qat]'"
         ) from error
     return tfmot
 
@@ -208,11 +217,11 @@ def _conv(conv, x, kernel, bn=None, activation=True):
     tf = _tf()
     padding = conv.padding.upper()
     if hasattr(conv, "depthwise_kernel"):
-        y = tf.nn.depthwise_conv2d(x, kernel, strides=(1,) + tuple(conv.strides) + (1,), padding=padding,
-                                   dilations=tuple(conv.dilation_rate))
+        y = tf.nn.depthwise_conv2d(
+            x, kernel, strides=(1,) + tuple(conv.strides) + (1,), padding=padding, dilations=tuple(conv.dilation_rate)
+        )
     else:
-        y = tf.nn.conv2d(x, kernel, strides=tuple(conv.strides), padding=padding,
-                         dilations=tuple(conv.dilation_rate))
+        y = tf.nn.conv2d(x, kernel, strides=tuple(conv.strides), padding=padding, dilations=tuple(conv.dilation_rate))
     bias = conv.bias if conv.use_bias else None
     if bn is not None:
         scale, shift = _bn_factor(bn)
@@ -235,10 +244,17 @@ def _deconv(conv, x, kernel):
 
     shape = tf.shape(x)
     sizes = [out_size(shape[i + 1], k, st) for i, (k, st) in enumerate(zip(conv.kernel_size, conv.strides))]
-    y = tf.nn.conv2d_transpose(x, kernel, tf.stack([shape[0], sizes[0], sizes[1], conv.filters]),
-                               strides=tuple(conv.strides), padding=conv.padding.upper())
-    static = [None if x.shape[i + 1] is None else out_size(x.shape[i + 1], k, st)
-              for i, (k, st) in enumerate(zip(conv.kernel_size, conv.strides))]
+    y = tf.nn.conv2d_transpose(
+        x,
+        kernel,
+        tf.stack([shape[0], sizes[0], sizes[1], conv.filters]),
+        strides=tuple(conv.strides),
+        padding=conv.padding.upper(),
+    )
+    static = [
+        None if x.shape[i + 1] is None else out_size(x.shape[i + 1], k, st)
+        for i, (k, st) in enumerate(zip(conv.kernel_size, conv.strides))
+    ]
     y = tf.ensure_shape(y, (x.shape[0], static[0], static[1], conv.filters))
     if conv.use_bias:
         y = tf.nn.bias_add(y, conv.bias)
@@ -267,6 +283,7 @@ def _identity_scale(layer):
 
 
 # ChannelAttention / SqueezeExcitation ---------------------------------------
+
 
 def _channel_spec(layer, spec):
     for kind in layer.pooling:
@@ -308,6 +325,7 @@ def _channel_forward(layer, p, x, training=None):
 
 # EfficientChannelAttention ----------------------------------------------------
 
+
 def _eca_spec(layer, spec):
     spec.point("avg_pool")
     spec.point("logits")
@@ -328,6 +346,7 @@ def _eca_forward(layer, p, x, training=None):
 
 
 # SpatialAttention -------------------------------------------------------------
+
 
 def _spatial_spec(layer, spec):
     if "avg" in layer.pooling:
@@ -363,6 +382,7 @@ def _spatial_forward(layer, p, x, training=None):
 
 # CBAM -------------------------------------------------------------------------
 
+
 def _cbam_spec(layer, spec):
     _channel_spec(layer.channel_attention, spec.scoped("channel"))
     _spatial_spec(layer.spatial_attention, spec.scoped("spatial"))
@@ -383,6 +403,7 @@ def _cbam_forward(layer, p, x, training=None):
 
 # ThunderNet -------------------------------------------------------------------
 
+
 def _cem_spec(layer, spec):
     for name in ("c4_lateral", "c5_lateral", "c5_mean", "global_context", "partial_sum", "output"):
         spec.point(name)
@@ -402,8 +423,7 @@ def _cem_forward(layer, p, inputs, training=None):
     size = c4.shape[1:3]
     if size[0] is None or size[1] is None:
         size = tf.shape(c4)[1:3]
-    up5 = tf.compat.v1.image.resize_nearest_neighbor(lateral5, size, align_corners=False,
-                                                     half_pixel_centers=False)
+    up5 = tf.compat.v1.image.resize_nearest_neighbor(lateral5, size, align_corners=False, half_pixel_centers=False)
     pooled = p.q("c5_mean", tf.reduce_mean(c5, axis=(1, 2), keepdims=True))
     context = p.q("global_context", _conv(layer.global_context, pooled, p.kernel("global_context_kernel")))
     out = p.q("output", p.q("partial_sum", lateral4 + up5) + context)
@@ -423,8 +443,9 @@ def _rpn_forward(layer, p, inputs, training=None):
     tf = _tf()
     x = to_channels_last(inputs, layer.data_format)
     x = p.q("depthwise", tf.nn.relu(_conv(layer.depthwise, x, p.kernel("depthwise_kernel"), bn=layer.depthwise_bn)))
-    features = p.q("features", tf.nn.relu(_conv(layer.pointwise, x, p.kernel("pointwise_kernel"),
-                                                bn=layer.pointwise_bn)))
+    features = p.q(
+        "features", tf.nn.relu(_conv(layer.pointwise, x, p.kernel("pointwise_kernel"), bn=layer.pointwise_bn))
+    )
     objectness = p.q("objectness", _conv(layer.objectness, features, p.kernel("objectness_kernel")))
     deltas = p.q("box_deltas", _conv(layer.box_deltas, features, p.kernel("box_deltas_kernel")))
     return [from_channels_last(t, layer.data_format) for t in (features, objectness, deltas)]
@@ -446,6 +467,7 @@ def _sam_forward(layer, p, inputs, training=None):
 
 
 # CenterMask -------------------------------------------------------------------
+
 
 def _sag_spec(layer, spec):
     for i, conv in enumerate(layer.convs):
@@ -555,8 +577,9 @@ def _classes():
 
         def build(self, tensor_shape, name, layer):
             def weight(suffix, value):
-                return layer.add_weight(f"{self.name}_{suffix}", shape=(), trainable=False,
-                                        initializer=keras.initializers.Constant(value))
+                return layer.add_weight(
+                    f"{self.name}_{suffix}", shape=(), trainable=False, initializer=keras.initializers.Constant(value)
+                )
 
             return {"min_var": weight("min", -6.0), "max_var": weight("max", 6.0), "seen": weight("seen", 0.0)}
 
@@ -577,8 +600,9 @@ def _classes():
                 max_var = max_var.assign(new_max)
                 with tf.control_dependencies([min_var, max_var]):
                     weights["seen"].assign(1.0)
-            return tf.quantization.fake_quant_with_min_max_vars(inputs, min_var, max_var, num_bits=_NUM_BITS,
-                                                               narrow_range=False)
+            return tf.quantization.fake_quant_with_min_max_vars(
+                inputs, min_var, max_var, num_bits=_NUM_BITS, narrow_range=False
+            )
 
         def get_config(self):
             return {"name": self.name, "decay": self.decay}
@@ -590,7 +614,8 @@ def _classes():
         def __init__(self, name, per_axis, fold=None):
             self.name, self.per_axis, self.fold = name, per_axis, fold
             self._inner = qk.quantizers.LastValueQuantizer(
-                num_bits=_NUM_BITS, per_axis=per_axis, symmetric=True, narrow_range=True)
+                num_bits=_NUM_BITS, per_axis=per_axis, symmetric=True, narrow_range=True
+            )
 
         def build(self, tensor_shape, name, layer):
             return self._inner.build(tensor_shape, self.name, layer)
@@ -648,8 +673,9 @@ def _classes():
             # weights returned here first, so the wrapper's weight order is the
             # same whether or not the layer was built before the wrapper (it is
             # not when tf_keras loads an .h5 file), and .h5 files reload.
-            kernels = {id(variable): (name, per_axis, fold)
-                       for name, variable, per_axis, fold in self._spec(layer).kernels}
+            kernels = {
+                id(variable): (name, per_axis, fold) for name, variable, per_axis, fold in self._spec(layer).kernels
+            }
             variables = list(layer.trainable_weights)
             listed = {id(v) for v in variables}
             variables += [v for name, v, _, _ in self._spec(layer).kernels if id(v) not in listed]
@@ -674,7 +700,8 @@ def _classes():
             if order is None or len(order) != len(quantize_weights):
                 raise ValueError(
                     f"{type(self).__name__}: got {len(quantize_weights)} quantized weights for layer "
-                    f"{layer.name!r}, expected {len(order or [])}.")
+                    f"{layer.name!r}, expected {len(order or [])}."
+                )
             state["kernels"] = {name: w for name, w in zip(order, quantize_weights) if name is not None}
 
         def set_quantize_activations(self, layer, quantize_activations):
@@ -682,7 +709,8 @@ def _classes():
             if len(names) != len(quantize_activations):
                 raise ValueError(
                     f"{type(self).__name__}: expected {len(names)} quantization points, "
-                    f"got {len(quantize_activations)}.")
+                    f"got {len(quantize_activations)}."
+                )
             state = layer.__dict__.setdefault("_ka_qat_state", {})
             state["points"] = dict(zip(names, quantize_activations))
             forward = self._check(layer)[2]
@@ -714,11 +742,15 @@ def _classes():
 
     classes = {}
     for layer_name, (config_name, _, _) in _IMPLEMENTATIONS.items():
-        cls = type(config_name, (_AttentionQuantizeConfig,), {
-            "layer_class_name": layer_name,
-            "__doc__": f"tfmot QuantizeConfig for keras_attention's {layer_name} (int8 end to end in TFLite).",
-            "__module__": __name__,
-        })
+        cls = type(
+            config_name,
+            (_AttentionQuantizeConfig,),
+            {
+                "layer_class_name": layer_name,
+                "__doc__": f"tfmot QuantizeConfig for keras_attention's {layer_name} (int8 end to end in TFLite).",
+                "__module__": __name__,
+            },
+        )
         classes[config_name] = keras.saving.register_keras_serializable(package="keras_attention")(cls)
     classes["_ActivationQuantizer"] = _ActivationQuantizer
     classes["_KernelQuantizer"] = _KernelQuantizer
@@ -1017,8 +1049,9 @@ def _h5_keys_with_variables(weights_path):
             raise ValueError(f"{_FEATURE}: {weights_path!r} has no 'layers' group; is it a Keras 3 weights file?")
         for key, group in layers.items():
             found = []
-            group.visititems(lambda name, item, out=found: out.append(name)
-                             if name.split("/")[-2:-1] == ["vars"] else None)
+            group.visititems(
+                lambda name, item, out=found: out.append(name) if name.split("/")[-2:-1] == ["vars"] else None
+            )
             if found:
                 keys.add(key)
     return keys
@@ -1060,8 +1093,8 @@ def load_keras3_weights(model, path):
             weights = os.path.join(directory, "model.weights.h5")
         elif not path.endswith(".weights.h5"):
             raise ValueError(
-                f"{_FEATURE}.load_keras3_weights: expected a Keras 3 .keras file or a .weights.h5 file; "
-                f"got {path!r}.")
+                f"{_FEATURE}.load_keras3_weights: expected a Keras 3 .keras file or a .weights.h5 file; got {path!r}."
+            )
         in_file = _h5_keys_with_variables(weights)
         in_model = _weight_file_keys(model)
         if in_file != set(in_model):
