@@ -4,9 +4,13 @@ Import `keras_attention` and every layer is registered under the package name,
 so saved models reload with `safe_mode=True` and no `custom_objects`.
 """
 
-from keras_attention import backend, data, losses, quantization
-from keras_attention.backbones import attach, freeze_backbone, unfreeze
-from keras_attention.layers import (
+from keras_attention import _native_logs
+
+_native_logs.quiet_if_the_command()  # before TensorFlow is imported below: see _native_logs
+
+from keras_attention import backend, data, losses, quantization  # noqa: E402
+from keras_attention.backbones import attach, freeze_backbone, unfreeze  # noqa: E402
+from keras_attention.layers import (  # noqa: E402
     CBAM,
     ChannelAttention,
     ContextEnhancement,

@@ -79,6 +79,8 @@ def main(argv=None):
     info = commands.add_parser("info", help="which Keras and backend are active")
     info.set_defaults(run=_info)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # Read by keras_attention._native_logs before TensorFlow is imported; declared here for --help.
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's and LiteRT's C++ log lines")
     args = parser.parse_args(argv)
     try:
         args.run(args)

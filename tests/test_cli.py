@@ -106,7 +106,21 @@ def test_convert_failures_are_one_line_with_status_2(tmp_path, capsys, case):
 def test_the_command_fails_in_one_line_and_shows_the_traceback_with_debug(tmp_path):
     args, message = _bad_cli_case(tmp_path, "missing model")
     result = _cli("convert", *args)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert message in result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()  # no TensorFlow log lines either
+    assert len(lines) == 1 and message in lines[0], lines
     debug = _cli("--debug", "convert", *args)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="the same in every mode: run once")
+def test_the_command_prints_no_native_log_lines_unless_verbose():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")  # TensorFlow's most talkative setting
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "keras_attention.cli", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    quiet, verbose = run("info"), run("--verbose", "info")
+    assert quiet.returncode == verbose.returncode == 0
+    assert quiet.stdout == verbose.stdout and quiet.stdout.startswith("keras_attention ")
+    assert quiet.stderr == "", quiet.stderr
+    assert "I0000" in verbose.stderr or "absl::InitializeLog" in verbose.stderr  # control: there were some
