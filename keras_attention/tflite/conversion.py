@@ -2,7 +2,6 @@
 
 import os
 import re
-import shutil
 import tempfile
 import warnings
 
@@ -87,7 +86,38 @@ def convert(
         TFLiteConversionError: any other conversion failure.
     """
     backend.require_tensorflow("keras_attention.tflite.convert")
-    tf = _tf()
+    _check_arguments(model, quantization, int8_io, path, quantizer)
+    saved_model = None
+    if isinstance(model, (str, os.PathLike)):
+        model, saved_model = _load_model_path(model)
+    qat = saved_model is None and _is_convertible_qat_model(model, quantization)
+    if not qat and quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "keras_attention.tflite.convert: quantization='int8' (full-integer) needs "
+            "representative_data to calibrate the activation ranges: a NumPy array of ~100 typical "
+            "inputs, a tf.data.Dataset, or a directory of images (a Keras 3 QAT model from "
+            "keras_attention.quantization.quantize_model needs none). Without data use "
+            "quantization='dynamic' (int8 weights, float activations)."
+        )
+    if saved_model is None and is_mixed_precision(model):
+        model = float32_copy(model)
+    specs = _saved_model_specs(saved_model) if saved_model is not None else _input_specs(model, batch_size)
+    samples = None
+    if quantization == "int8" and not qat:
+        samples = _as_sample_lists(representative_data, specs, calibration_steps, "representative_data")
+
+    with tempfile.TemporaryDirectory(prefix="keras_attention_tflite_", ignore_cleanup_errors=True) as workdir:
+        if saved_model is None:
+            saved_model = export_saved_model(model, os.path.join(workdir, "saved_model"), batch_size)
+        make_converter = _ConverterFactory(saved_model, quantization, int8_io, specs, samples, quantizer)
+        flatbuffer = _convert_builtins_only(make_converter, model, quantization, quantizer, samples, saved_model)
+    _refuse_if_it_crashes(flatbuffer, TFLiteConversionError, model, warn=True)
+    if path is not None:
+        write_bytes(path, flatbuffer, "keras_attention.tflite.convert")
+    return flatbuffer
+
+
+def _check_arguments(model, quantization, int8_io, path, quantizer):
     if quantization not in QUANTIZATIONS:
         raise ValueError(
             f"keras_attention.tflite.convert: unknown quantization {quantization!r}; expected one of "
@@ -108,90 +138,75 @@ def convert(
         )
     if path is not None:  # before minutes of conversion
         check_destination(path, "keras_attention.tflite.convert")
-    saved_model = None
-    if isinstance(model, (str, os.PathLike)):
-        model, saved_model = _load_model_path(model)
-    qat = saved_model is None and _is_convertible_qat_model(model, quantization)
-    if not qat and quantization == "int8" and representative_data is None:
-        raise ValueError(
-            "keras_attention.tflite.convert: quantization='int8' (full-integer) needs "
-            "representative_data to calibrate the activation ranges: a NumPy array of ~100 typical "
-            "inputs, a tf.data.Dataset, or a directory of images (a Keras 3 QAT model from "
-            "keras_attention.quantization.quantize_model needs none). Without data use "
-            "quantization='dynamic' (int8 weights, float activations)."
-        )
-    if saved_model is None and is_mixed_precision(model):
-        model = float32_copy(model)
-    specs = _saved_model_specs(saved_model) if saved_model is not None else _input_specs(model, batch_size)
-    samples = None
-    if quantization == "int8" and not qat:
-        samples = _as_sample_lists(representative_data, specs, calibration_steps, "representative_data")
 
-    workdir = tempfile.mkdtemp(prefix="keras_attention_tflite_")
+
+class _ConverterFactory:
+    """Fresh `TFLiteConverter`s for one SavedModel and one quantization mode.
+
+    Called as `make_converter(select_tf_ops=False, legacy_quantizer=...)`: the
+    Flex-op diagnosis asks for one that allows select TF ops, and "auto" int8
+    asks for both quantizers.
+    """
+
+    def __init__(self, saved_model, quantization, int8_io, specs, samples, quantizer):
+        self.saved_model, self.quantization, self.int8_io = saved_model, quantization, int8_io
+        self.specs, self.samples, self.default_legacy = specs, samples, quantizer != "mlir"
+
+    def __call__(self, select_tf_ops=False, legacy_quantizer=None):
+        tf = _tf()
+        converter = tf.lite.TFLiteConverter.from_saved_model(self.saved_model, signature_keys=["serving_default"])
+        if self.quantization != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if self.quantization == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if self.quantization == "int8":
+            converter.experimental_new_quantizer = not (
+                self.default_legacy if legacy_quantizer is None else legacy_quantizer
+            )
+            if self.int8_io:
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+            if self.samples is None:  # a QAT model: the FakeQuant ops carry every range
+                return converter
+            converter.representative_dataset = self._representative_dataset
+        if select_tf_ops:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        elif self.quantization == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return converter
+
+    def _representative_dataset(self):
+        for sample in self.samples:
+            yield {spec.name: np.asarray(x, dtype=spec.dtype.as_numpy_dtype) for x, spec in zip(sample, self.specs)}
+
+
+def _convert_builtins_only(make_converter, model, quantization, quantizer, samples, saved_model):
+    """The flatbuffer, or `FlexOpError` naming each op without a builtin and its layer."""
     try:
-        if saved_model is None:
-            saved_model = export_saved_model(model, os.path.join(workdir, "saved_model"), batch_size)
-
-        def make_converter(select_tf_ops=False, legacy_quantizer=quantizer != "mlir"):
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serving_default"])
-            if quantization == "float16":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
-            elif quantization == "dynamic":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            elif quantization == "int8":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.experimental_new_quantizer = not legacy_quantizer
-                if int8_io:
-                    converter.inference_input_type = tf.int8
-                    converter.inference_output_type = tf.int8
-                if samples is None:  # a QAT model: the FakeQuant ops carry every range
-                    return converter
-
-                def representative_dataset():
-                    for sample in samples:
-                        yield {
-                            spec.name: np.asarray(x, dtype=spec.dtype.as_numpy_dtype) for x, spec in zip(sample, specs)
-                        }
-
-                converter.representative_dataset = representative_dataset
-            if select_tf_ops:
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-            elif quantization == "int8":
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            else:
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-            return converter
-
-        try:
-            with warnings.catch_warnings():
-                # The converter's calibrator uses the deprecated tf.lite.Interpreter internally.
-                warnings.simplefilter("ignore", UserWarning)
-                flatbuffer = make_converter(legacy_quantizer=quantizer == "legacy").convert()
-                if quantization == "int8" and quantizer == "auto" and samples is not None:
-                    flatbuffer = _closer_of_two_quantizers(flatbuffer, make_converter, saved_model, samples)
-        except Exception as error:  # noqa: BLE001 - converter errors have several types
-            flex = _flex_ops_from_error(error)
-            if flex is None and "select tf ops" not in str(error).lower():
-                raise TFLiteConversionError(
-                    f"keras_attention.tflite.convert: the TFLite converter failed ({quantization}): "
-                    f"{_first_lines(str(error), 12)}"
-                ) from error
-            if not flex or any(layer_path is None for _, layer_path in flex):
-                flex = _flex_ops_by_reconverting(make_converter) or flex or []
-            raise _flex_error(model, flex, quantization) from None
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
+        with warnings.catch_warnings():
+            # The converter's calibrator uses the deprecated tf.lite.Interpreter internally.
+            warnings.simplefilter("ignore", UserWarning)
+            flatbuffer = make_converter(legacy_quantizer=quantizer == "legacy").convert()
+            if quantization == "int8" and quantizer == "auto" and samples is not None:
+                flatbuffer = _closer_of_two_quantizers(flatbuffer, make_converter, saved_model, samples)
+    except Exception as error:  # noqa: BLE001 - converter errors have several types
+        flex = _flex_ops_from_error(error)
+        if flex is None and "select tf ops" not in str(error).lower():
+            raise TFLiteConversionError(
+                f"keras_attention.tflite.convert: the TFLite converter failed ({quantization}): "
+                f"{_first_lines(str(error), 12)}"
+            ) from error
+        if not flex or any(layer_path is None for _, layer_path in flex):
+            flex = _flex_ops_by_reconverting(make_converter) or flex or []
+        raise _flex_error(model, flex, quantization) from None
     flatbuffer = bytes(flatbuffer)
     custom = [op for op in op_inventory(flatbuffer) if not op["builtin"]]
     if custom:
         raise _flex_error(
             model, [(op["op"], _scope_of(op["outputs"][0]) if op["outputs"] else None) for op in custom], quantization
         )
-    _refuse_if_it_crashes(flatbuffer, TFLiteConversionError, model, warn=True)
-    if path is not None:
-        write_bytes(path, flatbuffer, "keras_attention.tflite.convert")
     return flatbuffer
 
 
