@@ -1,6 +1,7 @@
 """Reading a `.tflite` flatbuffer: op inventory, int8 coverage, degenerate scales, GPU delegate fit."""
 
 import contextlib
+import functools
 import io
 import os
 from collections import Counter
@@ -47,6 +48,7 @@ def load_flatbuffer(tflite_model):
     return data
 
 
+@functools.lru_cache(maxsize=8)  # verify() and convert() inspect one file several ways: walk and parse it once
 def _walk(data):
     """Touches every table the tools here read; raises on a damaged flatbuffer."""
     model = _schema().Model.GetRootAsModel(data, 0)
@@ -106,7 +108,11 @@ def op_inventory(tflite_model):
     `subgraph`, `inputs`/`outputs` (runtime tensor dtypes) and `output_names`
     via `outputs`' TF name scopes.
     """
-    data = load_flatbuffer(tflite_model)
+    return [dict(op) for op in _inventory(load_flatbuffer(tflite_model))]
+
+
+@functools.lru_cache(maxsize=8)
+def _inventory(data):
     model, type_names, op_names = _parse(data)
     ops = []
     for s in range(model.SubgraphsLength()):
@@ -159,7 +165,7 @@ def op_inventory(tflite_model):
                     writes_graph_output=any(t in graph_outputs for t in out_idx),
                 )
             )
-    return ops
+    return tuple(ops)
 
 
 def op_counts(tflite_model):
