@@ -23,6 +23,7 @@ import inspect
 
 import numpy as np
 
+from keras_attention import _compat
 from keras_attention.backend import image_data_format, keras
 from keras_attention.layers.factory import ATTENTIONS, get_attention
 
@@ -84,15 +85,15 @@ def _functional_of(model):
     what = f"{type(model).__name__} {getattr(model, 'name', '')!r}".strip()
     if not isinstance(model, keras.Model):
         raise ValueError(f"attach: expected a functional keras.Model; got {what} ({type(model)!r}).")
-    graph = getattr(model, "_functional", None)  # Keras 3 Sequential keeps its graph here
-    if isinstance(model, keras.Sequential) and graph is None and not getattr(model, "_is_graph_network", False):
+    graph = _compat.sequential_graph(model)
+    if isinstance(model, keras.Sequential) and graph is None and not _compat.is_graph_network(model, False):
         raise ValueError(
             f"attach: the Sequential model {model.name!r} has no input shape yet, so it cannot "
             "be traced. Start it with `keras.Input(shape)` (or call `build()`), or use the "
             "functional API."
         )
     graph = graph if graph is not None else model
-    if not hasattr(graph, "_nodes_by_depth") or not getattr(graph, "_is_graph_network", True):
+    if not _compat.has_layer_graph(graph) or not _compat.is_graph_network(graph, True):
         raise ValueError(
             f"attach: {what} is a subclassed model, whose `call()` cannot be traced into a "
             "graph of layers. Rebuild it with the functional API (`keras.Model(inputs, "
@@ -107,11 +108,11 @@ class _Graph:
     def __init__(self, model):
         self.model = model
         functional = _functional_of(model)
-        by_depth = functional._nodes_by_depth
+        by_depth = _compat.nodes_by_depth(functional)
         # Keras depths count from the outputs: deeper nodes run first.
         self.nodes = [_Node(raw) for depth in sorted(by_depth, reverse=True) for raw in by_depth[depth]]
-        self.inputs_struct = _first_attr(functional, ("_inputs_struct", "_nested_inputs"), functional.inputs)
-        self.outputs_struct = _first_attr(functional, ("_outputs_struct", "_nested_outputs"), functional.outputs)
+        self.inputs_struct = _compat.nested_inputs(functional, functional.inputs)
+        self.outputs_struct = _compat.nested_outputs(functional, functional.outputs)
         self.inputs = list(_tree.flatten(self.inputs_struct))
         self.outputs = list(_tree.flatten(self.outputs_struct))
 
@@ -180,14 +181,6 @@ class _Graph:
                             paths_out[id(t)] = paths_out.get(id(t), 0) + count
                 trunk.update(tid for tid, n in paths_in.items() if n * paths_out.get(tid, 0) == total)
         return [self.tensors[tid] for tid in self.tensors if tid in trunk]
-
-
-def _first_attr(obj, names, default):
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    return default
 
 
 # ----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ small shim over TensorFlow with the same signatures and semantics.
 
 import os
 
+from keras_attention import _compat
+
 _LEGACY_VALUES = ("1", "true", "yes")
 
 IS_LEGACY = os.environ.get("TF_USE_LEGACY_KERAS", "").strip().lower() in _LEGACY_VALUES
@@ -144,22 +146,14 @@ def xla_compiling(tensor):
         return isinstance(tensor, jax.core.Tracer)
     import tensorflow as tf
 
-    if tf.executing_eagerly():
-        return False
-    try:
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - TensorFlow moved its internals
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    return not tf.executing_eagerly() and _compat.in_xla_context()
 
 
 def all_layers(model):
     """Every layer inside `model`, recursively (nested models and sub-layers)."""
-    if hasattr(model, "_flatten_layers"):
-        try:
-            return list(model._flatten_layers(include_self=False, recursive=True))
-        except TypeError:  # pragma: no cover - older signatures
-            pass
+    layers = _compat.flatten_layers(model)
+    if layers is not None:
+        return layers
     found, stack = [], list(getattr(model, "layers", []))
     while stack:
         layer = stack.pop(0)

@@ -27,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from keras_attention import backend
+from keras_attention import _compat, backend
 from keras_attention.backend import keras
 from keras_attention.layers._quantization import QuantizationPoints
 from keras_attention.quantization.layers import (
@@ -132,7 +132,7 @@ def _check_model(model):
                 "`keras.Input(shape)` first."
             )
         return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not hasattr(model, "_nodes_by_depth") or not getattr(model, "inputs", None):
+    if not _compat.has_layer_graph(model) or not getattr(model, "inputs", None):
         raise TypeError(
             f"{name}: {model.name!r} is a subclassed model ({type(model).__name__}); QAT rebuilds the layer "
             "graph, which only functional and Sequential models expose. Build it with the functional API."
@@ -149,7 +149,7 @@ def _own_layers(model):
     """Layers of `model`, nested functional models flattened."""
     found = []
     for layer in model.layers:
-        if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+        if isinstance(layer, keras.Model) and _compat.has_layer_graph(layer):
             found.extend(_own_layers(layer))
         else:
             found.append(layer)
@@ -159,7 +159,7 @@ def _own_layers(model):
 def _consumers(model):
     """id(tensor) -> operations of `model` (one level) reading it; model outputs count as a consumer."""
     consumers = {}
-    for depth_nodes in model._nodes_by_depth.values():  # private: Keras 3.15 Functional graph
+    for depth_nodes in _compat.nodes_by_depth(model).values():
         for node in depth_nodes:
             if node.operation is None or node.is_input:
                 continue
@@ -172,10 +172,10 @@ def _consumers(model):
 
 def _single_use_output(layer, consumers):
     """The one consumer of `layer`'s output when it has exactly one (and the layer one call), else None."""
-    if len(layer._inbound_nodes) != 1:
+    if _compat.call_count(layer) != 1:
         return None
     users = consumers.get(id(layer.output), [])
-    return users[0] if len(users) == 1 and users[0] is not None and len(users[0]._inbound_nodes) == 1 else None
+    return users[0] if len(users) == 1 and users[0] is not None and _compat.call_count(users[0]) == 1 else None
 
 
 def _fusion_plan(model):
@@ -224,13 +224,13 @@ class _Rewriter:
 
     def rewrite(self, model, inputs):
         plan, absorbed = _fusion_plan(model)
-        return model._run_through_graph(inputs, operation_fn=lambda op: self.operation(op, plan, absorbed))
+        return _compat.run_through_graph(model, inputs, lambda op: self.operation(op, plan, absorbed))
 
     def operation(self, op, plan, absorbed):
         if not isinstance(op, keras.layers.Layer):
             # A keras.ops node (e.g. MobileNetV3's `x + 3.0`): the same op, then a quantizer.
             return self._then_quantize(op, f"{op.name}_quant")
-        if isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"):
+        if isinstance(op, keras.Model) and _compat.has_layer_graph(op):
             return lambda *args, **kwargs: self.rewrite(op, args[0] if len(args) == 1 else list(args))
         if id(op) in absorbed:
             return _identity

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 
+from keras_attention import _compat
 from keras_attention.backend import all_layers
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -65,11 +66,8 @@ def _model_inputs(model):
 def _input_structure(model):
     if isinstance(model, _SavedModelCallable):
         return model.inputs
-    for attribute in ("_inputs_struct", "_nested_inputs"):
-        structure = getattr(model, attribute, None)
-        if structure is not None:
-            return structure
-    return _model_inputs(model)
+    structure = _compat.nested_inputs(model, None)
+    return structure if structure is not None else _model_inputs(model)
 
 
 def _pack_inputs(model, args):

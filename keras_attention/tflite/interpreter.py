@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 
+from keras_attention import _compat
 from keras_attention.tflite._common import (
     InvalidTFLiteModelError,
     _first_lines,
@@ -112,7 +113,7 @@ class _Runner:
         self.input_details = list(inputs.values())
         self.output_details = list(outputs.values())
         try:
-            signatures = self.interpreter._get_full_signature_list()
+            signatures = _compat.interpreter_signatures(self.interpreter)
         except Exception:  # noqa: BLE001 - private API; fall back to the interpreter's order
             signatures = {}
         if len(signatures) == 1:
@@ -124,7 +125,7 @@ class _Runner:
 
     def xnnpack_applied(self):
         try:
-            return any(op["op_name"] == "DELEGATE" for op in self.interpreter._get_ops_details())
+            return any(op["op_name"] == "DELEGATE" for op in _compat.interpreter_ops(self.interpreter))
         except Exception:  # noqa: BLE001 - private API
             return None
 
