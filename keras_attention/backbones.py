@@ -565,7 +565,9 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
 
 
 def attention_layers(model):
-    """The keras_attention layers of `model` (nested models included), in order."""
+    """The attention blocks `attach` inserts (CBAM, channel, spatial, SE, ECA) in `model`, nested models
+    included, in order. ThunderNet's and CenterMask's layers are heads a model is built with, not blocks
+    `attach` inserts, so they are not listed (and do not stop `attach` on a model that has them)."""
     found = []
     for layer in model.layers:
         if isinstance(layer, tuple(ATTENTIONS.values())):

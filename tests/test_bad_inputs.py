@@ -31,7 +31,7 @@ def test_integer_images_are_refused_not_truncated(name):
 def test_integer_inputs_are_refused_for_two_input_layers():
     c4, c5 = np.zeros((1, 8, 8, 4), "int32"), np.zeros((1, 4, 4, 4), "float32")
     with pytest.raises(TypeError, match="ContextEnhancement: expected a floating-point input; got dtype int32"):
-        ka.ContextEnhancement(channels=4)([c4, c5])
+        ka.ContextEnhancement(filters=4)([c4, c5])
     cem, rpn = np.zeros((1, 8, 8, 4), "float32"), np.zeros((1, 8, 8, 4), "int32")
     with pytest.raises(TypeError, match="RPNGuidedSpatialAttention: expected a floating-point input"):
         ka.RPNGuidedSpatialAttention()([cem, rpn])
@@ -245,8 +245,8 @@ def test_grad_cam_class_out_of_range():
 def test_context_enhancement_says_which_layout_it_assumed():
     c4, c5 = np.zeros((1, 16, 20, 20), "float32"), np.zeros((1, 32, 10, 10), "float32")  # channels_first data
     with pytest.raises(ValueError, match=r"ContextEnhancement: .*as channels_last"):
-        ka.ContextEnhancement(channels=4, data_format="channels_last")([c4, c5])
-    out = ka.ContextEnhancement(channels=4, data_format="channels_first")([c4, c5])  # control
+        ka.ContextEnhancement(filters=4, data_format="channels_last")([c4, c5])
+    out = ka.ContextEnhancement(filters=4, data_format="channels_first")([c4, c5])  # control
     assert tuple(out.shape) == (1, 4, 20, 20)
 
 

@@ -27,7 +27,7 @@ def test_battery(data_format, tmp_path):
     out = (2, 10, 12, 16) if data_format == "channels_last" else (2, 16, 10, 12)
     run_layer_test(
         ka.ContextEnhancement,
-        dict(channels=16, data_format=data_format),
+        dict(filters=16, data_format=data_format),
         shapes,
         expected_output_shape=out,
         reference_fn=cem_output,
@@ -44,7 +44,7 @@ def test_sizes_match_reference(h4, w4, data_format):
     out = (2, h4, w4, 16) if data_format == "channels_last" else (2, 16, h4, w4)
     run_layer_test(
         ka.ContextEnhancement,
-        dict(channels=16, data_format=data_format),
+        dict(filters=16, data_format=data_format),
         shapes,
         expected_output_shape=out,
         reference_fn=cem_output,
@@ -55,7 +55,7 @@ def test_sizes_match_reference(h4, w4, data_format):
 
 def test_default_is_thundernet_245_channels():
     layer = ka.ContextEnhancement()
-    assert layer.channels == 245
+    assert layer.filters == 245
     model = build_model(layer, [(1, 20, 20, 96), (1, 10, 10, 192)])
     assert tuple(model.outputs[0].shape) == (None, 20, 20, 245)
     # Three 1x1 convs with bias, no BatchNorm: (96 + 192 + 192) * 245 + 3 * 245 parameters.
@@ -72,7 +72,7 @@ def test_odd_size_crop_keeps_top_left_alignment():
     assert up.shape == (1, 21, 21, 1)
     assert up[0, 20, 20, 0] == x[0, 10, 10, 0] and up[0, 19, 19, 0] == x[0, 9, 9, 0]
     # The layer with identity-like weights shows the same thing: only the C5 branch, kernel 1.
-    layer = ka.ContextEnhancement(channels=1)
+    layer = ka.ContextEnhancement(filters=1)
     model = build_model(layer, [(1, 21, 21, 1), (1, 11, 11, 1)])
     layer.c4_lateral.kernel.assign(np.zeros((1, 1, 1, 1), "float32"))
     layer.c5_lateral.kernel.assign(np.ones((1, 1, 1, 1), "float32"))
@@ -84,7 +84,7 @@ def test_odd_size_crop_keeps_top_left_alignment():
 @pytest.mark.parametrize("h4, w4", [(21, 21), (20, 20), (13, 8)])
 def test_unknown_spatial_size_under_jit_matches_reference(h4, w4):
     """Built on (None, None, C) inputs; odd sizes are handled when the sizes are only known at run time."""
-    layer = ka.ContextEnhancement(channels=8)
+    layer = ka.ContextEnhancement(filters=8)
     model = build_model(layer, _dynamic("channels_last"))
     randomize_weights(layer, seed=1)
     inputs = random_inputs(_shapes("channels_last", h4, w4), seed=2)
@@ -96,7 +96,7 @@ def test_unknown_spatial_size_under_jit_matches_reference(h4, w4):
 
 def test_global_context_is_broadcast_over_the_map():
     """A constant-per-image C5 contribution: with C4 and C5 lateral kernels 0, the output is spatially constant."""
-    layer = ka.ContextEnhancement(channels=4)
+    layer = ka.ContextEnhancement(filters=4)
     model = build_model(layer, [(2, 6, 6, 3), (2, 3, 3, 5)])
     randomize_weights(layer, seed=0)
     layer.c4_lateral.kernel.assign(np.zeros((1, 1, 3, 4), "float32"))
@@ -150,9 +150,20 @@ def test_mismatched_batch_and_eager_sizes():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="ContextEnhancement: `channels` must be an integer >= 1; got 0"):
+    with pytest.raises(ValueError, match="ContextEnhancement: `filters` must be an integer >= 1; got 0"):
         ka.ContextEnhancement(0)
     with pytest.raises(ValueError, match="ContextEnhancement: unknown `data_format` 'nhwc'"):
         ka.ContextEnhancement(data_format="nhwc")
     with pytest.raises(ValueError, match=r"ContextEnhancement \(C4\): the channel dimension"):
         ka.ContextEnhancement(4).build([(None, 8, 8, None), (None, 4, 4, 3)])
+
+
+def test_channels_is_a_deprecated_alias_of_filters():
+    """0.1 called the output width `channels`; calls and saved configs that use it still work, with a warning."""
+    with pytest.warns(DeprecationWarning, match="ContextEnhancement: `channels` is deprecated.*use `filters`"):
+        layer = ka.ContextEnhancement(channels=12)
+    assert layer.filters == 12 and "channels" not in layer.get_config()
+    old_config = {k: v for k, v in ka.ContextEnhancement(12).get_config().items() if k != "filters"}
+    old_config["channels"] = 12  # what a 0.1 .keras file holds
+    with pytest.warns(DeprecationWarning):
+        assert ka.ContextEnhancement.from_config(old_config).filters == 12

@@ -102,7 +102,7 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
         x = layers.ReLU()(layers.BatchNormalization()(x))
         c4 = ka.CBAM(reduction=4, kernel_size=3, use_batchnorm=True)(x)
         c5 = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(c4)
-        cem = ka.ContextEnhancement(channels=12)([c4, c5])
+        cem = ka.ContextEnhancement(filters=12)([c4, c5])
         rpn, objectness, deltas = ka.LightRPNHead(num_anchors=2, filters=8)(cem)
         sam = ka.RPNGuidedSpatialAttention()([cem, rpn])
         pooled = [layers.GlobalAveragePooling2D()(t) for t in (sam, objectness, deltas)]

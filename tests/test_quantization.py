@@ -141,9 +141,9 @@ FORWARD_CASES = {
         SINGLE,
     ),
     "cbam_cf": (lambda: ka.CBAM(reduction=4, kernel_size=3, data_format=CF), SINGLE_CF),
-    "cem": (lambda: ka.ContextEnhancement(channels=10), [(2, 8, 6, 8), (2, 4, 3, 12)]),
-    "cem_odd_cf": (lambda: ka.ContextEnhancement(channels=10, data_format=CF), CEM_ODD_CF),
-    "cem_odd": (lambda: ka.ContextEnhancement(channels=10), CEM_ODD),
+    "cem": (lambda: ka.ContextEnhancement(filters=10), [(2, 8, 6, 8), (2, 4, 3, 12)]),
+    "cem_odd_cf": (lambda: ka.ContextEnhancement(filters=10, data_format=CF), CEM_ODD_CF),
+    "cem_odd": (lambda: ka.ContextEnhancement(filters=10), CEM_ODD),
     "rpn_head": (lambda: ka.LightRPNHead(num_anchors=3, filters=8), SINGLE),
     "rpn_head_cf": (lambda: ka.LightRPNHead(num_anchors=2, filters=8, kernel_size=3, data_format=CF), SINGLE_CF),
     "sam": (lambda: ka.RPNGuidedSpatialAttention(), PAIR),
@@ -237,7 +237,7 @@ def _thundernet_family(size=16):
     inputs = keras.Input((size, size, 3))
     c4 = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inputs)
     c5 = keras.layers.Conv2D(24, 3, strides=2, padding="same", activation="relu")(c4)
-    cem = ka.ContextEnhancement(channels=12)([c4, c5])
+    cem = ka.ContextEnhancement(filters=12)([c4, c5])
     features, objectness, deltas = ka.LightRPNHead(num_anchors=3, filters=16)(cem)
     sam = ka.RPNGuidedSpatialAttention()([cem, features])
     return keras.Model(inputs, [sam, objectness, deltas], name="thundernet_family")

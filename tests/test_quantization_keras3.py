@@ -248,7 +248,7 @@ def _thundernet_model(gate="sigmoid", per_channel=True):
     x = keras.layers.Rescaling(1 / 255.0)(inputs)
     c4 = keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu")(x)
     c5 = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(c4)
-    cem = ka.ContextEnhancement(channels=12)([c4, c5])
+    cem = ka.ContextEnhancement(filters=12)([c4, c5])
     features, objectness, deltas = ka.LightRPNHead(num_anchors=3, filters=8)(cem)
     sam = ka.RPNGuidedSpatialAttention(gate=gate, per_channel=per_channel)([cem, features])
     pooled = [keras.layers.GlobalAveragePooling2D()(t) for t in (sam, objectness, deltas)]

@@ -99,7 +99,7 @@ def _public_layer_cases():
         ("SpatialAttention-avg", lambda: ka.SpatialAttention(pooling=("avg",)), [(12, 12, 16)]),
         ("SqueezeExcitation", lambda: ka.SqueezeExcitation(reduction=4), [(12, 12, 16)]),
         ("EfficientChannelAttention", lambda: ka.EfficientChannelAttention(), [(12, 12, 16)]),
-        ("ContextEnhancement", lambda: ka.ContextEnhancement(channels=24), [(12, 12, 16), (6, 6, 32)]),
+        ("ContextEnhancement", lambda: ka.ContextEnhancement(filters=24), [(12, 12, 16), (6, 6, 32)]),
         ("LightRPNHead", lambda: ka.LightRPNHead(num_anchors=3, filters=16), [(12, 12, 24)]),
         ("RPNGuidedSpatialAttention", lambda: ka.RPNGuidedSpatialAttention(), [(12, 12, 24), (12, 12, 16)]),
         ("SAGMaskHead", lambda: ka.SAGMaskHead(num_classes=3, filters=16, num_convs=2), [(14, 14, 16)]),

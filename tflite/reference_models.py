@@ -61,7 +61,7 @@ def thundernet_block(c4_channels=116, c5_channels=232, size=20, num_anchors=25):
     """ThunderNet CEM + RPN + SAM on SNet-like C4 (size x size) and C5 (size/2) maps (320x320 input)."""
     c4 = keras.Input((size, size, c4_channels), name="c4")
     c5 = keras.Input(((size + 1) // 2, (size + 1) // 2, c5_channels), name="c5")
-    cem = ka.ContextEnhancement(channels=245)([c4, c5])
+    cem = ka.ContextEnhancement(filters=245)([c4, c5])
     rpn_features, objectness, deltas = ka.LightRPNHead(num_anchors=num_anchors, filters=256)(cem)
     sam = ka.RPNGuidedSpatialAttention()([cem, rpn_features])
     return keras.Model([c4, c5], [sam, objectness, deltas], name="thundernet_cem_rpn_sam")

@@ -91,7 +91,7 @@ def _layer_cases():
         ("SpatialAttention", lambda: ka.SpatialAttention(kernel_size=0), r"SpatialAttention.*`kernel_size`"),
         ("SpatialAttention", lambda: ka.SpatialAttention(pooling=()), r"SpatialAttention.*`pooling`"),
         ("SpatialAttention", lambda: ka.SpatialAttention(data_format="NHWC"), r"SpatialAttention.*`data_format`"),
-        ("ContextEnhancement", lambda: ka.ContextEnhancement(channels=0), r"ContextEnhancement.*`channels`"),
+        ("ContextEnhancement", lambda: ka.ContextEnhancement(filters=0), r"ContextEnhancement.*`filters`"),
         ("LightRPNHead", lambda: ka.LightRPNHead(num_anchors=0), r"LightRPNHead.*`num_anchors`"),
         (
             "RPNGuidedSpatialAttention",
@@ -148,7 +148,7 @@ def spatial_unknown_channels():
 def cem_channels_first_data_as_channels_last():
     import keras_attention as ka
 
-    ka.ContextEnhancement(channels=8)([np.zeros((1, 16, 20, 20), "float32"), np.zeros((1, 32, 10, 10), "float32")])
+    ka.ContextEnhancement(filters=8)([np.zeros((1, 16, 20, 20), "float32"), np.zeros((1, 32, 10, 10), "float32")])
 
 
 @case("layer inputs", r"RoIAlign.*(batch|images)")

@@ -22,6 +22,8 @@ edges for `data_format="channels_first"` (TensorFlow's CPU kernels reject
 NCHW convolutions). Spatial sizes may be unknown; channel counts must be known.
 """
 
+import warnings
+
 from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
 from keras_attention.layers._quantization import QuantizationPoints
@@ -124,7 +126,7 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
     `F_CEM = conv1x1(C4) + up2(conv1x1(C5)) + broadcast(conv1x1(GAP(C5)))`:
     three 1x1 convolutions (with bias, no BatchNorm, no activation, as in the
     first author's reimplementation) bring C4, C5 and the global average of C5
-    to `channels`; the C5 branch is upsampled x2 by nearest neighbour to C4's
+    to `filters`; the C5 branch is upsampled x2 by nearest neighbour to C4's
     size and the global branch is broadcast over it; the three are summed. The
     global average pool and its 1x1 convolution run in float32 under mixed
     precision; the output has the layer's compute dtype.
@@ -136,13 +138,15 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
     the pixel whose receptive field it lies under.
 
     Args:
-        channels: output channels (245 = 5 x 7 x 7 in ThunderNet, so that the
+        filters: output channels (245 = 5 x 7 x 7 in ThunderNet, so that the
             map can feed position-sensitive RoI pooling with 7x7 bins and 5
-            channels per bin).
+            channels per bin). The package's word for an output width, as in
+            `LightRPNHead` and `SAGMaskHead`.
         data_format: "channels_last" or "channels_first"; default: Keras'
             global image data format.
         quantization: None (float) or "int8": Keras 3 QAT, as set by
             `keras_attention.quantization.quantize_model`.
+        channels: deprecated name of `filters` (until 0.3); it warns.
 
     Input shape:
         A list `[C4, C5]` of 4-D tensors, C4 `(batch, H4, W4, c4)` and C5
@@ -150,20 +154,28 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
         sizes may be unknown.
 
     Output shape:
-        `(batch, H4, W4, channels)` (or channels_first).
+        `(batch, H4, W4, filters)` (or channels_first).
 
     Example:
     >>> c4, c5 = keras.Input((20, 20, 96)), keras.Input((10, 10, 192))
-    >>> ContextEnhancement(channels=245)([c4, c5]).shape
+    >>> ContextEnhancement(filters=245)([c4, c5]).shape
     (None, 20, 20, 245)
     """
 
     _names = ("C4", "C5")
 
-    def __init__(self, channels=245, data_format=None, **kwargs):
+    def __init__(self, filters=245, data_format=None, channels=None, **kwargs):
         super().__init__(**self._init_quantization(kwargs))
         name = type(self).__name__
-        self.channels = v.check_int(name, "channels", channels)
+        if channels is not None:  # the 0.1 name; also what configs saved by 0.1 hold
+            warnings.warn(
+                f"{name}: `channels` is deprecated and will be removed in 0.3; use `filters` (the package's "
+                "word for an output width).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            filters = channels
+        self.filters = v.check_int(name, "filters", filters)
         self.data_format = v.normalize_data_format(name, data_format)
 
     def _check_shapes(self, input_shape):
@@ -193,7 +205,7 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
 
         def conv(name, dtype=policy):
             return keras.layers.Conv2D(
-                self.channels, 1, use_bias=True, data_format="channels_last", dtype=dtype, name=name
+                self.filters, 1, use_bias=True, data_format="channels_last", dtype=dtype, name=name
             )
 
         self.c4_lateral = conv("c4_lateral")
@@ -232,11 +244,11 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         shapes, _ = self._check_shapes(input_shape)
-        return _output_shape(shapes[0][0], _spatial(shapes[0], self.data_format), self.channels, self.data_format)
+        return _output_shape(shapes[0][0], _spatial(shapes[0], self.data_format), self.filters, self.data_format)
 
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, data_format=self.data_format, **self.quantization_config())
+        config.update(filters=self.filters, data_format=self.data_format, **self.quantization_config())
         return config
 
 
