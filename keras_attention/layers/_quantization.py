@@ -111,17 +111,21 @@ class QuantizationPoints:
         names = []
         if self.gate == "hard_sigmoid":
             names += [f"{prefix}_relu6", prefix]
-        if getattr(self, "start_as_identity", False):
+        if self.gate_scale != 1.0:
             names.append(f"{prefix}_scaled")
         return names
 
+    @property
+    def gate_scale(self):
+        """2 for a layer that starts as the identity (its zero logits give gate 0.5, and 2 x 0.5 = 1), else 1."""
+        return 2.0 if getattr(self, "start_as_identity", False) else 1.0
+
     def apply_gate(self, logits, prefix="gate"):
-        """gate(logits), times 2 when the layer starts as the identity, at its int8 points."""
-        scale = 2.0 if getattr(self, "start_as_identity", False) else 1.0
+        """gate(logits) times `gate_scale`, at the layer's int8 points."""
         return apply_gate(
             logits,
             self.gate,
-            scale,
+            self.gate_scale,
             point=lambda suffix, x: self.at_point(prefix + suffix, x),
             fixed_range=self.at_fixed_range,
         )

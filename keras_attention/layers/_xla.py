@@ -110,7 +110,7 @@ def fused_cbam(inputs, block):
     TensorFlow, JAX and PyTorch do. Computes in float32; returns `inputs.dtype`.
     """
     ca, sa = block.channel_attention, block.spatial_attention
-    scale = 2.0 if ca.start_as_identity else 1.0
+    scale = ca.gate_scale
     channels = inputs.shape[-1]
     hidden = ca.mlp_reduce.kernel.shape[-1]
     weights = [

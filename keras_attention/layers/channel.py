@@ -6,10 +6,10 @@ import numpy as np
 
 from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
-from keras_attention.layers._quantization import QuantizationPoints
+from keras_attention.layers._gated import GatedAttention
 
 
-class _ChannelGateBase(QuantizationPoints, keras.layers.Layer):
+class _ChannelGateBase(GatedAttention):
     """Pools a feature map to one descriptor per channel, gates, multiplies.
 
     Subclasses build `self._gate_logits(pooled_list)` from the pooled
@@ -18,13 +18,6 @@ class _ChannelGateBase(QuantizationPoints, keras.layers.Layer):
     """
 
     _pooling = ("avg",)
-
-    def __init__(self, gate="sigmoid", start_as_identity=False, data_format=None, **kwargs):
-        super().__init__(**self._init_quantization(kwargs))
-        self.gate = v.check_choice(type(self).__name__, "gate", gate, v.GATES)
-        self.start_as_identity = bool(start_as_identity)
-        self.data_format = v.normalize_data_format(type(self).__name__, data_format)
-        self.supports_masking = True
 
     def _spatial_axes(self):
         return (1, 2) if self.data_format == "channels_last" else (2, 3)
@@ -54,24 +47,6 @@ class _ChannelGateBase(QuantizationPoints, keras.layers.Layer):
         if self.data_format == "channels_first":
             gate = ops.reshape(gate, (-1, self.channels, 1, 1))
         return gate
-
-    def call(self, inputs, training=None):
-        v.check_floating(type(self).__name__, inputs)
-        gate = self.compute_gate(inputs, training=training)
-        return self.at_point("output", inputs * ops.cast(gate, inputs.dtype))
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            gate=self.gate,
-            start_as_identity=self.start_as_identity,
-            data_format=self.data_format,
-            **self.quantization_config(),
-        )
-        return config
 
 
 @register

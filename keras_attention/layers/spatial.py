@@ -2,13 +2,13 @@
 
 from keras_attention.backend import BACKEND, build_sublayer, keras, ops, register, xla_compiling
 from keras_attention.layers import _validation as v
-from keras_attention.layers._quantization import QuantizationPoints
+from keras_attention.layers._gated import GatedAttention
 from keras_attention.layers._space_to_depth import block_size, same_conv_to_one_channel
 from keras_attention.layers._xla import shifted_sum_conv
 
 
 @register
-class SpatialAttention(QuantizationPoints, keras.layers.Layer):
+class SpatialAttention(GatedAttention):
     """CBAM spatial attention (Woo et al., ECCV 2018, Eq. 3).
 
     `M_s(F) = gate(conv_kxk([AvgPool_c(F); MaxPool_c(F)]))`, `F' = M_s(F) * F`:
@@ -58,16 +58,12 @@ class SpatialAttention(QuantizationPoints, keras.layers.Layer):
         data_format=None,
         **kwargs,
     ):
-        super().__init__(**self._init_quantization(kwargs))
+        super().__init__(gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs)
         name = type(self).__name__
         self.kernel_size = v.check_odd_kernel_size(name, kernel_size)
         self.use_batchnorm = bool(use_batchnorm)
         self.pooling = v.normalize_pooling(name, pooling)
         self.use_bias = bool(use_bias)
-        self.gate = v.check_choice(name, "gate", gate, v.GATES)
-        self.start_as_identity = bool(start_as_identity)
-        self.data_format = v.normalize_data_format(name, data_format)
-        self.supports_masking = True
 
     def build(self, input_shape):
         self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
@@ -140,14 +136,6 @@ class SpatialAttention(QuantizationPoints, keras.layers.Layer):
             gate = ops.transpose(gate, (0, 3, 1, 2))
         return gate
 
-    def call(self, inputs, training=None):
-        v.check_floating(type(self).__name__, inputs)
-        gate = self.compute_gate(inputs, training=training)
-        return self.at_point("output", inputs * ops.cast(gate, inputs.dtype))
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -155,9 +143,5 @@ class SpatialAttention(QuantizationPoints, keras.layers.Layer):
             use_batchnorm=self.use_batchnorm,
             pooling=list(self.pooling),
             use_bias=self.use_bias,
-            gate=self.gate,
-            start_as_identity=self.start_as_identity,
-            data_format=self.data_format,
-            **self.quantization_config(),
         )
         return config
