@@ -18,11 +18,12 @@ between the two engines:
 
 Example:
 >>> from keras_attention import distribute
->>> engine = distribute.data_parallel()          # every GPU (or TPU core on JAX)
->>> with engine.scope():
-...     model = build_model()                    # variables created in the scope
+>>> engine = distribute.data_parallel()  # every GPU (or TPU core on JAX); here, the CPU
+>>> with engine.scope():  # variables are created in the scope
+...     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
 ...     model.compile(optimizer="sgd", loss="mse")
-...     model.fit(x, y, batch_size=32 * engine.num_replicas)
+>>> x, y = np.zeros((64, 8)), np.zeros((64, 1))
+>>> history = model.fit(x, y, batch_size=32 * engine.num_replicas, verbose=0)
 """
 
 import os
@@ -132,9 +133,11 @@ def data_parallel(devices=None, strategy=None):
         RuntimeError: a backend other than TensorFlow or JAX.
 
     Example:
-    >>> engine = data_parallel(2)
+    >>> engine = data_parallel()  # or data_parallel(2), data_parallel(["/gpu:0", "/gpu:1"])
     >>> with engine.scope():
     ...     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+    >>> engine.num_replicas >= 1
+    True
     """
     name = engine_name()
     if name == TF_ENGINE:
