@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test lint test-tf test-jax test-legacy battery clean
+.PHONY: demo test lint docs test-tf test-jax test-legacy battery clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,15 @@ test: $(STAMP) lint
 	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests
 
 # ruff (configured in pyproject.toml): lint, and the format check (`ruff format .` applies it).
-lint: $(STAMP)
+lint: $(STAMP) docs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# The documentation site (mkdocs.yml) into site/, warnings as errors; its home page is README.md
+# with the docs/ links made relative (written here, not kept in git, so the two cannot drift).
+docs: $(STAMP)
+	sed 's#](docs/#](#g' README.md > docs/index.md
+	$(VENV)/bin/mkdocs build --strict --quiet
 
 test-tf: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PYTEST) tests $(ARGS)

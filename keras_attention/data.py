@@ -120,24 +120,23 @@ def shapes(
         image_size: height and width in pixels.
         max_shapes: the most shapes per image; the per-image arrays are padded to it.
         min_shapes: the fewest shapes per image (at least 1).
-        min_radius, max_radius: circumradius range in pixels (the circle's radius;
-            the distance from centre to corner for squares and triangles).
+        min_radius: smallest circumradius in pixels (the circle's radius; the
+            distance from centre to corner for squares and triangles).
+        max_radius: largest circumradius in pixels.
         channels: 3 (colour) or 1 (grey).
         noise: standard deviation of the per-pixel Gaussian noise, in [0, 255] units.
         seed: random seed.
 
     Returns:
-        A dict of NumPy arrays:
-        - `"images"`: float32 `(N, S, S, channels)` in [0, 255], channels_last.
-        - `"classes"`: int32 `(N, max_shapes)`: 0 circle, 1 square, 2 triangle
-          (`SHAPE_CLASSES`); -1 marks padding.
-        - `"boxes"`: float32 `(N, max_shapes, 4)`: `(y1, x1, y2, x2)` in image
-          pixel coordinates, where pixel `(i, j)` covers `[i, i+1) x [j, j+1)`,
-          the tight box of the mask (`y2 = last row + 1`); zeros for padding.
-        - `"masks"`: uint8 `(N, max_shapes, S, S)` instance masks (1 inside the
-          shape); zeros for padding.
-        - `"num_shapes"`: int32 `(N,)` valid instances per image (the first
-          `num_shapes[i]` entries; the rest are padding).
+        A dict of NumPy arrays. `"images"`: float32 `(N, S, S, channels)` in
+        [0, 255], channels_last. `"classes"`: int32 `(N, max_shapes)`: 0 circle,
+        1 square, 2 triangle (`SHAPE_CLASSES`); -1 marks padding. `"boxes"`:
+        float32 `(N, max_shapes, 4)`: `(y1, x1, y2, x2)` in image pixel
+        coordinates, where pixel `(i, j)` covers `[i, i+1) x [j, j+1)`, the
+        tight box of the mask (`y2 = last row + 1`); zeros for padding.
+        `"masks"`: uint8 `(N, max_shapes, S, S)` instance masks (1 inside the
+        shape); zeros for padding. `"num_shapes"`: int32 `(N,)` valid instances
+        per image (the first `num_shapes[i]` entries; the rest are padding).
 
     Example:
         >>> data = shapes(num_images=8, image_size=64)

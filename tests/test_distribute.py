@@ -243,7 +243,7 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
         # attention layers and head trained). Training the whole random-initialised
         # backbone is too ill-conditioned for a float comparison: on one device
         # alone, reordering each batch moves its weights by ~2% of their update
-        # within 3 steps (see the README).
+        # within 3 steps (see docs/distribution.md).
         "mobilenet": compare(mobilenet, 32, 0.01, [("recipe", {})], recipe=True),
     }
 
@@ -312,7 +312,7 @@ def measured(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     results = json.loads(out.read_text())
     results["subprocess_seconds"] = round(time.time() - start, 1)
-    print(json.dumps(results, indent=1))  # shown with -s: the numbers the README quotes
+    print(json.dumps(results, indent=1))  # shown with -s: the numbers docs/distribution.md quotes
     return results
 
 
