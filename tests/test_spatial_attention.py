@@ -93,7 +93,7 @@ def test_bad_gate_and_pooling():
 )
 def test_space_to_depth_convolution_equals_the_plain_convolution(kernel_size, channels, block):
     """The block-grid form SpatialAttention uses on TensorFlow (12x faster in LiteRT), against NumPy."""
-    from keras_attention.layers._space_to_depth import same_conv_to_one_channel
+    from keras_attention.layers._kernels import same_conv_to_one_channel
     from tests.reference import conv2d_same
 
     rng = np.random.default_rng(kernel_size * 10 + block)

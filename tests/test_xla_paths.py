@@ -2,7 +2,7 @@
 
 `SpatialAttention` replaces its k x k convolution by a sum of shifted views
 under XLA, and on TensorFlow `CBAM` runs as one function with a hand-written
-gradient (see `layers/_xla.py`); eager calls, which the harness checks, take the
+gradient (see `layers/_kernels.py`); eager calls, which the harness checks, take the
 plain layers. Here the compiled forward pass is compared with the NumPy
 reference and its gradients with those of the plain (non-XLA) graph, which
 TensorFlow's and JAX's autodiff compute. On JAX `jax.grad` traces too, which a
@@ -24,21 +24,19 @@ from tests.layer_reference import randomize_weights, reference_output
 @contextlib.contextmanager
 def _counting_shifted_sums(calls):
     """Counts SpatialAttention's XLA-only convolution (a sum of shifted views) into `calls`."""
-    import keras_attention.layers.spatial as spatial
+    from keras_attention.layers import _kernels
 
-    original = spatial.shifted_sum_conv
-    with mock.patch.object(spatial, "shifted_sum_conv", lambda *a: calls.append(1) or original(*a)):
+    original = _kernels.shifted_sum_conv
+    with mock.patch.object(_kernels, "shifted_sum_conv", lambda *a: calls.append(1) or original(*a)):
         yield
 
 
 @contextlib.contextmanager
 def _plain_layers():
     """Forces the plain formulation: under `jax.grad` every value is a tracer, which reads as XLA tracing."""
-    import keras_attention.layers.cbam as cbam
-    import keras_attention.layers.spatial as spatial
+    from keras_attention.layers import _kernels
 
-    never = lambda tensor: False  # noqa: E731
-    with mock.patch.object(spatial, "xla_compiling", never), mock.patch.object(cbam, "xla_compiling", never):
+    with mock.patch.object(_kernels, "xla_compiling", lambda tensor: False):
         yield
 
 
@@ -146,11 +144,11 @@ def test_cbam_xla_gradient_splits_ties_like_autodiff(channels):
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused CBAM is TensorFlow's XLA path only")
 def test_cbam_takes_the_fused_path_under_xla_only(monkeypatch):
-    import keras_attention.layers.cbam as cbam_module
+    from keras_attention.layers import _kernels
 
     calls = []
-    original = cbam_module.fused_cbam
-    monkeypatch.setattr(cbam_module, "fused_cbam", lambda *a: calls.append(1) or original(*a))
+    original = _kernels.fused_cbam
+    monkeypatch.setattr(_kernels, "fused_cbam", lambda *a: calls.append(1) or original(*a))
     layer = ka.CBAM(reduction=4)
     layer.build((2, 8, 8, 16))
     x = np.zeros((2, 8, 8, 16), "float32")

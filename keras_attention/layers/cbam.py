@@ -1,9 +1,9 @@
 """The CBAM block: channel attention and spatial attention."""
 
-from keras_attention.backend import build_sublayer, keras, ops, register, xla_compiling
+from keras_attention.backend import build_sublayer, keras, ops, register
+from keras_attention.layers import _kernels
 from keras_attention.layers import _validation as v
 from keras_attention.layers._quantization import QuantizationPoints
-from keras_attention.layers._xla import can_fuse_cbam, fused_cbam
 from keras_attention.layers.channel import ChannelAttention
 from keras_attention.layers.spatial import SpatialAttention
 
@@ -117,8 +117,8 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
         v.check_floating(type(self).__name__, inputs)
         ca, sa = self.channel_attention, self.spatial_attention
         if self.arrangement == "channel_first":
-            if not self.quantization and xla_compiling(inputs) and can_fuse_cbam(self, inputs):
-                return fused_cbam(inputs, self)
+            if _kernels.takes_fused_cbam(self, inputs):
+                return _kernels.fused_cbam(inputs, self)
             return sa(ca(inputs), training=training)
         if self.arrangement == "spatial_first":
             return ca(sa(inputs, training=training))

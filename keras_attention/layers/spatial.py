@@ -1,10 +1,9 @@
 """CBAM spatial attention."""
 
-from keras_attention.backend import BACKEND, build_sublayer, keras, ops, register, xla_compiling
+from keras_attention.backend import build_sublayer, keras, ops, register
+from keras_attention.layers import _kernels
 from keras_attention.layers import _validation as v
 from keras_attention.layers._gated import GatedAttention
-from keras_attention.layers._space_to_depth import block_size, same_conv_to_one_channel
-from keras_attention.layers._xla import shifted_sum_conv
 
 
 @register
@@ -115,17 +114,15 @@ class SpatialAttention(GatedAttention):
     def _gate_logits(self, descriptors, training=None):
         """conv (and BN) of the descriptors; under QAT the BN is folded into the fake-quantized kernel."""
         bn = self.bn if self.use_batchnorm else None
-        xla = xla_compiling(descriptors)
-        # TensorFlow graphs and the TFLite files made from them (LiteRT: 89 -> 7 us, int8 56x56).
-        block = BACKEND == "tensorflow" and block_size(descriptors.shape[1], descriptors.shape[2])
-        if not xla and not block:
+        path = _kernels.spatial_conv_path(descriptors)
+        if path is None:
             return self.convolve(self.conv, descriptors, bn, training=training)
         kernel, bias = self.conv_parameters(self.conv, bn)
         quantize = self.kernel_quantizer()
-        if xla:
-            logits = shifted_sum_conv(descriptors, quantize(kernel), bias)
+        if path == _kernels.XLA:
+            logits = _kernels.shifted_sum_conv(descriptors, quantize(kernel), bias)
         else:
-            logits = same_conv_to_one_channel(descriptors, kernel, bias, block, quantize)
+            logits = _kernels.same_conv_to_one_channel(descriptors, kernel, bias, path[1], quantize)
         return logits if bn is None or self.quantization else self.bn(logits, training=training)
 
     def compute_gate(self, inputs, training=None):

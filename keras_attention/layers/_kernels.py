@@ -1,17 +1,63 @@
-"""Formulations XLA compiles better than the plain Keras layers.
+"""Kernel choices: other formulations of the same layers for one runtime each.
 
-Used only while tracing for XLA (`backend.xla_compiling`); they compute the
-same function with the same weights, so eager calls, SavedModel/TFLite export
-and QAT keep the plain layers (one CONV_2D in a .tflite file).
+Every function here computes exactly what the plain Keras layer computes, with
+the same weights, so a model saved, reloaded, exported or quantized sees the
+plain layers; only how the arithmetic is laid out differs. Which one a call
+takes is decided here, by `spatial_conv_path` and `takes_fused_cbam`:
 
-What XLA's CPU backend (TensorFlow 2.21) does well and badly here, measured on
-8x56x56x256 as multiples of a NumPy copy: a reduction over H x W of a plain
-input 0.4-0.5x, of a fused expression 6-7x; a reduction over channels 1.6x,
-as a matrix-vector product 0.5x; a 2 -> 1-channel 7x7 convolution 2-3.6x, as
-shifted sums 0.3x. The formulations below follow from these numbers.
+- `shifted_sum_conv`: SpatialAttention's (and CBAM's) k x k convolution while
+  traced for XLA (`jit_compile=True` on TensorFlow, Keras 3 or tf_keras; `jax.jit`).
+  XLA's CPU convolution emitter is slow for 2 -> 1 channels.
+- `same_conv_to_one_channel` (space-to-depth): the same convolution in any other
+  TensorFlow graph (SavedModel, TFLite conversion, `tf.function`) when H and W
+  divide by 4 or 2. LiteRT's XNNPACK runs the plain 2 -> 1 convolution in 89 us,
+  this one in 7 us (int8, 56x56).
+- `fused_cbam`: a CBAM in the paper's configuration traced for XLA on
+  TensorFlow, not under QAT. Autodiff of the layer graph stores and re-reads
+  full-size intermediates.
+- The plain layers: everything else (eager calls, JAX without jit, PyTorch).
+
+XLA's CPU backend (TensorFlow 2.21), measured on 8x56x56x256 as multiples of a
+NumPy copy: a reduction over H x W of a plain input 0.4-0.5x, of a fused
+expression 6-7x; a reduction over channels 1.6x, as a matrix-vector product
+0.5x; a 2 -> 1-channel 7x7 convolution 2-3.6x, as shifted sums 0.3x. The XLA
+formulations below follow from these numbers.
+
+Space-to-depth: spatial attention convolves a map with 1-2 channels to one
+channel, which runtimes run as a matrix product with one output column,
+wasting most of the hardware. Rearranged into s x s blocks (SPACE_TO_DEPTH),
+the same convolution is a ceil(k/s)-ish x ceil(k/s) convolution from s*s*n to
+s*s channels whose kernel holds the original weights (and zeros), followed by
+DEPTH_TO_SPACE. Exact up to float rounding. The ops are TensorFlow's: this path
+exists for TFLite files and plain TensorFlow graphs, where it is no slower.
 """
 
-from keras_attention.backend import BACKEND, custom_gradient, ops
+import functools
+
+import numpy as np
+
+from keras_attention.backend import BACKEND, custom_gradient, ops, xla_compiling
+
+XLA = "xla"
+SPACE_TO_DEPTH = "space_to_depth"
+
+
+def spatial_conv_path(descriptors):
+    """How to run spatial attention's k x k convolution of `descriptors` (B, H, W, n).
+
+    `XLA` (shifted sums) while traced for XLA; `(SPACE_TO_DEPTH, s)` in other
+    TensorFlow graphs when H and W divide by s = 4 or 2; None for the plain
+    convolution.
+    """
+    if xla_compiling(descriptors):
+        return XLA
+    s = BACKEND == "tensorflow" and block_size(descriptors.shape[1], descriptors.shape[2])
+    return (SPACE_TO_DEPTH, s) if s else None
+
+
+def takes_fused_cbam(block, inputs):
+    """Whether `block(inputs)` runs as `fused_cbam`: traced for XLA, not quantized, `can_fuse_cbam`."""
+    return not block.quantization and xla_compiling(inputs) and can_fuse_cbam(block, inputs)
 
 
 def shifted_sum_conv(maps, kernel, bias=None):
@@ -188,3 +234,58 @@ def fused_cbam(inputs, block):
         return out, grad
 
     return cbam(inputs, *weights)
+
+
+def block_size(height, width):
+    """The largest of 4 and 2 dividing both sizes; None when neither does or a size is unknown."""
+    for s in (4, 2):
+        if height is not None and width is not None and height % s == 0 and width % s == 0:
+            return s
+    return None
+
+
+@functools.cache
+def _kernel_index(k, channels, s):
+    """For each weight of the block kernel, its index in the flattened (k, k, n) kernel, or k*k*n (a zero).
+
+    Output phase (a, b) of block (I, J) is fine pixel (sI + a, sJ + b); its tap
+    (i, j) reads fine pixel (sI + a + i - r, sJ + b + j - r), which lies in block
+    (I + di, J + dj) at phase (ia, jb): one weight per (di, dj, ia, jb, channel, a, b).
+    """
+    r = k // 2
+    reach = -(-r // s)  # ceil(r / s) blocks on each side
+    size = 2 * reach + 1
+    index = np.full((size, size, s, s, channels, s, s), k * k * channels, "int32")
+    for a in range(s):
+        for b in range(s):
+            for i in range(k):
+                for j in range(k):
+                    di, ia = divmod(a + i - r, s)
+                    dj, jb = divmod(b + j - r, s)
+                    for c in range(channels):
+                        index[di + reach, dj + reach, ia, jb, c, a, b] = (i * k + j) * channels + c
+    return index.reshape(size, size, s * s * channels, s * s)
+
+
+def same_conv_to_one_channel(maps, kernel, bias=None, s=4, quantize=None):
+    """`conv2d(maps, kernel, padding="same") (+ bias)`, through a space-to-depth grid of block `s`.
+
+    maps: (B, H, W, n) with H and W multiples of `s`; kernel: (k, k, n, 1), k odd.
+    quantize: applied to the block kernel (QAT's per-tensor fake quantization,
+    which gives the original weights the same grid; the TFLite converter then
+    sees FakeQuant on the kernel the CONV_2D reads — one on the original kernel,
+    before the gather, crashes the TF 2.21 converter).
+    """
+    import tensorflow as tf
+
+    # Cast: under mixed precision Keras autocasts variables read in call().
+    kernel = tf.cast(kernel, maps.dtype)
+    k, channels = int(kernel.shape[0]), int(kernel.shape[2])
+    flat = tf.concat([tf.reshape(kernel, [-1]), tf.zeros([1], kernel.dtype)], axis=0)
+    block_kernel = tf.gather(flat, _kernel_index(k, channels, s))
+    if quantize is not None:
+        block_kernel = quantize(block_kernel)
+    out = tf.nn.conv2d(tf.nn.space_to_depth(maps, s), block_kernel, 1, "SAME")
+    if bias is not None:  # added before DEPTH_TO_SPACE, so the converter fuses it into the CONV_2D
+        out = out + tf.cast(bias, maps.dtype)
+    return tf.nn.depth_to_space(out, s)
