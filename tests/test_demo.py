@@ -27,21 +27,64 @@ def _image_folder(root, classes, per_class=12, size=20):
     return root
 
 
-def _demo(*args):
+def _demo(*args, command=(sys.executable, "-m", "keras_attention.cli"), cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "keras_attention.cli", "demo", *args],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env=dict(os.environ),
+        [*command, "demo", *args], capture_output=True, text=True, timeout=1200, env=dict(os.environ), cwd=cwd
     )
+
+
+def _install_wheel(tmp_path):
+    """The package built as a wheel and installed into a new virtual environment; returns its bin/.
+
+    Only the wheel goes in (`--no-deps`): the dependencies, already installed in
+    this environment, are put on the new one's path by a .pth line, which does
+    not run this environment's .pth files (so not the checkout's editable hook).
+    `pip check` then confirms the wheel's requirements are met.
+    """
+    import sysconfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pip = [sys.executable, "-m", "pip"]
+    subprocess.run(
+        [*pip, "wheel", root, "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist"], check=True
+    )
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv"], check=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], capture_output=True, text=True
+    ).stdout.strip()
+    with open(os.path.join(purelib, "_dependencies.pth"), "w") as f:
+        f.write(sysconfig.get_path("purelib") + "\n")
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    subprocess.run([*pip, "--python", python, "install", "-q", "--no-deps", wheel], check=True)
+    subprocess.run([*pip, "--python", python, "check"], check=True, capture_output=True)
+    return tmp_path / "venv" / "bin"
 
 
 @pytest.mark.slow
 def test_demo_on_an_image_folder_writes_checked_artefacts(tmp_path):
     data = _image_folder(tmp_path / "images", ["left", "right"])
     out = tmp_path / "out"
-    result = _demo("--fast", "--size", "32", "--data", str(data), "--out", str(out))
+    # The first run from the wheel installed in a fresh environment, run outside the checkout.
+    bin_dir = _install_wheel(tmp_path)
+    where = subprocess.run(
+        [bin_dir / "python", "-c", "import keras_attention; print(keras_attention.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout
+    assert where.startswith(str(tmp_path / "venv")), where
+    result = _demo(
+        "--fast",
+        "--size",
+        "32",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        command=[bin_dir / "keras-attention"],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     # The table printed what report.json holds.
@@ -62,7 +105,7 @@ def test_demo_on_an_image_folder_writes_checked_artefacts(tmp_path):
     assert verification.cosine_similarity > 0.99
     assert not np.allclose(qat.predict(x, verbose=0), float_model.predict(x, verbose=0), atol=1e-3)
 
-    # Determinism: a second run with the same seed gives the same figures and the same int8 file.
+    # Determinism: a second run (from the checkout) with the same seed gives the same figures and int8 file.
     again = _demo("--fast", "--size", "32", "--data", str(data), "--out", str(tmp_path / "again"), "--seed", "0")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     second = json.loads((tmp_path / "again" / "report.json").read_text())
