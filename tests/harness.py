@@ -11,7 +11,10 @@ Keras (Keras 3 on TensorFlow or JAX, or tf_keras):
   5. a training step inside `compile(jit_compile=True)`: loss finite, every
      trainable weight moved (plain SGD moves a weight iff its gradient is non-zero);
   6. `mixed_float16` and `mixed_bfloat16`: output in the compute dtype, finite,
-     close to the float32 output with the same weights.
+     close to the float32 output with the same weights;
+  7. one feature map with a channel more than the layer was built for: an error
+     naming the layer when a layer built for that many has other weight shapes;
+     otherwise that error or a result of the input's shape.
 """
 
 import numpy as np
@@ -177,6 +180,25 @@ def check_dtype_policies(layer_cls, init_kwargs, reference_model, input_shapes):
             np.testing.assert_allclose(out, exp, atol=tol, err_msg=policy)
 
 
+def check_other_channel_count(layer_cls, init_kwargs, layer, input_shapes):
+    if len(input_shapes) != 1 or len(input_shapes[0]) != 4:
+        return
+    shape = list(input_shapes[0])
+    axis = 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else 3
+    shape[axis] += 1
+    wider = layer_cls(**init_kwargs)
+    build_model(wider, [tuple(shape)])
+    x = random_inputs([tuple(shape)])[0]
+    same_weights = [tuple(w.shape) for w in wider.weights] == [tuple(w.shape) for w in layer.weights]
+    try:
+        out = layer(x)
+    except ValueError as error:
+        assert layer.name in str(error), error
+    else:
+        assert same_weights, f"{layer_cls.__name__} built for {input_shapes[0]} accepted {tuple(shape)}"
+        assert tuple(out.shape) == tuple(shape)
+
+
 def run_layer_test(
     layer_cls,
     init_kwargs,
@@ -202,6 +224,7 @@ def run_layer_test(
         check_unknown_sizes(layer_cls, init_kwargs, model, as_list(dynamic_input_shape), input_shapes)
     if run_dtype_policies:
         check_dtype_policies(layer_cls, init_kwargs, model, input_shapes)
+    check_other_channel_count(layer_cls, init_kwargs, layer, input_shapes)
     if run_training:
         check_jit_training_step(layer, model, input_shapes, frozen_ok)
     return layer, model

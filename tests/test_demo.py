@@ -125,6 +125,31 @@ def test_demo_on_an_image_folder_writes_checked_artefacts(tmp_path):
     assert (width, height) == (1100, 880)  # 5 panels x 2.2 in, 4 rows x 2.2 in, at 100 dpi
 
 
+def test_an_image_folder_is_streamed_and_decoded_like_pil(tmp_path):
+    """`--data` keeps file names, not images; the batches it decodes match PIL's reading of the files."""
+    from PIL import Image
+
+    from keras_attention.demo import load_image_folder
+
+    root = _image_folder(tmp_path / "data", ["left", "right"], per_class=5)
+    train, test, classes = load_image_folder(str(root), 32)
+    assert classes == ["left", "right"] and len(train) + len(test) == 10
+    assert train.images is None and test.images is None  # nothing decoded up front
+    dataset = train.inputs(4, training=True)["x"]
+    assert tuple(dataset.element_spec[0].shape) == (None, 32, 32, 3)  # batches, decoded as they are read
+
+    images, labels = test.arrays()
+    for image, label, path in zip(images, labels, test.paths):
+        assert os.path.basename(os.path.dirname(path)) == classes[label]
+        with Image.open(path) as source:  # upsampling: PIL's bilinear filter is TensorFlow's
+            expected = np.asarray(source.convert("RGB").resize((32, 32), Image.BILINEAR), "float32")
+        np.testing.assert_allclose(image, expected, atol=1.01)
+    # Control: another resampling filter is not within tolerance.
+    with Image.open(test.paths[0]) as source:
+        other = np.asarray(source.convert("RGB").resize((32, 32), Image.NEAREST), "float32")
+    assert np.abs(images[0] - other).max() > 1.01
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

@@ -154,6 +154,10 @@ def fused_cbam(inputs, block):
     stores `F'`, and the backward pass writes every sum over H x W as a batched
     matrix product. Ties of either max split the gradient equally, as
     TensorFlow, JAX and PyTorch do. Computes in float32; returns `inputs.dtype`.
+
+    Long because the forward pass and its gradient share their intermediates
+    (pooled descriptors, gates, argmax masks) through one custom-gradient
+    closure; split into functions, each would recompute or pass a dozen tensors.
     """
     ca, sa = block.channel_attention, block.spatial_attention
     scale = ca.gate_scale
@@ -170,6 +174,7 @@ def fused_cbam(inputs, block):
 
     @custom_gradient
     def cbam(x, w1, b1, w2, b2, kernel, bias):
+        """Long: the forward pass, then `grad` over the same intermediates (see above)."""
         # (B, H*W, C) views: XLA's CPU backend runs sums over H*W as batched
         # matrix products far faster than as reductions of fused expressions.
         height, width = x.shape[1], x.shape[2]

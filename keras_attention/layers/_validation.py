@@ -4,7 +4,7 @@ Every error names the layer, what it got and what it expects.
 """
 
 from keras_attention._checks import check_int  # noqa: F401 - re-exported for the layers
-from keras_attention.backend import image_data_format, ops
+from keras_attention.backend import image_data_format, keras, ops
 
 GATES = ("sigmoid", "hard_sigmoid")
 POOLINGS = ("avg", "max")
@@ -112,6 +112,18 @@ def channels_of(layer_name, input_shape, data_format):
             f"is built ({data_format}); got shape {input_shape}."
         )
     return int(channels)
+
+
+def feature_map_spec(data_format, channels=None):
+    """The `InputSpec` Keras' convolution layers set in build(): a 4-D input with `channels` channels.
+
+    Keras then checks every later call and names the layer ("expected axis -1 of
+    input shape to have value 16"), where a wrong channel count would otherwise
+    fail inside a matrix product. `channels=None` for layers whose weights do not
+    depend on it.
+    """
+    axes = None if channels is None else {-1 if data_format == "channels_last" else 1: channels}
+    return keras.layers.InputSpec(ndim=4, axes=axes)
 
 
 def _no_point(suffix, x):

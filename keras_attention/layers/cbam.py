@@ -101,6 +101,7 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
     def build(self, input_shape):
         name = type(self).__name__
         self.channels = v.channels_of(name, input_shape, self.data_format)
+        self.input_spec = v.feature_map_spec(self.data_format, self.channels)
         try:
             build_sublayer(self.channel_attention, input_shape)
         except ValueError as error:  # re-raise under the block's name

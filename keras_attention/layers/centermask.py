@@ -92,6 +92,8 @@ class SAGMaskHead(QuantizationPoints, keras.layers.Layer):
     def build(self, input_shape):
         _, channels = self._check_shape(input_shape)
         self.channels = channels
+        channel_axis = -1 if self.data_format == "channels_last" else -3
+        self.input_spec = keras.layers.InputSpec(min_ndim=4, max_ndim=5, axes={channel_axis: channels})
         self.convs = []
         width = channels
         for i in range(self.num_convs):

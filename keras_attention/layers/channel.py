@@ -128,6 +128,7 @@ class ChannelAttention(_ChannelGateBase):
 
     def build(self, input_shape):
         self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
+        self.input_spec = v.feature_map_spec(self.data_format, self.channels)
         hidden = self.hidden_channels(self.channels)
         # The MLP is tiny; keeping it in float32 keeps the gate exact under mixed precision.
         self.mlp_reduce = keras.layers.Conv2D(
@@ -344,6 +345,7 @@ class EfficientChannelAttention(_ChannelGateBase):
 
     def build(self, input_shape):
         self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
+        self.input_spec = v.feature_map_spec(self.data_format, self.channels)
         self.resolved_kernel_size = self.kernel_size or eca_kernel_size(self.channels, self.gamma, self.beta)
         # A (1, k) 2-D convolution over a (B, 1, C, 1) view is the paper's 1-D conv
         # and stays a single builtin CONV_2D in TFLite.

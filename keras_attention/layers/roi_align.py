@@ -282,6 +282,61 @@ class RoIAlign(keras.layers.Layer):
         weights = ops.reshape(ops.stack([(1.0 - frac) * valid, frac * valid], axis=-1), (-1, 2 * n))
         return ops.cast(indices, "int32"), weights
 
+    def _level_tables(self, levels, channels):
+        """Per level: its sizes (h, w as ints or tensors, and as floats), the scale from image pixels
+        to feature pixels, the offset of its rows in the concatenated (sum_l B*H_l*W_l, C) table,
+        and its rows."""
+        sizes, scales, offsets, tables = [], [], [], []
+        offset = 0
+        for i, f in enumerate(levels):
+            shape = ops.shape(f)
+            h = f.shape[1] if f.shape[1] is not None else shape[1]
+            w = f.shape[2] if f.shape[2] is not None else shape[2]
+            hf, wf = ops.cast(h, "float32"), ops.cast(w, "float32")
+            if self.strides is not None:
+                sy = sx = ops.cast(1.0 / self.strides[i], "float32")
+            else:
+                sy, sx = hf / float(self.image_size[0]), wf / float(self.image_size[1])
+            sizes.append((h, w, hf, wf))
+            scales.append((sy, sx))
+            offsets.append(offset)
+            tables.append(ops.reshape(f, (shape[0] * h * w, channels)))
+            offset = offset + shape[0] * h * w
+        return sizes, scales, offsets, tables
+
+    def _box_levels(self, flat_boxes, sizes, num_levels):
+        """The pyramid level of each box (FPN's rule, by area relative to the image)."""
+        if self.image_size is not None:
+            image_area = float(self.image_size[0] * self.image_size[1])
+        else:
+            h0, w0 = sizes[0][2], sizes[0][3]
+            image_area = h0 * w0 * float(self.strides[0]) ** 2
+        return assign_levels_by_ratio(flat_boxes, image_area, 0, num_levels - 1)
+
+    def _sampling_table(self, levels, channels, flat_boxes, batch_index):
+        """All levels' rows as one table, and per box (or for all boxes, with one level) its level's
+        float sizes, scales, row stride, image stride and row offset in that table."""
+        sizes, scales, offsets, tables = self._level_tables(levels, channels)
+        if len(levels) == 1:
+            (h, w, hf, wf), (sy, sx) = sizes[0], scales[0]
+            row_stride = ops.cast(w, "int32")
+            image_stride = ops.cast(h * w, "int32")
+            level_offset = ops.zeros_like(batch_index)
+            table = tables[0]
+        else:
+            level = self._box_levels(flat_boxes, sizes, len(levels))  # (R,)
+
+            def pick(values, dtype):
+                return ops.take(ops.stack([ops.cast(x, dtype) for x in values]), level, axis=0)
+
+            hf, wf = pick([s[2] for s in sizes], "float32"), pick([s[3] for s in sizes], "float32")
+            sy, sx = pick([s[0] for s in scales], "float32"), pick([s[1] for s in scales], "float32")
+            row_stride = pick([s[1] for s in sizes], "int32")
+            image_stride = pick([s[0] * s[1] for s in sizes], "int32")
+            level_offset = pick(offsets, "int32")
+            table = ops.concatenate(tables, axis=0)
+        return hf, wf, sy, sx, row_stride, image_stride, level_offset, table
+
     def call(self, inputs):
         features, boxes = inputs
         levels = list(features) if isinstance(features, (list, tuple)) else [features]
@@ -301,48 +356,9 @@ class RoIAlign(keras.layers.Layer):
         batch_index = ops.cast(ops.zeros_like(boxes[..., 0]), "int32") + ops.arange(batch, dtype="int32")[:, None]
         batch_index = ops.reshape(batch_index, (rois,))
 
-        # Per level: sizes, the scale from image pixels to feature pixels, and the
-        # offset of its rows in the concatenated (sum_l B*H_l*W_l, C) table.
-        sizes, scales, offsets, tables = [], [], [], []
-        offset = 0
-        for i, f in enumerate(levels):
-            shape = ops.shape(f)
-            h = f.shape[1] if f.shape[1] is not None else shape[1]
-            w = f.shape[2] if f.shape[2] is not None else shape[2]
-            hf, wf = ops.cast(h, "float32"), ops.cast(w, "float32")
-            if self.strides is not None:
-                sy = sx = ops.cast(1.0 / self.strides[i], "float32")
-            else:
-                sy, sx = hf / float(self.image_size[0]), wf / float(self.image_size[1])
-            sizes.append((h, w, hf, wf))
-            scales.append((sy, sx))
-            offsets.append(offset)
-            tables.append(ops.reshape(f, (shape[0] * h * w, channels)))
-            offset = offset + shape[0] * h * w
-
-        if len(levels) == 1:
-            (h, w, hf, wf), (sy, sx) = sizes[0], scales[0]
-            row_stride = ops.cast(w, "int32")
-            image_stride = ops.cast(h * w, "int32")
-            level_offset = ops.zeros_like(batch_index)
-            table = tables[0]
-        else:
-            if self.image_size is not None:
-                image_area = float(self.image_size[0] * self.image_size[1])
-            else:
-                h0, w0 = sizes[0][2], sizes[0][3]
-                image_area = h0 * w0 * float(self.strides[0]) ** 2
-            level = assign_levels_by_ratio(flat_boxes, image_area, 0, len(levels) - 1)  # (R,)
-
-            def pick(values, dtype):
-                return ops.take(ops.stack([ops.cast(x, dtype) for x in values]), level, axis=0)
-
-            hf, wf = pick([s[2] for s in sizes], "float32"), pick([s[3] for s in sizes], "float32")
-            sy, sx = pick([s[0] for s in scales], "float32"), pick([s[1] for s in scales], "float32")
-            row_stride = pick([s[1] for s in sizes], "int32")
-            image_stride = pick([s[0] * s[1] for s in sizes], "int32")
-            level_offset = pick(offsets, "int32")
-            table = ops.concatenate(tables, axis=0)
+        hf, wf, sy, sx, row_stride, image_stride, level_offset, table = self._sampling_table(
+            levels, channels, flat_boxes, batch_index
+        )
 
         def per_roi(x, rank):  # (R,) -> (R, 1, ...), for the multi-level per-box parameters
             return ops.reshape(x, (rois,) + (1,) * (rank - 1)) if len(levels) > 1 else x

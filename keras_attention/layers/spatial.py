@@ -66,6 +66,7 @@ class SpatialAttention(GatedAttention):
 
     def build(self, input_shape):
         self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
+        self.input_spec = v.feature_map_spec(self.data_format)  # the weights fit any channel count
         self.conv = keras.layers.Conv2D(
             1,
             self.kernel_size,

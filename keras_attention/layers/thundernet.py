@@ -301,6 +301,7 @@ class LightRPNHead(QuantizationPoints, keras.layers.Layer):
         if _shape_tuple(input_shape) is None:
             raise ValueError(f"{name}: expected one 4-D feature map; got {_describe(input_shape)}.")
         channels = v.channels_of(name, input_shape, self.data_format)
+        self.input_spec = v.feature_map_spec(self.data_format, channels)
         policy = self.dtype_policy
 
         def bn(bn_name):
