@@ -435,6 +435,29 @@ def _new_input(t, layer_name):
     return keras.Input(batch_shape=tuple(t.shape), dtype=dtype, name=layer_name)
 
 
+def _checked_attention_kwargs(model, cls, preserve_outputs, attention_kwargs):
+    """`attach`'s checks before it touches the graph; returns the kwargs with `min_channels` defaulted."""
+    attention_kwargs = dict(attention_kwargs)
+    for reserved in ("name", "start_as_identity"):
+        if reserved in attention_kwargs:
+            raise ValueError(
+                f"attach: do not pass `{reserved}`: inserted layers are named after their anchor, "
+                "and `preserve_outputs` sets `start_as_identity`."
+            )
+    if "min_channels" in inspect.signature(cls.__init__).parameters:
+        attention_kwargs.setdefault("min_channels", 8)
+    get_attention(cls, start_as_identity=preserve_outputs, **attention_kwargs)  # bad arguments fail here
+
+    existing = attention_layers(model) if isinstance(model, keras.Model) else []
+    if existing:
+        raise ValueError(
+            f"attach: {getattr(model, 'name', 'the model')!r} already has {len(existing)} attention layer(s) "
+            f"({', '.join(repr(layer.name) for layer in existing[:3])}{', ...' if len(existing) > 3 else ''}); "
+            "attaching again would stack a second block on each. Call attach once, on the plain backbone."
+        )
+    return attention_kwargs
+
+
 def attach(model, attention="cbam", where="residual", preserve_outputs=True, **attention_kwargs):
     """A copy of a functional model with attention layers inserted.
 
@@ -497,24 +520,8 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
     16
     """
     cls, suffix = _attention_class(attention)
-    for reserved in ("name", "start_as_identity"):
-        if reserved in attention_kwargs:
-            raise ValueError(
-                f"attach: do not pass `{reserved}`: inserted layers are named after their anchor, "
-                "and `preserve_outputs` sets `start_as_identity`."
-            )
-    if "min_channels" in inspect.signature(cls.__init__).parameters:
-        attention_kwargs.setdefault("min_channels", 8)
+    attention_kwargs = _checked_attention_kwargs(model, cls, preserve_outputs, attention_kwargs)
     data_format = attention_kwargs.get("data_format") or image_data_format()
-    get_attention(cls, start_as_identity=preserve_outputs, **attention_kwargs)  # bad arguments fail here
-
-    existing = attention_layers(model) if isinstance(model, keras.Model) else []
-    if existing:
-        raise ValueError(
-            f"attach: {getattr(model, 'name', 'the model')!r} already has {len(existing)} attention layer(s) "
-            f"({', '.join(repr(layer.name) for layer in existing[:3])}{', ...' if len(existing) > 3 else ''}); "
-            "attaching again would stack a second block on each. Call attach once, on the plain backbone."
-        )
     graph = _Graph(model)
     anchors = {id(t): t for t in _select_anchors(graph, where, data_format)}
 

@@ -97,6 +97,35 @@ def _shape_mask(kind, cy, cx, radius, angle, size):
     return _polygon_mask(ys, xs, vertices)
 
 
+def _check_shapes_arguments(num_images, image_size, max_shapes, min_shapes, min_radius, max_radius, channels):
+    if channels not in (1, 3):
+        raise ValueError(f"shapes: `channels` must be 1 or 3; got {channels!r}.")
+    for arg, value in (
+        ("num_images", num_images),
+        ("image_size", image_size),
+        ("max_shapes", max_shapes),
+        ("min_shapes", min_shapes),
+    ):
+        check_int("shapes", arg, value)
+    if not 1 <= min_shapes <= max_shapes:
+        raise ValueError(f"shapes: need 1 <= min_shapes <= max_shapes; got {min_shapes}, {max_shapes}.")
+    if not 0 < min_radius <= max_radius or 2 * max_radius + 2 > image_size:
+        raise ValueError(
+            f"shapes: need 0 < min_radius <= max_radius and 2 * max_radius + 2 <= image_size; "
+            f"got {min_radius}, {max_radius}, image_size={image_size}."
+        )
+
+
+def _grown_by_one_pixel(mask):
+    """The mask dilated by one pixel (8-neighbourhood): shapes keep a pixel of background between them."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= grown[:, :-1]
+    grown[:, :-1] |= grown[:, 1:]
+    return grown
+
+
 def shapes(
     num_images=256,
     image_size=64,
@@ -143,22 +172,7 @@ def shapes(
         >>> data["images"].shape, data["boxes"].shape, data["masks"].shape
         ((8, 64, 64, 3), (8, 3, 4), (8, 3, 64, 64))
     """
-    if channels not in (1, 3):
-        raise ValueError(f"shapes: `channels` must be 1 or 3; got {channels!r}.")
-    for arg, value in (
-        ("num_images", num_images),
-        ("image_size", image_size),
-        ("max_shapes", max_shapes),
-        ("min_shapes", min_shapes),
-    ):
-        check_int("shapes", arg, value)
-    if not 1 <= min_shapes <= max_shapes:
-        raise ValueError(f"shapes: need 1 <= min_shapes <= max_shapes; got {min_shapes}, {max_shapes}.")
-    if not 0 < min_radius <= max_radius or 2 * max_radius + 2 > image_size:
-        raise ValueError(
-            f"shapes: need 0 < min_radius <= max_radius and 2 * max_radius + 2 <= image_size; "
-            f"got {min_radius}, {max_radius}, image_size={image_size}."
-        )
+    _check_shapes_arguments(num_images, image_size, max_shapes, min_shapes, min_radius, max_radius, channels)
     rng = np.random.default_rng(seed)
     n, s = int(num_images), int(image_size)
     images = np.zeros((n, s, s, 3), "float32")
@@ -184,12 +198,7 @@ def shapes(
             cy, cx = rng.uniform(radius + 1, s - radius - 1, size=2)
             angle = rng.uniform(0, 2 * np.pi)
             mask = _shape_mask(kind, cy, cx, radius, angle, s)
-            grown = mask.copy()  # keep one pixel of background between shapes
-            grown[1:] |= mask[:-1]
-            grown[:-1] |= mask[1:]
-            grown[:, 1:] |= grown[:, :-1]
-            grown[:, :-1] |= grown[:, 1:]
-            if not mask.any() or (grown & occupied).any():
+            if not mask.any() or (_grown_by_one_pixel(mask) & occupied).any():
                 continue
             occupied |= mask
             rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))

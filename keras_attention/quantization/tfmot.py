@@ -558,6 +558,13 @@ _CLASSES = {}
 
 
 def _classes():
+    """tfmot's quantizer and QuantizeConfig subclasses for our layers, defined on first use.
+
+    Long because the classes subclass tfmot's, and importing tfmot imports
+    tf_keras: defined at module level they would make `import keras_attention`
+    load tf_keras and tfmot in every Keras 3 session. One function keeps them
+    defined once and cached in `_CLASSES`.
+    """
     if _CLASSES:
         return _CLASSES
     tfmot = _require()

@@ -105,6 +105,43 @@ def _pack_inputs_numpy(model, arrays):
     return arrays[0]
 
 
+def output_agreement(actual, expected):
+    """How close one runtime's outputs (`actual`) are to Keras' (`expected`): lists of arrays, batch first.
+
+    Returns the `VerificationReport` fields `max_abs_error`, `max_rel_error`
+    (`max |actual - expected| / max |expected|`), `cosine_similarity` (per
+    sample, mean), `min_cosine_similarity` and `top1_agreement` (for a 2-D
+    (N, classes) output; None otherwise).
+    """
+    for a, e in zip(actual, expected):
+        if a.shape != e.shape:
+            raise ValueError(
+                f"keras_attention.tflite.verify: output shapes differ: tflite {a.shape} vs keras {e.shape}."
+            )
+    n = expected[0].shape[0]
+    flat_a = np.concatenate([a.reshape(n, -1) for a in actual], axis=1).astype("float64")
+    flat_e = np.concatenate([e.reshape(n, -1) for e in expected], axis=1).astype("float64")
+    diff = np.abs(flat_a - flat_e)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.abs(flat_e).max()) if flat_e.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    norms = np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_e, axis=1)
+    dots = (flat_a * flat_e).sum(axis=1)
+    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(diff.max(axis=1) == 0, 1.0, 0.0))
+    top1 = None
+    for a, e in zip(actual, expected):
+        if a.ndim == 2 and a.shape[1] > 1:
+            top1 = float(np.mean(a.argmax(axis=1) == e.argmax(axis=1)))
+            break
+    return dict(
+        max_abs_error=max_abs,
+        max_rel_error=max_rel,
+        cosine_similarity=float(cosines.mean()),
+        min_cosine_similarity=float(cosines.min()),
+        top1_agreement=top1,
+    )
+
+
 def verify(model, tflite_model, data, latency_runs=20, threads=(1, 2), analyze_gpu=True):
     """Runs `model` (Keras) and `tflite_model` (LiteRT) on `data` and compares them.
 
@@ -147,26 +184,7 @@ def verify(model, tflite_model, data, latency_runs=20, threads=(1, 2), analyze_g
             f"keras_attention.tflite.verify: the .tflite model has {len(actual)} outputs, the Keras model "
             f"{len(expected)}; is this the right model?"
         )
-    for a, e in zip(actual, expected):
-        if a.shape != e.shape:
-            raise ValueError(
-                f"keras_attention.tflite.verify: output shapes differ: tflite {a.shape} vs keras {e.shape}."
-            )
-    n = arrays[0].shape[0]
-    flat_a = np.concatenate([a.reshape(n, -1) for a in actual], axis=1).astype("float64")
-    flat_e = np.concatenate([e.reshape(n, -1) for e in expected], axis=1).astype("float64")
-    diff = np.abs(flat_a - flat_e)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    scale = float(np.abs(flat_e).max()) if flat_e.size else 0.0
-    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-    norms = np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_e, axis=1)
-    dots = (flat_a * flat_e).sum(axis=1)
-    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), np.where(diff.max(axis=1) == 0, 1.0, 0.0))
-    top1 = None
-    for a, e in zip(actual, expected):
-        if a.ndim == 2 and a.shape[1] > 1:
-            top1 = float(np.mean(a.argmax(axis=1) == e.argmax(axis=1)))
-            break
+    agreement = output_agreement(actual, expected)
     counts = Counter((op["op"], op["dtype"]) for op in inventory)
     ops = [dict(op=op, dtype=dtype, count=count) for (op, dtype), count in counts.items()]
     custom = sorted({op["op"] for op in inventory if not op["builtin"]})
@@ -178,12 +196,8 @@ def verify(model, tflite_model, data, latency_runs=20, threads=(1, 2), analyze_g
     latency = measure_latency(flatbuffer, threads=threads, runs=latency_runs, sample=samples[0]) if latency_runs else {}
     return VerificationReport(
         quantization=quantization_kind(flatbuffer),
-        num_samples=n,
-        max_abs_error=max_abs,
-        max_rel_error=max_rel,
-        cosine_similarity=float(cosines.mean()),
-        min_cosine_similarity=float(cosines.min()),
-        top1_agreement=top1,
+        num_samples=arrays[0].shape[0],
+        **agreement,
         ops=ops,
         all_builtin=not custom,
         custom_ops=custom,
