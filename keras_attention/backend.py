@@ -92,6 +92,13 @@ else:
 KERAS_VERSION = keras.__version__
 
 
+def describe():
+    """Which Keras is running, in words, for reports and `keras-attention info`."""
+    if IS_LEGACY:
+        return f"tf_keras {KERAS_VERSION} (TF_USE_LEGACY_KERAS=1)"
+    return f"Keras {KERAS_VERSION} on {BACKEND}"
+
+
 def custom_gradient(fn):
     """`keras.ops.custom_gradient` (TensorFlow or JAX); `tf.custom_gradient` under tf_keras."""
     if IS_LEGACY:

@@ -52,8 +52,7 @@ def _convert(args):
 def _info(args):
     from keras_attention import __version__, backend
 
-    mode = "tf_keras (TF_USE_LEGACY_KERAS=1)" if backend.IS_LEGACY else f"Keras 3 on {backend.BACKEND}"
-    print(f"keras_attention {__version__}: {mode}, keras {backend.KERAS_VERSION}")
+    print(f"keras_attention {__version__}: {backend.describe()}")
 
 
 def main(argv=None):

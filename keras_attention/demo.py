@@ -23,7 +23,7 @@ import numpy as np
 
 from keras_attention._checks import check_int
 from keras_attention._io import check_folder, write_bytes, write_json
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import BACKEND, IS_LEGACY, describe, keras
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -382,7 +382,7 @@ def _run(staging, out, data, epochs, fast, weights, size, seed):
     params = {name: int(m.count_params()) for name, m in models.items()}
     files = {"model": "model.keras", "qat_model": qat_name, "tflite": "model_int8.tflite", "attention": "attention.png"}
     report = {
-        "keras": "tf_keras" if IS_LEGACY else f"keras {keras.__version__} ({BACKEND})",
+        "keras": describe(),
         "data": data or "scikit-learn digits",
         "train_images": len(train_set),
         "test_images": len(test_set),

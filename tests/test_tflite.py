@@ -16,6 +16,7 @@ import pytest
 import keras_attention as ka
 from keras_attention import tflite
 from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras, set_global_dtype_policy
+from tests.flatbuffer_edits import with_last_activation_scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_TF = BACKEND == "tensorflow"
@@ -360,21 +361,6 @@ def test_identity_initialised_attention_that_crashes_xnnpack_in_int8_is_refused(
         tflite.convert(model, "int8", representative_data=data)
 
 
-def _with_scale(flatbuffer, scale):
-    """The flatbuffer with the scale of its last int8 activation (per-tensor) replaced by `scale`."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    details = Interpreter(model_content=flatbuffer).get_tensor_details()
-    old = [
-        d["quantization_parameters"]["scales"][0]
-        for d in details
-        if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) == 1
-    ][-1]
-    pattern = np.float32(old).tobytes()
-    assert pattern in flatbuffer  # control: the scale is stored where we patch it
-    return flatbuffer.replace(pattern, np.float32(scale).tobytes())
-
-
 @tf_only
 @pytest.mark.parametrize("scale", [float("nan"), 0.0])
 def test_nan_or_zero_activation_scales_are_refused_not_crashed_on(scale):
@@ -383,7 +369,7 @@ def test_nan_or_zero_activation_scales_are_refused_not_crashed_on(scale):
     data = np.random.default_rng(0).uniform(size=(16, 8, 8, 3)).astype("float32")
     good = tflite.convert(model, "int8", representative_data=data)
     assert not tflite.degenerate_activations(good)  # control: the unpatched file is fine
-    bad = _with_scale(good, scale)
+    bad = with_last_activation_scale(good, scale)
     assert tflite.degenerate_activations(bad)
     for call in (
         lambda: tflite.run(bad, data[:2]),

@@ -489,22 +489,16 @@ def run_on_random_bytes():
 
 
 def _int8_with_scale(scale):
+    """A one-convolution int8 model, data, and its `.tflite` with one activation scale set to `scale`."""
     from keras_attention import tflite
     from keras_attention.backend import keras
+    from tests.flatbuffer_edits import with_last_activation_scale  # the children run with ROOT on PYTHONPATH
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
     data = np.random.default_rng(0).uniform(size=(16, 8, 8, 3)).astype("float32")
     good = tflite.convert(model, "int8", representative_data=data)
-    from ai_edge_litert.interpreter import Interpreter
-
-    details = Interpreter(model_content=good).get_tensor_details()
-    old = [
-        d["quantization_parameters"]["scales"][0]
-        for d in details
-        if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) == 1
-    ][-1]
-    return model, data, good.replace(np.float32(old).tobytes(), np.float32(scale).tobytes())
+    return model, data, with_last_activation_scale(good, scale)
 
 
 @case("tflite", r"never varied", tensorflow_only=True)

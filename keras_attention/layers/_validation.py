@@ -3,7 +3,7 @@
 Every error names the layer, what it got and what it expects.
 """
 
-from keras_attention._checks import check_int  # noqa: F401 - re-exported for the layers
+from keras_attention._checks import check_int, is_int  # noqa: F401 - check_int re-exported for the layers
 from keras_attention.backend import image_data_format, keras, ops
 
 GATES = ("sigmoid", "hard_sigmoid")
@@ -86,12 +86,12 @@ def normalize_data_format(layer_name, data_format):
 
 
 def check_odd_kernel_size(layer_name, kernel_size):
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+    if not is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(
             f"{layer_name}: `kernel_size` must be a positive odd integer (so the map keeps "
             f"its size with 'same' padding); got {kernel_size!r}."
         )
-    return kernel_size
+    return int(kernel_size)
 
 
 def channels_of(layer_name, input_shape, data_format):

@@ -10,6 +10,21 @@ from keras_attention.layers.spatial import SpatialAttention
 ARRANGEMENTS = ("channel_first", "spatial_first", "parallel")
 
 
+def _under_cbam(error, name, in_arguments):
+    """A sublayer's ValueError re-raised under the block's name: the user called CBAM, not its parts.
+
+    An argument error speaks CBAM's argument names (the spatial branch's
+    `pooling` is CBAM's `spatial_pooling`); an input error keeps the part's name,
+    which says which branch could not take the input.
+    """
+    part, _, detail = str(error).partition(": ")
+    if not in_arguments or part not in ("ChannelAttention", "SpatialAttention"):
+        return ValueError(f"{name}: {error}")
+    if part == "SpatialAttention":
+        detail = detail.replace("`pooling`", "`spatial_pooling`")
+    return ValueError(f"{name}: {detail}")
+
+
 @register
 class CBAM(QuantizationPoints, keras.layers.Layer):
     """Convolutional Block Attention Module (Woo et al., ECCV 2018).
@@ -88,12 +103,7 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
                 name="spatial_attention",
             )
         except ValueError as error:
-            sublayer, _, detail = str(error).partition(": ")
-            if sublayer == "SpatialAttention":  # CBAM's own name for the spatial branch's pooling
-                detail = detail.replace("`pooling`", "`spatial_pooling`")
-            raise ValueError(
-                f"{name}: {detail if sublayer in ('ChannelAttention', 'SpatialAttention') else error}"
-            ) from None
+            raise _under_cbam(error, name, in_arguments=True) from None
         if self.arrangement == "parallel":  # only their gates are used: no output points of their own
             self.channel_attention.gate_only = self.spatial_attention.gate_only = True
         self.supports_masking = True
@@ -104,8 +114,8 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
         self.input_spec = v.feature_map_spec(self.data_format, self.channels)
         try:
             build_sublayer(self.channel_attention, input_shape)
-        except ValueError as error:  # re-raise under the block's name
-            raise ValueError(f"{name}: {error}") from None
+        except ValueError as error:
+            raise _under_cbam(error, name, in_arguments=False) from None
         build_sublayer(self.spatial_attention, input_shape)
         self._build_quantization_points()
         self.built = True
