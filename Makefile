@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=15
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: demo test lint docs test-tf test-jax test-legacy battery clean

@@ -61,6 +61,12 @@ def run_through_graph(model, inputs, operation_fn):
     return model._run_through_graph(inputs, operation_fn=operation_fn)
 
 
+def has_been_called(model):
+    """Keras 3's exporters (`model.export`) refuse a model that was never called (`_called`), even a
+    functional one whose graph is complete; there is no public flag."""
+    return bool(getattr(model, "_called", True))
+
+
 def flatten_layers(model):
     """Every layer inside `model`, recursively (sub-layers of custom layers too), or None where Keras
     lacks `_flatten_layers` (what it uses itself to collect them; `model.layers` stops at one level)."""

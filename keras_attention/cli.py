@@ -19,6 +19,28 @@ def _demo(args):
     )
 
 
+def _export(args, calibration):
+    """`convert` to .onnx or OpenVINO .xml: Keras' exporter, then the file verified in its own runtime."""
+    import numpy as np
+
+    from keras_attention import export
+    from keras_attention.tflite.export import _load_model_path
+
+    if args.quantization != "float32" or args.int8_io:
+        raise ValueError(
+            f"--quantization {args.quantization}{' --int8-io' if args.int8_io else ''} applies to .tflite; "
+            "ONNX and OpenVINO files are written in float32."
+        )
+    model, _ = _load_model_path(args.model)
+    if model is None:
+        raise ValueError(f"exporting to {args.output!r} needs a .keras model file; got the SavedModel {args.model!r}.")
+    writer = export.export_onnx if args.output.endswith(".onnx") else export.export_openvino
+    writer(model, args.output)
+    print(f"wrote {args.output}")
+    if isinstance(calibration, np.ndarray):
+        print(export.verify(model, args.output, calibration[: args.verify_samples]))
+
+
 def _convert(args):
     import numpy as np
 
@@ -37,6 +59,8 @@ def _convert(args):
             ) from None
     elif args.representative:
         calibration = args.representative
+    if args.output.endswith((".onnx", ".xml")):
+        return _export(args, calibration)
     tflite.convert(
         args.model,
         quantization=args.quantization,
@@ -67,11 +91,15 @@ def main(argv=None):
     demo.add_argument("--size", type=int, default=96, help="input height and width")
     demo.add_argument("--seed", type=int, default=0, help="random seed; the same seed prints the same numbers")
     demo.set_defaults(run=_demo)
-    convert = commands.add_parser("convert", help=".keras file or SavedModel directory in, .tflite out, verified")
+    convert = commands.add_parser(
+        "convert", help=".keras file or SavedModel directory in; .tflite, .onnx or OpenVINO .xml out, verified"
+    )
     convert.add_argument("model", help="a .keras/.h5 file or a SavedModel directory")
-    convert.add_argument("output", help="the .tflite file to write")
+    convert.add_argument("output", help="the file to write: .tflite, .onnx, or .xml (OpenVINO IR, with its .bin)")
     convert.add_argument("--quantization", default="float32", choices=["float32", "float16", "dynamic", "int8"])
-    convert.add_argument("--representative", help="calibration data: a .npy array or a folder of images (int8)")
+    convert.add_argument(
+        "--representative", help="calibration data (int8), and the data verified on: a .npy array or a folder of images"
+    )
     convert.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs too")
     convert.add_argument("--verify-samples", type=int, default=32, help="samples of a .npy to verify on")
     convert.set_defaults(run=_convert)
@@ -83,7 +111,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, RuntimeError, OSError) as error:  # expected failures: one line, exit status 2
+    except (ValueError, RuntimeError, OSError, ImportError) as error:  # expected failures: one line, exit status 2
         if args.debug:
             raise
         print(f"keras-attention {args.command}: {error}", file=sys.stderr)

@@ -124,3 +124,35 @@ def test_the_command_prints_no_native_log_lines_unless_verbose():
     assert quiet.stdout == verbose.stdout and quiet.stdout.startswith("keras_attention ")
     assert quiet.stderr == "", quiet.stderr
     assert "I0000" in verbose.stderr or "absl::InitializeLog" in verbose.stderr  # control: there were some
+
+
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="exports Keras 3 .keras files on TensorFlow")
+def test_convert_writes_onnx_and_openvino_and_verifies_them(tmp_path, capsys):
+    import onnxruntime
+
+    from keras_attention.cli import main
+
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, ka.CBAM(reduction=2)(inputs))
+    model.save(tmp_path / "m.keras")
+    data = np.random.default_rng(0).normal(size=(3, 8, 8, 4)).astype("float32")
+    np.save(tmp_path / "data.npy", data)
+    for output in ("m.onnx", "m.xml"):
+        assert (
+            main(
+                [
+                    "convert",
+                    str(tmp_path / "m.keras"),
+                    str(tmp_path / output),
+                    "--representative",
+                    str(tmp_path / "data.npy"),
+                ]
+            )
+            == 0
+        )
+        assert "max rel error" in capsys.readouterr().out
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: data})[0], model(data), atol=1e-5)
+    assert (tmp_path / "m.bin").exists()
+    assert main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "q.onnx"), "--quantization", "int8"]) == 2
+    assert "applies to .tflite" in capsys.readouterr().err

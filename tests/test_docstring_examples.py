@@ -19,6 +19,7 @@ MODULES = [
     "keras_attention.backbones",
     "keras_attention.data",
     "keras_attention.distribute",
+    "keras_attention.export",
     "keras_attention.layers.cbam",
     "keras_attention.layers.centermask",
     "keras_attention.layers.channel",

@@ -72,7 +72,10 @@ def _describe(input_shape):
 
 
 def _static_shape(x):
-    return _shape_tuple(x.shape)
+    shape = x.shape
+    if not hasattr(shape, "as_list"):  # torch.onnx's tracer gives a torch.Size of 0-d tensors
+        shape = tuple(d if d is None or isinstance(d, int) else int(d) for d in shape)
+    return _shape_tuple(shape)
 
 
 def _spatial(shape, data_format):

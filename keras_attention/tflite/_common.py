@@ -48,6 +48,8 @@ def _tf():
 
 
 def _to_numpy(t):
+    if hasattr(t, "detach"):  # a torch tensor (Keras 3 on PyTorch): .numpy() refuses one that needs grad
+        t = t.detach().cpu()
     if hasattr(t, "numpy"):
         return np.asarray(t.numpy())
     return np.asarray(t)

@@ -17,7 +17,7 @@ from keras_attention.tflite._common import (
     _scope_of,
     _to_numpy,
 )
-from keras_attention.tflite.inspection import DEGENERATE_SCALE, degenerate_activations, load_flatbuffer
+from keras_attention.tflite.inspection import DEGENERATE_SCALE, degenerate_activations, load_flatbuffer, op_inventory
 
 
 def _refuse_if_it_crashes(data, error, model=None, warn=False):
@@ -93,6 +93,13 @@ def _interpreter(data, num_threads=None):
         )
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
+        flex = sorted({op["op"] for op in op_inventory(data) if op["op"].startswith("Flex")})
+        if flex:  # Keras' `model.export(format="litert")` allows them by default
+            raise InvalidTFLiteModelError(
+                f"keras_attention.tflite: this model uses Flex (select TensorFlow) ops {flex}, which the LiteRT "
+                "interpreter runs only with the Flex delegate linked in (as a phone app would need too). "
+                "keras_attention.tflite.convert refuses them and names the Keras layer each comes from."
+            ) from None
         raise InvalidTFLiteModelError(
             f"keras_attention.tflite: the LiteRT interpreter cannot load this model: {_first_lines(str(error), 6)}"
         ) from error

@@ -57,6 +57,7 @@ class VerificationReport:
     def __str__(self):
         latency = ", ".join(f"{k} thread{'s' if int(k) > 1 else ''}: {v:.2f} ms" for k, v in self.latency_ms.items())
         top1 = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.4f}"
+        gpu = {None: "not analysed", True: "compatible", False: "NOT compatible"}[self.gpu_compatible]
         lines = [
             f"TFLite verification ({self.quantization}, {self.num_samples} samples)",
             f"  max abs error        {self.max_abs_error:.3g}",
@@ -65,11 +66,10 @@ class VerificationReport:
             f"  top-1 agreement      {top1}",
             f"  builtin ops only     {self.all_builtin}" + (f"  custom: {self.custom_ops}" if self.custom_ops else ""),
             f"  int8 end to end      {self.int8_end_to_end}",
-            f"  GPU delegate (analyzer) {'compatible' if self.gpu_compatible else 'NOT compatible'}"
-            + ("".join(f"\n    {issue}" for issue in self.gpu_issues)),
+            f"  GPU delegate (analyzer) {gpu}" + ("".join(f"\n    {issue}" for issue in self.gpu_issues)),
             f"  ops the GPU delegate lacks {self.gpu_unsupported_ops or 'none'}",
             f"  size                 {self.size_bytes / 1024:.1f} KiB",
-            f"  median latency       {latency}  (LiteRT, XNNPACK {'on' if self.xnnpack else 'off'})",
+            f"  median latency       {latency or 'not measured'}  (LiteRT, XNNPACK {'on' if self.xnnpack else 'off'})",
             "  ops (op x dtype):",
         ]
         lines += [f"    {op['count']:4d} x {op['op']} [{op['dtype']}]" for op in self.ops]
@@ -105,7 +105,7 @@ def _pack_inputs_numpy(model, arrays):
     return arrays[0]
 
 
-def output_agreement(actual, expected):
+def output_agreement(actual, expected, caller="keras_attention.tflite.verify", runtime="tflite"):
     """How close one runtime's outputs (`actual`) are to Keras' (`expected`): lists of arrays, batch first.
 
     Returns the `VerificationReport` fields `max_abs_error`, `max_rel_error`
@@ -115,9 +115,7 @@ def output_agreement(actual, expected):
     """
     for a, e in zip(actual, expected):
         if a.shape != e.shape:
-            raise ValueError(
-                f"keras_attention.tflite.verify: output shapes differ: tflite {a.shape} vs keras {e.shape}."
-            )
+            raise ValueError(f"{caller}: output shapes differ: {runtime} {a.shape} vs keras {e.shape}.")
     n = expected[0].shape[0]
     flat_a = np.concatenate([a.reshape(n, -1) for a in actual], axis=1).astype("float64")
     flat_e = np.concatenate([e.reshape(n, -1) for e in expected], axis=1).astype("float64")

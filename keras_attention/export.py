@@ -1,0 +1,436 @@
+"""ONNX and OpenVINO: Keras' own exporters, made safe, and each file proven in its own runtime.
+
+`export_onnx(model, path)` and `export_openvino(model, path)` call Keras'
+`model.export(path, format=...)` and add what a file that ships needs: it
+appears whole or not at all; a model never called is called once (Keras
+refuses it otherwise); a mixed-precision model is exported as its float32 copy
+(Keras' ONNX exporter needs float32); a missing tool is an error naming the
+extra to install; a backend that cannot export says so and names the way out;
+and an ONNX file must pass `onnx.checker`.
+
+`verify(model, path, data)` runs the Keras model and the exported file in the
+file's own runtime (onnxruntime; OpenVINO on the CPU in float32) on the same
+data and returns an `ExportReport` with the fields of TFLite's
+`VerificationReport` that apply: max error, cosine similarity, top-1
+agreement, the op inventory, size and median latency per thread count. For a
+`.tflite` file, ours or Keras' `model.export(format="litert")`, use
+`keras_attention.tflite.verify`, which reports Flex ops by name.
+
+What each backend exports (Keras 3.15.1, tested here):
+
+| backend | ONNX | OpenVINO |
+| --- | --- | --- |
+| TensorFlow | yes (tf2onnx), batch size free | yes |
+| PyTorch | yes (torch.onnx), batch size 1 unless `batch_size` is given | yes |
+| JAX | only with `jax2onnx` (not tested here) | no: OpenVINO cannot convert Keras' `XlaCallModule` |
+
+tf_keras has no `model.export(format=...)`: use `tflite.convert`, or save the
+model and export it under Keras 3.
+
+Example:
+>>> inputs = keras.Input((16, 16, 8))
+>>> model = keras.Model(inputs, ka.CBAM(reduction=2)(inputs))
+>>> path = export_onnx(model, os.path.join(tempfile.mkdtemp(), "cbam.onnx"))
+>>> data = np.random.default_rng(0).normal(size=(4, 16, 16, 8)).astype("float32")
+>>> verify(model, path, data, latency_runs=0).max_abs_error < 1e-5
+True
+"""
+
+import dataclasses
+import importlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import Counter
+
+import numpy as np
+
+from keras_attention import _compat, _io
+from keras_attention.backend import BACKEND, IS_LEGACY, keras
+
+FORMATS = {".onnx": "onnx", ".xml": "openvino"}
+_EXTRA = {"onnx": "onnx", "onnxruntime": "onnx", "tf2onnx": "onnx", "openvino": "openvino"}
+
+
+class InvalidExportedModelError(ValueError):
+    """A file given as an exported model cannot be loaded by its runtime, or fails its format's checker."""
+
+
+def _require(module, caller):
+    """Imports an optional dependency; a missing one is an error naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        extra = _EXTRA.get(module)
+        how = f'pip install "keras-vision-attention[{extra}]"' if extra else f"pip install {module}"
+        raise ImportError(f"{caller}: needs the `{module}` package ({error}); install it with {how}.") from None
+
+
+def _exportable(model, caller, batch_size):
+    """`model` made ready for Keras' exporters: Keras 3, float32, called once."""
+    if IS_LEGACY:
+        raise RuntimeError(
+            f"{caller}: tf_keras has no model.export(format=...). Use keras_attention.tflite.convert, or save "
+            "the model and export it under Keras 3 (unset TF_USE_LEGACY_KERAS)."
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"{caller}: expected a keras.Model; got {type(model).__name__}.")
+    from keras_attention.tflite.mixed_precision import float32_copy, is_mixed_precision
+
+    if is_mixed_precision(model):
+        model = float32_copy(model)
+    if not _compat.has_been_called(model):
+        shapes = [tuple(t.shape) for t in model.inputs]
+        if any(None in shape[1:] for shape in shapes):
+            raise ValueError(
+                f"{caller}: Keras exports only a model that has been called; this one was not and its input "
+                f"shapes {shapes} have unknown sizes. Call it once on a batch of real inputs first."
+            )
+        zeros = [np.zeros((batch_size or 1,) + shape[1:], t.dtype) for t, shape in zip(model.inputs, shapes)]
+        model(zeros if len(zeros) > 1 else zeros[0], training=False)
+    return model
+
+
+def _input_signature(model, batch_size):
+    if batch_size is None:
+        return None
+    return [keras.InputSpec(shape=(batch_size,) + tuple(t.shape)[1:], dtype=t.dtype) for t in model.inputs]
+
+
+def export_onnx(model, path, batch_size=None, opset=None):
+    """Writes `model` as an ONNX file with Keras' exporter, checks it, and returns the path.
+
+    Args:
+        model: a Keras 3 model (any backend but JAX without `jax2onnx`).
+        path: the `.onnx` file to write (atomically).
+        batch_size: a fixed batch size; None keeps it free (TensorFlow), or 1
+            (PyTorch, whose exporter fixes every unknown size to 1).
+        opset: the ONNX opset; None: the exporter's default.
+
+    Raises:
+        ImportError: `onnx` or the backend's converter is missing (the error
+            names the extra to install).
+        RuntimeError: tf_keras, or JAX without `jax2onnx`.
+        InvalidExportedModelError: the written file fails `onnx.checker`.
+    """
+    caller = "keras_attention.export.export_onnx"
+    _require("onnx", caller)
+    if BACKEND == "tensorflow":
+        _require("tf2onnx", caller)
+    elif BACKEND == "jax":
+        try:
+            importlib.import_module("jax2onnx")
+        except ImportError:
+            raise RuntimeError(
+                f"{caller}: Keras exports ONNX on the JAX backend through `jax2onnx`, which is not installed "
+                "(`pip install jax2onnx`; not tested with this package). Or save the model (.keras) and export "
+                "it with KERAS_BACKEND=tensorflow or torch: the file loads there with the same weights."
+            ) from None
+    model = _exportable(model, caller, batch_size)
+    with _io.atomic_path(path, caller) as temporary:
+        model.export(
+            temporary,
+            format="onnx",
+            verbose=False,
+            input_signature=_input_signature(model, batch_size),
+            opset_version=opset,
+        )
+        _check_onnx(temporary, caller, shown=path)
+    return os.fspath(path)
+
+
+def _check_onnx(path, caller, shown=None):
+    onnx = _require("onnx", caller)
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except Exception as error:  # noqa: BLE001 - onnx raises several error types (checker, protobuf decode)
+        raise InvalidExportedModelError(
+            f"{caller}: {os.fspath(shown or path)!r} is not a valid ONNX model (onnx.checker: {_first_line(error)})."
+        ) from None
+
+
+def export_openvino(model, path, batch_size=None):
+    """Writes `model` as OpenVINO IR (`path` = the `.xml`, and the `.bin` beside it); returns the `.xml` path.
+
+    Both files are written into a temporary folder first; the `.bin` is moved
+    into place before the `.xml`, so a reader never finds an `.xml` without its weights.
+
+    Raises:
+        ValueError: `path` does not end in `.xml`.
+        ImportError: `openvino` is missing.
+        RuntimeError: tf_keras or the JAX backend.
+    """
+    caller = "keras_attention.export.export_openvino"
+    path = os.fspath(path)
+    if not path.endswith(".xml"):
+        raise ValueError(f"{caller}: OpenVINO IR is an .xml file with a .bin beside it; got {path!r}.")
+    _require("openvino", caller)
+    if BACKEND == "jax":
+        raise RuntimeError(
+            f"{caller}: on the JAX backend Keras hands OpenVINO an XlaCallModule op it cannot convert. Save the "
+            "model (.keras) and export it with KERAS_BACKEND=tensorflow or torch."
+        )
+    model = _exportable(model, caller, batch_size)
+    _io.check_destination(path, caller)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".openvino.", suffix=".partial", dir=directory)
+    try:
+        staged = os.path.join(staging, os.path.basename(path))
+        model.export(staged, format="openvino", verbose=False, input_signature=_input_signature(model, batch_size))
+        os.replace(staged[:-4] + ".bin", path[:-4] + ".bin")
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ----------------------------------------------------------------------------- runtimes
+
+_ONNX_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(float16)": "float16",
+}
+
+
+class _OnnxRuntime:
+    """An onnxruntime session on the CPU."""
+
+    def __init__(self, path, threads=None):
+        _check_onnx(path, "keras_attention.export.verify")
+        ort = _require("onnxruntime", "keras_attention.export.verify")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: the verdict is ours
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise InvalidExportedModelError(
+                f"keras_attention.export.verify: onnxruntime cannot load {path!r}: {_first_line(error)}"
+            ) from None
+        self.runtime = f"onnxruntime {ort.__version__}"
+        self.inputs = self.session.get_inputs()
+        self.input_names = [i.name for i in self.inputs]
+        self.fixed_batch = any(isinstance(i.shape[0], int) for i in self.inputs if i.shape)
+
+    def __call__(self, arrays):
+        feed = {i.name: a.astype(_ONNX_DTYPES.get(i.type, a.dtype)) for i, a in zip(self.inputs, arrays)}
+        return self.session.run(None, feed)
+
+    @staticmethod
+    def ops(path):
+        onnx = _require("onnx", "keras_attention.export.verify")
+        graph = onnx.load(path).graph
+        counts = Counter()
+
+        def walk(graph):
+            for node in graph.node:
+                domain = "" if node.domain in ("", "ai.onnx") else node.domain + "."
+                counts[domain + node.op_type] += 1
+                for attribute in node.attribute:
+                    for sub in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
+                        walk(sub)
+
+        walk(graph)
+        return counts
+
+
+class _OpenVinoRuntime:
+    """An OpenVINO model compiled for the CPU in float32.
+
+    OpenVINO's CPU plugin computes in bfloat16 by default on CPUs with bf16
+    units (AVX512_BF16, AMX): 1.9e-3 errors on a CBAM model here, against 3e-7
+    in float32. Verification compares float32 with float32.
+    """
+
+    def __init__(self, path, threads=None):
+        ov = _require("openvino", "keras_attention.export.verify")
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        try:
+            self.model = core.read_model(path)
+            self.compiled = core.compile_model(self.model, "CPU", config)
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+            raise InvalidExportedModelError(
+                f"keras_attention.export.verify: OpenVINO cannot load {path!r}: {_first_line(error)}"
+            ) from None
+        self.runtime = f"OpenVINO {ov.__version__.split('-')[0]} (CPU, f32)"
+        self.outputs = _keras_outputs_of(self.compiled.outputs)
+        self.input_names = [next(iter(port.get_names()), f"input_{i}") for i, port in enumerate(self.compiled.inputs)]
+        self.fixed_batch = any(
+            port.get_partial_shape().rank.get_length() and port.get_partial_shape()[0].is_static
+            for port in self.compiled.inputs
+        )
+
+    def __call__(self, arrays):
+        result = self.compiled([np.ascontiguousarray(a) for a in arrays])
+        return [result[port] for port in self.outputs]
+
+    @staticmethod
+    def ops(path):
+        ov = _require("openvino", "keras_attention.export.verify")
+        skip = {"Parameter", "Result", "Constant"}
+        return Counter(
+            op.get_type_name() for op in ov.Core().read_model(path).get_ordered_ops() if op.get_type_name() not in skip
+        )
+
+
+def _keras_outputs_of(ports):
+    """The model's outputs among OpenVINO's results.
+
+    From a TensorFlow graph OpenVINO also keeps what nothing consumes (an unused
+    head output, shape arithmetic) as results; the model's own outputs are the
+    graph's `Identity`, `Identity_1`, ... tensors, in that order.
+    """
+    numbered = {}
+    for port in ports:
+        for name in port.get_names():
+            match = re.fullmatch(r"Identity(?:_(\d+))?:0", name)
+            if match:
+                numbered[int(match.group(1) or 0)] = port
+    return [numbered[k] for k in sorted(numbered)] if numbered else list(ports)
+
+
+_RUNTIMES = {"onnx": _OnnxRuntime, "openvino": _OpenVinoRuntime}
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """What `verify` measured; `report["max_abs_error"]` and `report.to_dict()` also work."""
+
+    format: str
+    runtime: str
+    num_samples: int
+    max_abs_error: float
+    max_rel_error: float
+    cosine_similarity: float
+    min_cosine_similarity: float
+    top1_agreement: float
+    ops: dict
+    size_bytes: int
+    latency_ms: dict
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
+        return out
+
+    def __str__(self):
+        top1 = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.4f}"
+        latency = ", ".join(f"{k} thread{'s' if int(k) > 1 else ''}: {v:.2f} ms" for k, v in self.latency_ms.items())
+        lines = [
+            f"{self.format} verification ({self.runtime}, {self.num_samples} samples)",
+            f"  max abs error        {self.max_abs_error:.3g}",
+            f"  max rel error        {self.max_rel_error:.3g}  (max |{self.format} - keras| / max |keras|)",
+            f"  cosine similarity    {self.cosine_similarity:.6f} (min {self.min_cosine_similarity:.6f})",
+            f"  top-1 agreement      {top1}",
+            f"  size                 {self.size_bytes / 1024:.1f} KiB",
+            f"  median latency       {latency or 'not measured'}",
+            "  ops:",
+        ]
+        lines += [f"    {count:4d} x {op}" for op, count in sorted(self.ops.items())]
+        return "\n".join(lines)
+
+
+def _file_size(path, fmt):
+    size = os.path.getsize(path)
+    if fmt == "openvino" and os.path.exists(path[:-4] + ".bin"):
+        size += os.path.getsize(path[:-4] + ".bin")
+    return size
+
+
+def _run_all(runtime, arrays):
+    """Runs every sample: in one batch where the file's batch size is free, else one sample at a time."""
+    if not runtime.fixed_batch:
+        return [np.asarray(o, "float32") for o in runtime(arrays)]
+    per_sample = [runtime([a[i : i + 1] for a in arrays]) for i in range(arrays[0].shape[0])]
+    return [np.concatenate([np.asarray(o[k], "float32") for o in per_sample]) for k in range(len(per_sample[0]))]
+
+
+def _latency(runtime_cls, path, sample, threads, runs, warmup=3):
+    results = {}
+    for n in threads:
+        runtime = runtime_cls(path, threads=n)
+        for _ in range(warmup):
+            runtime(sample)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            runtime(sample)
+            times.append((time.perf_counter() - start) * 1e3)
+        results[n] = float(np.median(times))
+    return results
+
+
+def verify(model, exported, data, latency_runs=20, threads=(1, 2)):
+    """Runs `model` (Keras) and an exported file (ONNX or OpenVINO) on `data` and compares them.
+
+    Args:
+        model: the Keras model the file came from, or a `.keras` path.
+        exported: the `.onnx` file, or the OpenVINO `.xml` (its `.bin` beside it).
+        data: a NumPy array (N, ...) or a list of arrays, one per model input.
+        latency_runs: timed runs per thread count (0 skips timing).
+        threads: thread counts to time.
+
+    Returns:
+        An `ExportReport` (errors over all outputs, flattened, as in
+        `keras_attention.tflite.verify`).
+
+    Raises:
+        ValueError: an unknown file type, or inputs that do not fit the model.
+        InvalidExportedModelError: the runtime cannot load the file.
+        FileNotFoundError: no file at `exported` (or at `model`, given as a path).
+    """
+    from keras_attention.tflite.interpreter import _samples_from_arrays
+    from keras_attention.tflite.verification import _keras_outputs, output_agreement
+
+    caller = "keras_attention.export.verify"
+    exported = os.fspath(exported)
+    fmt = FORMATS.get(os.path.splitext(exported)[1].lower())
+    if fmt is None:
+        hint = " Use keras_attention.tflite.verify for .tflite files." if exported.endswith(".tflite") else ""
+        raise ValueError(f"{caller}: expected an .onnx or an OpenVINO .xml file; got {exported!r}.{hint}")
+    if not os.path.isfile(exported):
+        raise FileNotFoundError(f"{caller}: no file at {exported!r}.")
+    if isinstance(model, (str, os.PathLike)):
+        model = keras.models.load_model(os.fspath(model))
+    runtime = _RUNTIMES[fmt](exported)
+    samples = _samples_from_arrays(data, len(runtime.input_names))
+    arrays = [np.concatenate([s[i] for s in samples]) for i in range(len(samples[0]))]
+    expected = _keras_outputs(model, arrays)
+    actual = _run_all(runtime, arrays)
+    if len(actual) != len(expected):
+        raise ValueError(
+            f"{caller}: the {fmt} file has {len(actual)} outputs, the Keras model {len(expected)}; "
+            "is this the right model?"
+        )
+    agreement = output_agreement(actual, expected, caller=caller, runtime=fmt)
+    latency = _latency(_RUNTIMES[fmt], exported, samples[0], threads, latency_runs) if latency_runs else {}
+    return ExportReport(
+        format=fmt,
+        runtime=runtime.runtime,
+        num_samples=arrays[0].shape[0],
+        **agreement,
+        ops=dict(_RUNTIMES[fmt].ops(exported)),
+        size_bytes=_file_size(exported, fmt),
+        latency_ms=latency,
+    )

@@ -1,0 +1,244 @@
+"""ONNX, OpenVINO and Keras' LiteRT exporter: every exported file loaded back in its own runtime.
+
+The reference is the Keras model's own output; the files run in onnxruntime,
+OpenVINO (CPU, float32) and the LiteRT interpreter, which share no code with
+Keras. The exporters run on Keras 3 with TensorFlow here and with PyTorch in a
+child process (`KERAS_BACKEND` is fixed per process); JAX and tf_keras get
+their clear errors.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras_attention as ka
+from keras_attention import export
+from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from tests.test_serialization import every_layer_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+on_tf = pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="exports on Keras 3 + TensorFlow (once)")
+TOLERANCE = 1e-4  # relative to the largest output, as `max_rel_error` measures
+
+
+def detection_model():
+    """ThunderNet's CEM + SAM and CenterMask's RoIAlign + SAG-Mask head in one model, boxes as an input."""
+    c4, c5, boxes = keras.Input((16, 16, 32)), keras.Input((8, 8, 64)), keras.Input((3, 4))
+    features = ka.ContextEnhancement(filters=32)([c4, c5])
+    rpn_features, objectness, _ = ka.LightRPNHead(num_anchors=3, filters=32)(features)
+    features = ka.RPNGuidedSpatialAttention()([features, rpn_features])
+    rois = ka.RoIAlign(output_size=7, strides=16)([features, boxes])
+    masks = ka.SAGMaskHead(num_classes=2, filters=16, num_convs=2)(rois)
+    return keras.Model([c4, c5, boxes], [objectness, masks])
+
+
+def detection_data(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y1x1 = rng.uniform(0, 200, size=(n, 3, 2))
+    boxes = np.concatenate([y1x1, y1x1 + rng.uniform(8, 56, size=(n, 3, 2))], -1)
+    return [
+        np.maximum(rng.normal(size=(n, 16, 16, 32)), 0).astype("float32"),
+        np.maximum(rng.normal(size=(n, 8, 8, 64)), 0).astype("float32"),
+        boxes.astype("float32"),
+    ]
+
+
+def mobilenet_cbam():
+    trunk = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, include_top=False, weights=None)
+    x = keras.layers.GlobalAveragePooling2D()(trunk.output)
+    model = ka.attach(keras.Model(trunk.input, keras.layers.Dense(10)(x)), "cbam", preserve_outputs=False)
+    for layer in model.layers:  # trained-like statistics, so the outputs are not all alike
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.moving_variance.assign(np.full(layer.moving_variance.shape, 0.5, "float32"))
+    return model
+
+
+def _inputs(model, n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=(n,) + tuple(t.shape)[1:]).astype("float32") for t in model.inputs]
+
+
+def _export_and_verify(model, data, directory, name):
+    """Both formats written and verified; returns {format: report}."""
+    data = data if len(data) > 1 else data[0]
+    reports = {}
+    for path in (
+        export.export_onnx(model, os.path.join(directory, f"{name}.onnx")),
+        export.export_openvino(model, os.path.join(directory, f"{name}.xml")),
+    ):
+        report = export.verify(model, path, data, latency_runs=2, threads=(1,))
+        assert report.max_rel_error < TOLERANCE, (path, report)
+        assert report.min_cosine_similarity > 0.99999, report
+        reports[report.format] = report
+    return reports
+
+
+# ----------------------------------------------------------------------------- TensorFlow
+
+
+@on_tf
+def test_every_attention_layer_in_both_formats(tmp_path):
+    model = every_layer_model()
+    reports = _export_and_verify(model, _inputs(model), str(tmp_path), "layers")
+    assert reports["onnx"].ops["Sigmoid"] >= 9  # the gates are in the file, not folded away
+    assert sorted(os.listdir(tmp_path)) == ["layers.bin", "layers.onnx", "layers.xml"]  # no temporary files left
+
+
+@on_tf
+def test_thundernet_and_centermask_blocks_with_their_boxes(tmp_path):
+    model = detection_model()
+    reports = _export_and_verify(model, detection_data(), str(tmp_path), "detection")
+    assert reports["onnx"].num_samples == 3
+    # Control: other boxes give other masks, so the boxes input really reaches RoIAlign in the file.
+    other = detection_data(seed=0)
+    other[2] = other[2][::-1].copy()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tmp_path / "detection.onnx"), providers=["CPUExecutionProvider"])
+    feed = {i.name: a for i, a in zip(session.get_inputs(), detection_data())}
+    changed = {i.name: a for i, a in zip(session.get_inputs(), other)}
+    assert not np.allclose(session.run(None, feed)[1], session.run(None, changed)[1])
+
+
+@on_tf
+@pytest.mark.slow
+def test_mobilenetv2_with_cbam_in_every_format(tmp_path):
+    """ONNX, OpenVINO, and Keras' own LiteRT exporter, each file run in its own runtime."""
+    from keras_attention import tflite
+
+    model = mobilenet_cbam()
+    data = _inputs(model, n=8)
+    reports = _export_and_verify(model, data, str(tmp_path), "mobilenet")
+    assert reports["onnx"].top1_agreement == reports["openvino"].top1_agreement == 1.0
+    model.export(str(tmp_path / "keras.tflite"), format="litert", verbose=False)
+    report = tflite.verify(model, str(tmp_path / "keras.tflite"), data[0], latency_runs=0, analyze_gpu=False)
+    assert report.all_builtin and report.max_rel_error < TOLERANCE, report
+
+
+@on_tf
+def test_keras_litert_exporter_writes_flex_ops_that_verify_names(tmp_path):
+    """Keras' exporter allows Flex ops; our report names them, where the interpreter alone would not run."""
+    from keras_attention import tflite
+    from tests.test_tflite import _flex_model
+
+    model = _flex_model()
+    data = _inputs(model, n=2)[0]
+    model(data)
+    path = str(tmp_path / "flex.tflite")
+    model.export(path, format="litert", verbose=False)
+    assert [op["op"] for op in tflite.op_inventory(path) if not op["builtin"]] == ["FlexMatrixDeterminant"]
+    with pytest.raises(tflite.InvalidTFLiteModelError, match=r"Flex .*\['FlexMatrixDeterminant'\].*names the Keras"):
+        tflite.verify(model, path, data, latency_runs=0)
+
+
+@on_tf
+def test_a_mixed_precision_model_exports_as_float32(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((8, 8, 16))
+        model = keras.Model(inputs, ka.CBAM(reduction=4)(inputs))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    path = export.export_onnx(model, str(tmp_path / "mixed.onnx"))
+    report = export.verify(model, path, _inputs(model), latency_runs=0)
+    assert report.max_rel_error < 1e-2  # the Keras side computes in float16
+
+
+@on_tf
+def test_a_model_never_called_is_called_once_and_exports(tmp_path):
+    inputs = keras.Input((8, 8, 16))
+    model = keras.Model(inputs, ka.EfficientChannelAttention()(inputs))
+    path = export.export_onnx(model, str(tmp_path / "eca.onnx"))
+    assert export.verify(model, path, _inputs(model), latency_runs=0).max_rel_error < TOLERANCE
+
+
+@on_tf
+@pytest.mark.slow
+def test_the_pytorch_backend_exports_both_formats(tmp_path):
+    """Keras 3 on PyTorch (torch.onnx; OpenVINO from torch): every layer and the detection blocks."""
+    script = f"""
+import json, keras
+from tests.test_export import _export_and_verify, _inputs, detection_data, detection_model, every_layer_model
+assert keras.backend.backend() == "torch"
+layers = every_layer_model()
+out = {{"layers": _export_and_verify(layers, _inputs(layers), {str(tmp_path)!r}, "layers"),
+        "detection": _export_and_verify(detection_model(), detection_data(), {str(tmp_path)!r}, "detection")}}
+print(json.dumps({{k: {{f: r.max_rel_error for f, r in v.items()}} for k, v in out.items()}}))
+"""
+    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND="torch")
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(errors) == {"layers", "detection"} and all(set(e) == {"onnx", "openvino"} for e in errors.values())
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@on_tf
+def test_broken_files_and_wrong_paths_get_clear_errors(tmp_path):
+    model = every_layer_model()
+    data = _inputs(model, n=1)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(np.random.default_rng(0).bytes(300))
+    with pytest.raises(export.InvalidExportedModelError, match=r"garbage.onnx' is not a valid ONNX model"):
+        export.verify(model, str(garbage), data)
+    import onnx
+    from onnx import helper
+
+    node = helper.make_node("Relu", ["missing"], ["y"])  # reads a tensor nothing defines
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "dangling.onnx"))
+    with pytest.raises(export.InvalidExportedModelError, match=r"dangling.onnx' is not a valid ONNX model"):
+        export.verify(model, str(tmp_path / "dangling.onnx"), data)
+    with pytest.raises(ValueError, match=r"expected an \.onnx or an OpenVINO \.xml.*tflite\.verify"):
+        export.verify(model, str(tmp_path / "model.tflite"), data)
+    with pytest.raises(FileNotFoundError, match="no file at"):
+        export.verify(model, str(tmp_path / "absent.onnx"), data)
+    with pytest.raises(ValueError, match=r"export_openvino: OpenVINO IR is an \.xml file"):
+        export.export_openvino(model, str(tmp_path / "model.onnx"))
+    path = export.export_onnx(model, str(tmp_path / "good.onnx"))  # control: the good file verifies
+    assert export.verify(model, path, data, latency_runs=0).max_rel_error < TOLERANCE
+
+
+@on_tf
+def test_a_missing_exporter_names_the_extra(monkeypatch, tmp_path):
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, ka.SqueezeExcitation(reduction=2)(inputs))
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"export_onnx: needs the `tf2onnx`.*keras-vision-attention\[onnx\]"):
+        export.export_onnx(model, str(tmp_path / "se.onnx"))
+    assert not os.listdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ImportError, match=r"needs the `openvino`.*keras-vision-attention\[openvino\]"):
+        export.export_openvino(model, str(tmp_path / "se.xml"))
+
+
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "jax", reason="the JAX backend's own errors")
+def test_jax_names_the_way_out(tmp_path):
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, ka.CBAM(reduction=2)(inputs))
+    with pytest.raises(RuntimeError, match=r"JAX backend through `jax2onnx`.*KERAS_BACKEND=tensorflow or torch"):
+        export.export_onnx(model, str(tmp_path / "cbam.onnx"))
+    with pytest.raises(RuntimeError, match=r"XlaCallModule.*KERAS_BACKEND=tensorflow or torch"):
+        export.export_openvino(model, str(tmp_path / "cbam.xml"))
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(not IS_LEGACY, reason="tf_keras's error")
+def test_tf_keras_names_the_way_out(tmp_path):
+    inputs = keras.Input((8, 8, 4))
+    model = keras.Model(inputs, ka.CBAM(reduction=2)(inputs))
+    with pytest.raises(RuntimeError, match=r"tf_keras has no model.export\(format=...\).*tflite.convert"):
+        export.export_onnx(model, str(tmp_path / "cbam.onnx"))
