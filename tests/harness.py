@@ -33,11 +33,13 @@ def _is_shape(x):
 
 
 def to_numpy(t):
+    if hasattr(t, "detach"):  # a torch tensor (Keras 3 on PyTorch): .numpy() refuses grad and bfloat16
+        t = t.detach().cpu().float()
     return np.asarray(t).astype("float64") if not hasattr(t, "numpy") else np.asarray(t.numpy()).astype("float64")
 
 
 def dtype_name(t):
-    return str(getattr(t.dtype, "name", t.dtype))
+    return str(getattr(t.dtype, "name", t.dtype)).replace("torch.", "")  # torch.float16 -> float16
 
 
 def build_model(layer, input_shapes):

@@ -3,7 +3,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import keras
-from tests.harness import build_model, random_inputs, run_layer_test
+from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
 from tests.layer_reference import reference_output
 
 
@@ -78,7 +78,7 @@ def test_start_as_identity_leaves_a_trained_network_unchanged():
     with_cbam = _small_cnn(ka.CBAM(reduction=4, start_as_identity=True))
     with_cbam.set_weights(plain.get_weights()[:2] + with_cbam.get_weights()[2:-2] + plain.get_weights()[2:])
     x = random_inputs([(4, 16, 16, 3)], scale=2.0)[0]
-    np.testing.assert_allclose(np.asarray(with_cbam(x)), np.asarray(plain(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(to_numpy(with_cbam(x)), to_numpy(plain(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_arguments_name_the_block():
@@ -97,12 +97,12 @@ def test_mixed_precision_large_activations_stay_finite():
     keras.utils.set_random_seed(0)
     x = (1000.0 + np.random.default_rng(0).uniform(-50, 50, size=(1, 112, 112, 16))).astype("float32")
     reference = build_model(ka.CBAM(reduction=4), [x.shape])
-    expected = np.asarray(reference(x))
+    expected = to_numpy(reference(x))
     set_global_dtype_policy("mixed_float16")
     try:
         model = build_model(ka.CBAM(reduction=4), [x.shape])
         model.set_weights(reference.get_weights())
-        out = np.asarray(model(x)).astype("float32")
+        out = to_numpy(model(x)).astype("float32")
     finally:
         set_global_dtype_policy("float32")
     assert np.all(np.isfinite(out))

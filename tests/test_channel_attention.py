@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from tests.harness import build_model, random_inputs, run_layer_test
+from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
 from tests.layer_reference import reference_output
 
 
@@ -57,7 +57,7 @@ def test_start_as_identity_is_exact(use_bias):
     layer = ka.ChannelAttention(reduction=4, use_bias=use_bias, start_as_identity=True)
     model = build_model(layer, [(3, 10, 10, 16)])
     x = random_inputs([(3, 10, 10, 16)], scale=5.0)[0]
-    np.testing.assert_allclose(np.asarray(model(x)), x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(model(x)), x, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import keras_attention as ka
 from keras_attention.backend import BACKEND, IS_LEGACY, keras, set_global_dtype_policy
 from keras_attention.layers.roi_align import assign_levels_by_ratio
 from tests import reference_centermask as ref
-from tests.harness import to_numpy
+from tests.harness import dtype_name, to_numpy
 
 
 def _random_boxes(rng, batch, num, image_h, image_w, outside=8.0, max_size=None):
@@ -253,7 +253,7 @@ def test_mixed_precision_keeps_boxes_in_float32(policy):
     finally:
         set_global_dtype_policy("float32")
     compute = policy.split("_")[1]
-    assert str(getattr(out.dtype, "name", out.dtype)) == compute
+    assert dtype_name(out) == compute
     # The features' rounding to the compute dtype (relative 2^-11 / 2^-8) is all that may differ.
     tol = (2e-3 if compute == "float16" else 1.5e-2) * np.abs(expected).max()
     np.testing.assert_allclose(to_numpy(out), expected, atol=tol)

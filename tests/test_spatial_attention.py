@@ -3,7 +3,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import keras
-from tests.harness import build_model, random_inputs, run_layer_test
+from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
 from tests.layer_reference import reference_output
 
 
@@ -50,14 +50,14 @@ def test_batchnorm_starts_as_official_code():
     layer = ka.SpatialAttention(use_batchnorm=True)
     model = build_model(layer, [(2, 8, 8, 4)])
     x = random_inputs([(2, 8, 8, 4)])[0]
-    np.testing.assert_allclose(np.asarray(model(x)), 0.5 * x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(model(x)), 0.5 * x, rtol=1e-6, atol=1e-6)
 
 
 def test_start_as_identity_is_exact_and_trains():
     layer = ka.SpatialAttention(start_as_identity=True)
     model = build_model(layer, [(2, 12, 12, 8)])
     x = random_inputs([(2, 12, 12, 8)], scale=3.0)[0]
-    np.testing.assert_allclose(np.asarray(model(x)), x, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(model(x)), x, rtol=1e-6, atol=1e-6)
     # Away from the identity by training: the target halves the left half of every map.
     target = x * np.where(np.arange(12) < 6, 0.5, 1.0)[None, None, :, None].astype("float32")
     kernel = np.array(layer.conv.kernel.numpy())
@@ -99,7 +99,7 @@ def test_space_to_depth_convolution_equals_the_plain_convolution(kernel_size, ch
     rng = np.random.default_rng(kernel_size * 10 + block)
     maps = rng.normal(size=(2, 8, 12, channels)).astype("float32")
     kernel = rng.normal(size=(kernel_size, kernel_size, channels, 1)).astype("float32")
-    out = np.asarray(same_conv_to_one_channel(maps, kernel, np.float32(0.5), block))
+    out = to_numpy(same_conv_to_one_channel(maps, kernel, np.float32(0.5), block))
     np.testing.assert_allclose(out, conv2d_same(maps, kernel) + 0.5, rtol=1e-5, atol=1e-5)
 
 
