@@ -444,7 +444,7 @@ def _checked_attention_kwargs(model, cls, preserve_outputs, attention_kwargs):
                 f"attach: do not pass `{reserved}`: inserted layers are named after their anchor, "
                 "and `preserve_outputs` sets `start_as_identity`."
             )
-    if "min_channels" in inspect.signature(cls.__init__).parameters:
+    if "min_channels" in inspect.signature(cls.__init__).parameters and "hidden_channels" not in attention_kwargs:
         attention_kwargs.setdefault("min_channels", 8)
     get_attention(cls, start_as_identity=preserve_outputs, **attention_kwargs)  # bad arguments fail here
 
@@ -496,7 +496,7 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
             gradient in the first step. False: the paper's initialisation.
         **attention_kwargs: passed to every attention layer (`reduction`,
             `kernel_size`, `gate`, ...). Channel attention ("cbam", "channel",
-            "se") gets `min_channels=8` unless given, so thin layers (MobileNet's
+            "se") gets `min_channels=8` unless given (or `hidden_channels` is), so thin layers (MobileNet's
             16- or 24-channel blocks) get a hidden width of at least 8 instead
             of an error; ResNet's blocks (256+ channels) are unaffected.
 

@@ -462,6 +462,8 @@ def test_attention_kwargs_and_min_channels():
     assert attention_layers(paper)[0].channel_attention.mlp_reduce.kernel.shape[-1] == 1
     with pytest.raises(ValueError, match="a_bn2"):
         ka.attach(user_cnn(), "cbam", reduction=32, min_channels=None)
+    fixed = ka.attach(user_cnn(), "se", hidden_channels=6)  # a width from a ported checkpoint: no min_channels
+    assert {layer.mlp_reduce.kernel.shape[-1] for layer in attention_layers(fixed)} == {6}
 
 
 def test_where_names_and_callable():

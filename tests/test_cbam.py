@@ -107,3 +107,14 @@ def test_mixed_precision_large_activations_stay_finite():
         set_global_dtype_policy("float32")
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
+
+
+def test_hidden_channels_reaches_the_channel_mlp_and_the_config():
+    """The official CBAM's width int(C / r + 0.5): 72 channels, r = 16 -> 5, where floor gives 4."""
+    block = ka.CBAM(hidden_channels=int(72 / 16 + 0.5))
+    block.build((None, 8, 8, 72))
+    assert tuple(block.channel_attention.mlp_reduce.kernel.shape) == (1, 1, 72, 5)
+    clone = ka.CBAM.from_config(block.get_config())
+    clone.build((None, 8, 8, 72))
+    assert tuple(clone.channel_attention.mlp_reduce.kernel.shape) == (1, 1, 72, 5)
+    assert tuple(ka.CBAM().channel_attention.hidden_width(72) for _ in [0]) == (4,)  # control: the ratio floors

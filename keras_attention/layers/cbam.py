@@ -35,11 +35,12 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
     computes both gates from `F` and applies both, `F * M_c(F) * M_s(F)`.
 
     Args:
-        reduction: channel-MLP reduction ratio (16).
+        reduction: channel-MLP reduction ratio (16; `None`: 16 unless
+            `hidden_channels` is given).
         kernel_size: spatial-attention convolution size (7).
         arrangement: "channel_first", "spatial_first" or "parallel".
-        min_channels, pooling, use_bias: of the channel attention (see
-            `ChannelAttention`).
+        min_channels, hidden_channels, pooling, use_bias: of the channel
+            attention (see `ChannelAttention`).
         spatial_pooling, use_batchnorm: of the spatial attention (see
             `SpatialAttention`).
         gate: "sigmoid" or "hard_sigmoid", for both gates.
@@ -63,10 +64,11 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
 
     def __init__(
         self,
-        reduction=16,
+        reduction=None,
         kernel_size=7,
         arrangement="channel_first",
         min_channels=None,
+        hidden_channels=None,
         pooling=("avg", "max"),
         use_bias=True,
         spatial_pooling=("avg", "max"),
@@ -84,6 +86,7 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
             self.channel_attention = ChannelAttention(
                 reduction=reduction,
                 min_channels=min_channels,
+                hidden_channels=hidden_channels,
                 pooling=pooling,
                 use_bias=use_bias,
                 gate=gate,
@@ -148,6 +151,7 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
             kernel_size=sa.kernel_size,
             arrangement=self.arrangement,
             min_channels=ca.min_channels,
+            hidden_channels=ca.hidden_channels,
             pooling=list(ca.pooling),
             use_bias=ca.use_bias,
             spatial_pooling=list(sa.pooling),

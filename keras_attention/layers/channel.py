@@ -60,9 +60,13 @@ class ChannelAttention(_ChannelGateBase):
     run in float32; the output has the layer's compute dtype.
 
     Args:
-        reduction: channel reduction ratio r of the MLP (16 in the paper).
+        reduction: channel reduction ratio r of the MLP (16 in the paper;
+            `None` means 16 unless `hidden_channels` is given).
         min_channels: lower bound for the hidden width. `None` (default) is the
             official code: hidden = floor(C / r), an error when that is 0.
+        hidden_channels: the hidden width itself, for ports of weights whose
+            width no ratio gives (timm's SE: `make_divisible(C / 16, 8)`; CBAM's
+            official `int(C / r + 0.5)`). Excludes `reduction` and `min_channels`.
         pooling: pooled descriptors fed to the MLP: ("avg", "max") as in the
             paper, or either alone.
         use_bias: biases in the MLP (the official code has them; Eq. 2 does not).
@@ -93,8 +97,9 @@ class ChannelAttention(_ChannelGateBase):
 
     def __init__(
         self,
-        reduction=16,
+        reduction=None,
         min_channels=None,
+        hidden_channels=None,
         pooling=("avg", "max"),
         use_bias=True,
         gate="sigmoid",
@@ -104,7 +109,17 @@ class ChannelAttention(_ChannelGateBase):
     ):
         super().__init__(gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs)
         name = type(self).__name__
-        self.reduction = v.check_int(name, "reduction", reduction)
+        self.hidden_channels = v.check_int(name, "hidden_channels", hidden_channels, allow_none=True)
+        if self.hidden_channels is not None and (reduction is not None or min_channels is not None):
+            given = ", ".join(
+                f"{k}={x!r}" for k, x in (("reduction", reduction), ("min_channels", min_channels)) if x is not None
+            )
+            raise ValueError(
+                f"{name}: `hidden_channels` sets the hidden width itself; it excludes `reduction` and "
+                f"`min_channels` (got hidden_channels={hidden_channels!r}, {given})."
+            )
+        default = None if self.hidden_channels is not None else 16
+        self.reduction = v.check_int(name, "reduction", default if reduction is None else reduction, allow_none=True)
         self.min_channels = v.check_int(name, "min_channels", min_channels, allow_none=True)
         self._pooling = v.normalize_pooling(name, pooling)
         self.use_bias = bool(use_bias)
@@ -113,8 +128,10 @@ class ChannelAttention(_ChannelGateBase):
     def pooling(self):
         return self._pooling
 
-    def hidden_channels(self, channels):
+    def hidden_width(self, channels):
         """Width of the MLP's hidden layer for `channels` input channels."""
+        if self.hidden_channels is not None:
+            return self.hidden_channels
         hidden = channels // self.reduction
         if self.min_channels is not None:
             hidden = max(hidden, self.min_channels)
@@ -129,7 +146,7 @@ class ChannelAttention(_ChannelGateBase):
     def build(self, input_shape):
         self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
         self.input_spec = v.feature_map_spec(self.data_format, self.channels)
-        hidden = self.hidden_channels(self.channels)
+        hidden = self.hidden_width(self.channels)
         # The MLP is tiny; keeping it in float32 keeps the gate exact under mixed precision.
         self.mlp_reduce = keras.layers.Conv2D(
             hidden,
@@ -216,6 +233,7 @@ class ChannelAttention(_ChannelGateBase):
         config.update(
             reduction=self.reduction,
             min_channels=self.min_channels,
+            hidden_channels=self.hidden_channels,
             pooling=list(self.pooling),
             use_bias=self.use_bias,
         )
@@ -230,8 +248,10 @@ class SqueezeExcitation(ChannelAttention):
     convolutions, pooling and gate in float32.
 
     Args:
-        reduction: channel reduction ratio (16 in the paper).
+        reduction: channel reduction ratio (16 in the paper; `None`: 16 unless
+            `hidden_channels` is given).
         min_channels: lower bound for the hidden width; `None`: floor(C / r).
+        hidden_channels: the hidden width itself (see `ChannelAttention`).
         use_bias: biases in the two projections (the paper's FC layers have them).
         gate: "sigmoid" or "hard_sigmoid" (the latter is timm's "ese" flavour).
         start_as_identity: start as the identity (see `ChannelAttention`).
@@ -253,8 +273,9 @@ class SqueezeExcitation(ChannelAttention):
 
     def __init__(
         self,
-        reduction=16,
+        reduction=None,
         min_channels=None,
+        hidden_channels=None,
         use_bias=True,
         gate="sigmoid",
         start_as_identity=False,
@@ -270,6 +291,7 @@ class SqueezeExcitation(ChannelAttention):
         super().__init__(
             reduction=reduction,
             min_channels=min_channels,
+            hidden_channels=hidden_channels,
             pooling=("avg",),
             use_bias=use_bias,
             gate=gate,
