@@ -49,6 +49,7 @@ import numpy as np
 
 from keras_attention import _compat, _io
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.tflite.verification import ReportAccess
 
 FORMATS = {".onnx": "onnx", ".xml": "openvino"}
 _EXTRA = {"onnx": "onnx", "onnxruntime": "onnx", "tf2onnx": "onnx", "openvino": "openvino"}
@@ -311,7 +312,7 @@ _RUNTIMES = {"onnx": _OnnxRuntime, "openvino": _OpenVinoRuntime}
 
 
 @dataclasses.dataclass
-class ExportReport:
+class ExportReport(ReportAccess):
     """What `verify` measured; `report["max_abs_error"]` and `report.to_dict()` also work."""
 
     format: str
@@ -326,25 +327,12 @@ class ExportReport:
     size_bytes: int
     latency_ms: dict
 
-    def __getitem__(self, key):
-        return getattr(self, key)
-
-    def to_dict(self):
-        out = dataclasses.asdict(self)
-        out["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
-        return out
-
     def __str__(self):
-        top1 = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.4f}"
-        latency = ", ".join(f"{k} thread{'s' if int(k) > 1 else ''}: {v:.2f} ms" for k, v in self.latency_ms.items())
         lines = [
             f"{self.format} verification ({self.runtime}, {self.num_samples} samples)",
-            f"  max abs error        {self.max_abs_error:.3g}",
-            f"  max rel error        {self.max_rel_error:.3g}  (max |{self.format} - keras| / max |keras|)",
-            f"  cosine similarity    {self.cosine_similarity:.6f} (min {self.min_cosine_similarity:.6f})",
-            f"  top-1 agreement      {top1}",
+            *self._agreement_lines(self.format),
             f"  size                 {self.size_bytes / 1024:.1f} KiB",
-            f"  median latency       {latency or 'not measured'}",
+            f"  median latency       {self._latency_text()}",
             "  ops:",
         ]
         lines += [f"    {count:4d} x {op}" for op, count in sorted(self.ops.items())]

@@ -20,8 +20,34 @@ from keras_attention.tflite.inspection import (
 from keras_attention.tflite.interpreter import _refuse_if_it_crashes, _Runner, _samples_from_arrays, measure_latency
 
 
+class ReportAccess:
+    """What the verification reports share: `report["field"]`, `to_dict()` (JSON-ready), and the
+    lines of the comparison with Keras (also `keras_attention.export.ExportReport`'s)."""
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
+        return out
+
+    def _agreement_lines(self, runtime):
+        top1 = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.4f}"
+        return [
+            f"  max abs error        {self.max_abs_error:.3g}",
+            f"  max rel error        {self.max_rel_error:.3g}  (max |{runtime} - keras| / max |keras|)",
+            f"  cosine similarity    {self.cosine_similarity:.6f} (min {self.min_cosine_similarity:.6f})",
+            f"  top-1 agreement      {top1}",
+        ]
+
+    def _latency_text(self):
+        text = ", ".join(f"{k} thread{'s' if int(k) > 1 else ''}: {v:.2f} ms" for k, v in self.latency_ms.items())
+        return text or "not measured"
+
+
 @dataclasses.dataclass
-class VerificationReport:
+class VerificationReport(ReportAccess):
     """What `verify` measured; `report["max_abs_error"]` and `report.to_dict()` also work."""
 
     quantization: str
@@ -43,33 +69,20 @@ class VerificationReport:
     latency_ms: dict
     xnnpack: bool
 
-    def __getitem__(self, key):
-        return getattr(self, key)
-
-    def to_dict(self):
-        out = dataclasses.asdict(self)
-        out["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
-        return out
-
     def op_table(self):
         return Counter({(op["op"], op["dtype"]): op["count"] for op in self.ops})
 
     def __str__(self):
-        latency = ", ".join(f"{k} thread{'s' if int(k) > 1 else ''}: {v:.2f} ms" for k, v in self.latency_ms.items())
-        top1 = "n/a" if self.top1_agreement is None else f"{self.top1_agreement:.4f}"
         gpu = {None: "not analysed", True: "compatible", False: "NOT compatible"}[self.gpu_compatible]
         lines = [
             f"TFLite verification ({self.quantization}, {self.num_samples} samples)",
-            f"  max abs error        {self.max_abs_error:.3g}",
-            f"  max rel error        {self.max_rel_error:.3g}  (max |tflite - keras| / max |keras|)",
-            f"  cosine similarity    {self.cosine_similarity:.6f} (min {self.min_cosine_similarity:.6f})",
-            f"  top-1 agreement      {top1}",
+            *self._agreement_lines("tflite"),
             f"  builtin ops only     {self.all_builtin}" + (f"  custom: {self.custom_ops}" if self.custom_ops else ""),
             f"  int8 end to end      {self.int8_end_to_end}",
             f"  GPU delegate (analyzer) {gpu}" + ("".join(f"\n    {issue}" for issue in self.gpu_issues)),
             f"  ops the GPU delegate lacks {self.gpu_unsupported_ops or 'none'}",
             f"  size                 {self.size_bytes / 1024:.1f} KiB",
-            f"  median latency       {latency or 'not measured'}  (LiteRT, XNNPACK {'on' if self.xnnpack else 'off'})",
+            f"  median latency       {self._latency_text()}  (LiteRT, XNNPACK {'on' if self.xnnpack else 'off'})",
             "  ops (op x dtype):",
         ]
         lines += [f"    {op['count']:4d} x {op['op']} [{op['dtype']}]" for op in self.ops]
