@@ -42,14 +42,15 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections import Counter
 
 import numpy as np
 
 from keras_attention import _compat, _io
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
-from keras_attention.tflite.verification import ReportAccess
+from keras_attention.tflite.export import _load_model_path
+from keras_attention.tflite.interpreter import _samples_from_arrays, median_call_ms
+from keras_attention.tflite.verification import ReportAccess, _keras_outputs, output_agreement
 
 FORMATS = {".onnx": "onnx", ".xml": "openvino"}
 _EXTRA = {"onnx": "onnx", "onnxruntime": "onnx", "tf2onnx": "onnx", "openvino": "openvino"}
@@ -208,7 +209,6 @@ class _OnnxRuntime:
     """An onnxruntime session on the CPU."""
 
     def __init__(self, path, threads=None):
-        _check_onnx(path, "keras_attention.export.verify")
         ort = _require("onnxruntime", "keras_attention.export.verify")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: the verdict is ours
@@ -358,14 +358,7 @@ def _latency(runtime_cls, path, sample, threads, runs, warmup=3):
     results = {}
     for n in threads:
         runtime = runtime_cls(path, threads=n)
-        for _ in range(warmup):
-            runtime(sample)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            runtime(sample)
-            times.append((time.perf_counter() - start) * 1e3)
-        results[n] = float(np.median(times))
+        results[n] = float(median_call_ms(lambda runtime=runtime: runtime(sample), runs, warmup))
     return results
 
 
@@ -373,7 +366,7 @@ def verify(model, exported, data, latency_runs=20, threads=(1, 2)):
     """Runs `model` (Keras) and an exported file (ONNX or OpenVINO) on `data` and compares them.
 
     Args:
-        model: the Keras model the file came from, or a `.keras` path.
+        model: the Keras model the file came from, or a `.keras`/`.h5` path.
         exported: the `.onnx` file, or the OpenVINO `.xml` (its `.bin` beside it).
         data: a NumPy array (N, ...) or a list of arrays, one per model input.
         latency_runs: timed runs per thread count (0 skips timing).
@@ -388,9 +381,6 @@ def verify(model, exported, data, latency_runs=20, threads=(1, 2)):
         InvalidExportedModelError: the runtime cannot load the file.
         FileNotFoundError: no file at `exported` (or at `model`, given as a path).
     """
-    from keras_attention.tflite.interpreter import _samples_from_arrays
-    from keras_attention.tflite.verification import _keras_outputs, output_agreement
-
     caller = "keras_attention.export.verify"
     exported = os.fspath(exported)
     fmt = FORMATS.get(os.path.splitext(exported)[1].lower())
@@ -400,7 +390,11 @@ def verify(model, exported, data, latency_runs=20, threads=(1, 2)):
     if not os.path.isfile(exported):
         raise FileNotFoundError(f"{caller}: no file at {exported!r}.")
     if isinstance(model, (str, os.PathLike)):
-        model = keras.models.load_model(os.fspath(model))
+        model, saved_model = _load_model_path(model)  # the clear errors of tflite.verify's model paths
+        if model is None:
+            raise ValueError(f"{caller}: needs the Keras model (.keras/.h5); got the SavedModel {saved_model!r}.")
+    if fmt == "onnx":
+        _check_onnx(exported, caller)  # once: the runtime is opened again per thread count to time it
     runtime = _RUNTIMES[fmt](exported)
     samples = _samples_from_arrays(data, len(runtime.input_names))
     arrays = [np.concatenate([s[i] for s in samples]) for i in range(len(samples[0]))]

@@ -237,13 +237,17 @@ def measure_latency(tflite_model, threads=(1, 2), runs=30, warmup=3, sample=None
                 shape = tuple(int(s) for s in d["shape"])
                 sample.append((rng.normal(size=shape) * 64).astype("float32"))
         runner.set_inputs(sample)
-        invoke = runner.interpreter.invoke
-        for _ in range(warmup):
-            invoke()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            invoke()
-            times.append((time.perf_counter() - start) * 1e3)
-        results[n] = statistics.median(times)
+        results[n] = median_call_ms(runner.interpreter.invoke, runs, warmup)
     return results
+
+
+def median_call_ms(call, runs, warmup):
+    """The median time of `call()` in milliseconds over `runs` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
