@@ -47,27 +47,17 @@ from collections import Counter
 import numpy as np
 
 from keras_attention import _compat, _io
+from keras_attention._optional import first_line, require
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
 from keras_attention.tflite.export import _load_model_path
 from keras_attention.tflite.interpreter import _samples_from_arrays, median_call_ms
 from keras_attention.tflite.verification import ReportAccess, _keras_outputs, output_agreement
 
 FORMATS = {".onnx": "onnx", ".xml": "openvino"}
-_EXTRA = {"onnx": "onnx", "onnxruntime": "onnx", "tf2onnx": "onnx", "openvino": "openvino"}
 
 
 class InvalidExportedModelError(ValueError):
     """A file given as an exported model cannot be loaded by its runtime, or fails its format's checker."""
-
-
-def _require(module, caller):
-    """Imports an optional dependency; a missing one is an error naming the extra that installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        extra = _EXTRA.get(module)
-        how = f'pip install "keras-vision-attention[{extra}]"' if extra else f"pip install {module}"
-        raise ImportError(f"{caller}: needs the `{module}` package ({error}); install it with {how}.") from None
 
 
 def _exportable(model, caller, batch_size):
@@ -118,9 +108,9 @@ def export_onnx(model, path, batch_size=None, opset=None):
         InvalidExportedModelError: the written file fails `onnx.checker`.
     """
     caller = "keras_attention.export.export_onnx"
-    _require("onnx", caller)
+    require("onnx", caller)
     if BACKEND == "tensorflow":
-        _require("tf2onnx", caller)
+        require("tf2onnx", caller)
     elif BACKEND == "jax":
         try:
             importlib.import_module("jax2onnx")
@@ -144,12 +134,12 @@ def export_onnx(model, path, batch_size=None, opset=None):
 
 
 def _check_onnx(path, caller, shown=None):
-    onnx = _require("onnx", caller)
+    onnx = require("onnx", caller)
     try:
         onnx.checker.check_model(path, full_check=True)
     except Exception as error:  # noqa: BLE001 - onnx raises several error types (checker, protobuf decode)
         raise InvalidExportedModelError(
-            f"{caller}: {os.fspath(shown or path)!r} is not a valid ONNX model (onnx.checker: {_first_line(error)})."
+            f"{caller}: {os.fspath(shown or path)!r} is not a valid ONNX model (onnx.checker: {first_line(error)})."
         ) from None
 
 
@@ -168,7 +158,7 @@ def export_openvino(model, path, batch_size=None):
     path = os.fspath(path)
     if not path.endswith(".xml"):
         raise ValueError(f"{caller}: OpenVINO IR is an .xml file with a .bin beside it; got {path!r}.")
-    _require("openvino", caller)
+    require("openvino", caller)
     if BACKEND == "jax":
         raise RuntimeError(
             f"{caller}: on the JAX backend Keras hands OpenVINO an XlaCallModule op it cannot convert. Save the "
@@ -189,11 +179,6 @@ def export_openvino(model, path, batch_size=None):
     return path
 
 
-def _first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 # ----------------------------------------------------------------------------- runtimes
 
 _ONNX_DTYPES = {
@@ -209,7 +194,7 @@ class _OnnxRuntime:
     """An onnxruntime session on the CPU."""
 
     def __init__(self, path, threads=None):
-        ort = _require("onnxruntime", "keras_attention.export.verify")
+        ort = require("onnxruntime", "keras_attention.export.verify")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: the verdict is ours
         if threads:
@@ -218,7 +203,7 @@ class _OnnxRuntime:
             self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise InvalidExportedModelError(
-                f"keras_attention.export.verify: onnxruntime cannot load {path!r}: {_first_line(error)}"
+                f"keras_attention.export.verify: onnxruntime cannot load {path!r}: {first_line(error)}"
             ) from None
         self.runtime = f"onnxruntime {ort.__version__}"
         self.inputs = self.session.get_inputs()
@@ -231,7 +216,7 @@ class _OnnxRuntime:
 
     @staticmethod
     def ops(path):
-        onnx = _require("onnx", "keras_attention.export.verify")
+        onnx = require("onnx", "keras_attention.export.verify")
         graph = onnx.load(path).graph
         counts = Counter()
 
@@ -256,7 +241,7 @@ class _OpenVinoRuntime:
     """
 
     def __init__(self, path, threads=None):
-        ov = _require("openvino", "keras_attention.export.verify")
+        ov = require("openvino", "keras_attention.export.verify")
         config = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -266,7 +251,7 @@ class _OpenVinoRuntime:
             self.compiled = core.compile_model(self.model, "CPU", config)
         except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
             raise InvalidExportedModelError(
-                f"keras_attention.export.verify: OpenVINO cannot load {path!r}: {_first_line(error)}"
+                f"keras_attention.export.verify: OpenVINO cannot load {path!r}: {first_line(error)}"
             ) from None
         self.runtime = f"OpenVINO {ov.__version__.split('-')[0]} (CPU, f32)"
         self.outputs = _keras_outputs_of(self.compiled.outputs)
@@ -282,7 +267,7 @@ class _OpenVinoRuntime:
 
     @staticmethod
     def ops(path):
-        ov = _require("openvino", "keras_attention.export.verify")
+        ov = require("openvino", "keras_attention.export.verify")
         skip = {"Parameter", "Result", "Constant"}
         return Counter(
             op.get_type_name() for op in ov.Core().read_model(path).get_ordered_ops() if op.get_type_name() not in skip

@@ -27,6 +27,7 @@ MODULES = [
     "keras_attention.layers.roi_align",
     "keras_attention.layers.spatial",
     "keras_attention.layers.thundernet",
+    "keras_attention.models.resnet",
     "keras_attention.quantization.layers",
     "keras_attention.quantization.quantizers",
 ]

@@ -1,0 +1,211 @@
+"""keras_attention.models against PyTorch models of the published architectures (tests/reference_resnet.py).
+
+Each source model gets random weights and non-trivial BatchNorm statistics, is
+saved the way its publisher saves it (the official CBAM release: torch.save of
+{'state_dict': ...} with DataParallel's `module.` prefixes; timm: safetensors),
+and loaded through our converters; the logits must equal PyTorch's.
+"""
+
+import sys
+
+import numpy as np
+import pytest
+
+from keras_attention import models
+from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from tests.harness import save_and_reload, to_numpy
+
+torch = pytest.importorskip("torch")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+from tests import reference_resnet  # noqa: E402 - needs torch
+
+ONCE = pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="the same in every mode: run once")
+# Published parameter counts (millions): the official CBAM README / paper, timm's results-imagenet.csv.
+PUBLISHED_PARAMS = {"resnet50_cbam": 28.09, "seresnet50": 28.09, "ecaresnet50d": 25.58, "ecaresnet101d": 44.57}
+
+
+def _save(name, source, path):
+    """Writes `source`'s weights as its publisher does."""
+    state = source.state_dict()
+    if name.endswith("_cbam"):
+        official = {"epoch": 100, "arch": "resnet", "best_prec1": torch.tensor(77.622)}
+        torch.save({**official, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    else:
+        safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
+    return path
+
+
+def _torch_logits(source, images_nhwc):
+    with torch.no_grad():
+        return source(torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())).numpy()
+
+
+def _relative_error(actual, expected):
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+def _trainable_count(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize("name", ["resnet50_cbam", "seresnet50", "ecaresnet50d"])
+def test_ported_checkpoint_gives_pytorch_logits(name, tmp_path):
+    source = reference_resnet.randomised(name)
+    path = _save(name, source, tmp_path / ("ckpt.pth" if name.endswith("_cbam") else "model.safetensors"))
+    # 75: odd sizes on the way down exercise PyTorch's symmetric padding and ceil-mode pooling.
+    model = getattr(models, name)(weights=str(path), input_shape=(75, 75, 3), classifier_activation=None)
+    images = np.random.default_rng(1).normal(size=(2, 75, 75, 3)).astype("float32")
+    expected = _torch_logits(source, images)
+    actual = to_numpy(model(images, training=False))
+    assert _relative_error(actual, expected) < 1e-4
+    assert np.array_equal(actual.argmax(-1), expected.argmax(-1))
+    # Parameters: PyTorch's (weights and BN affine; running statistics are buffers) = Keras' trainable weights.
+    assert _trainable_count(model) == reference_resnet.parameter_count(source)
+    assert round(_trainable_count(model) / 1e6, 2) == PUBLISHED_PARAMS[name]
+    # Control: the randomly initialised model is far from PyTorch's logits.
+    fresh = getattr(models, name)(input_shape=(75, 75, 3), classifier_activation=None)
+    assert _relative_error(to_numpy(fresh(images, training=False)), expected) > 0.1
+
+
+def test_deeper_variants_match_their_sources_in_size_and_names(tmp_path):
+    """ResNet-101 + CBAM (official code, no published weights) and ECA-ResNet-101-D (timm)."""
+    for name in ("resnet101_cbam", "ecaresnet101d"):
+        source = reference_resnet.randomised(name)
+        model = getattr(models, name)(input_shape=(32, 32, 3), classifier_activation=None)
+        assert _trainable_count(model) == reference_resnet.parameter_count(source)
+        report = models.load_torch_checkpoint(model, _save("resnet50_cbam", source, tmp_path / f"{name}.pth"))
+        assert report.loaded == len(source.state_dict()) - len(report.skipped)
+        images = np.random.default_rng(2).normal(size=(1, 32, 32, 3)).astype("float32")
+        assert _relative_error(to_numpy(model(images, training=False)), _torch_logits(source, images)) < 1e-4
+    assert round(_trainable_count(model) / 1e6, 2) == PUBLISHED_PARAMS["ecaresnet101d"]
+
+
+@pytest.mark.skipif(IS_LEGACY, reason="TensorFlow's CPU kernels have no NCHW pooling: channels_first runs on Keras 3")
+def test_channels_first_model_takes_the_same_checkpoint(tmp_path):
+    source = reference_resnet.randomised("ecaresnet50d")
+    path = _save("ecaresnet50d", source, tmp_path / "model.safetensors")
+    model = models.ecaresnet50d(
+        weights=str(path), input_shape=(3, 45, 45), data_format="channels_first", classifier_activation=None
+    )
+    images = np.random.default_rng(3).normal(size=(1, 45, 45, 3)).astype("float32")
+    actual = to_numpy(model(images.transpose(0, 3, 1, 2), training=False))
+    assert _relative_error(actual, _torch_logits(source, images)) < 1e-4
+
+
+def test_headless_model_skips_the_classifier_and_reloads_from_a_keras_file(tmp_path):
+    source = reference_resnet.randomised("resnet50_cbam")
+    path = _save("resnet50_cbam", source, tmp_path / "ckpt.pth.tar")
+    model = models.resnet50_cbam(include_top=False, weights=str(path), input_shape=(64, 64, 3), pooling="avg")
+    assert model.output_shape == (None, 2048)
+    report = models.load_torch_checkpoint(model, path)
+    assert sorted(k for k, why in report.skipped.items() if "include_top" in why) == ["fc.bias", "fc.weight"]
+    images = np.random.default_rng(4).normal(size=(2, 64, 64, 3)).astype("float32")
+    with torch.no_grad():
+        expected = source.features(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).mean((2, 3)).numpy()
+    assert _relative_error(to_numpy(model(images, training=False)), expected) < 1e-4
+    # The dotted layer names survive a .keras (or tf_keras .h5) round trip.
+    reloaded = save_and_reload(model, tmp_path / ("model.h5" if IS_LEGACY else "model.keras"))
+    np.testing.assert_array_equal(to_numpy(reloaded(images, training=False)), to_numpy(model(images, training=False)))
+
+
+def _weights(model):
+    return [np.array(to_numpy(w)) for w in model.weights]
+
+
+def _assert_untouched(model, before):
+    for old, new in zip(before, _weights(model)):
+        np.testing.assert_array_equal(old, new)
+
+
+@ONCE
+def test_checkpoints_that_do_not_fit_are_refused_whole(tmp_path):
+    source = reference_resnet.randomised("seresnet50")
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    model = models.resnet50_cbam(input_shape=(32, 32, 3))
+    before = _weights(model)
+
+    # Another architecture: SE keys are unexpected, CBAM keys missing; nothing is assigned.
+    wrong = _save("seresnet50", source, tmp_path / "se.safetensors")
+    with pytest.raises(models.CheckpointMismatchError, match=r"not in the file: layer1\.0\.cbam\.") as info:
+        models.load_checkpoint(model, wrong)
+    assert "layer1.0.se.fc1.bias" in str(info.value) and "nothing was loaded" in str(info.value)
+    _assert_untouched(model, before)
+
+    cbam = reference_resnet.randomised("resnet50_cbam")
+    good = dict(cbam.state_dict())
+    cases = {
+        "missing": ({k: v for k, v in good.items() if k != "layer2.1.bn2.running_var"}, r"layer2\.1\.bn2\.running_var"),
+        "shape": ({**good, "layer3.0.conv2.weight": torch.zeros(256, 256, 1, 1)}, r"layer3\.0\.conv2\.weight: shape"),
+        "nan": ({**good, "layer4.2.cbam.ChannelGate.mlp.1.bias": torch.full((128,), float("nan"))}, "not finite"),
+        "extra": ({**good, "layer1.0.extra.weight": torch.zeros(1)}, r"belong to no weight.*layer1\.0\.extra\.weight"),
+    }
+    for case, (state, pattern) in cases.items():
+        torch.save(state, tmp_path / f"{case}.pth")
+        with pytest.raises(models.CheckpointMismatchError, match=pattern):
+            models.load_torch_checkpoint(model, tmp_path / f"{case}.pth")
+        _assert_untouched(model, before)
+    # A classifier of another size is a shape error naming fc (build with include_top=False to drop it).
+    with pytest.raises(models.CheckpointMismatchError, match=r"fc\.weight: shape \(1000, 2048\).*\(10, 2048\)"):
+        torch.save(good, tmp_path / "good.pth")
+        models.resnet50_cbam(input_shape=(32, 32, 3), classes=10, weights=str(tmp_path / "good.pth"))
+    # Control: the intact checkpoint loads and changes every weight of the model.
+    models.load_torch_checkpoint(model, tmp_path / "good.pth")
+    changed = [not np.array_equal(old, new) for old, new in zip(before, _weights(model))]
+    assert (
+        sum(changed) >= len(changed) - 40
+    )  # BN statistics start at 0 / 1 and stay unequal; spatial-BN gammas start at 0
+
+
+@ONCE
+def test_damaged_files_give_clear_errors(tmp_path):
+    model = models.seresnet50(input_shape=(32, 32, 3))
+    good = _save("seresnet50", reference_resnet.randomised("seresnet50"), tmp_path / "model.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(
+        ValueError, match=r"load_timm_safetensors: cannot read .*truncated\.safetensors' as safetensors"
+    ):
+        models.load_timm_safetensors(model, truncated)
+    pth = tmp_path / "ckpt.pth"
+    torch.save(reference_resnet.randomised("seresnet50").state_dict(), pth)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(pth.read_bytes()[:4096])
+    with pytest.raises(ValueError, match=r"load_torch_checkpoint: cannot read .*cut\.pth' as a PyTorch checkpoint"):
+        models.load_torch_checkpoint(model, cut)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="is empty"):
+        models.load_checkpoint(model, tmp_path / "empty.pth")
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        models.load_checkpoint(model, tmp_path / "absent.pth")
+    torch.save({"state_dict": {"conv1.weight": [1, 2]}}, tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="'conv1.weight' is list, not a tensor"):
+        models.load_torch_checkpoint(model, tmp_path / "list.pth")
+    torch.save([1, 2, 3], tmp_path / "notdict.pth")
+    with pytest.raises(ValueError, match="holds list, not a state dict"):
+        models.load_torch_checkpoint(model, tmp_path / "notdict.pth")
+
+
+@ONCE
+@pytest.mark.parametrize("module, extra", [("torch", "torch"), ("safetensors.numpy", "weights")])
+def test_missing_reader_names_the_extra(module, extra, monkeypatch, tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"\x00" * 16)
+    monkeypatch.setitem(sys.modules, module, None)  # as if it were not installed
+    loader = "load_torch_checkpoint" if module == "torch" else "load_timm_safetensors"
+    with pytest.raises(ImportError, match=rf"{loader}: needs the `{module}`.*keras-vision-attention\[{extra}\]"):
+        getattr(models, loader)(None, tmp_path / "x.bin")
+
+
+@ONCE
+def test_builder_arguments_are_checked():
+    with pytest.raises(ValueError, match="resnet50_cbam: `pooling` must be one of"):
+        models.resnet50_cbam(include_top=False, pooling="mean")
+    with pytest.raises(ValueError, match="seresnet50: `input_shape` must be"):
+        models.seresnet50(input_shape=(224, 224))
+    with pytest.raises(ValueError, match="ecaresnet50d: `classes`"):
+        models.ecaresnet50d(classes=0)
+    with pytest.raises(ValueError, match="data_format"):
+        models.resnet50_cbam(data_format="nhwc")
+    mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
+    with pytest.raises(models.CheckpointMismatchError, match="'expanded_conv_depthwise' .* no PyTorch counterpart"):
+        models.assign(mobilenet, {}, "arrays")
