@@ -1,4 +1,4 @@
-# `make demo` runs the end-to-end demo, `make test` the three-mode test suite.
+# `make demo` runs the end-to-end demo, `make test` the four-mode test suite.
 # Both create .venv and install the package with what they need on first use.
 PYTHON ?= python3
 VENV := .venv
@@ -18,12 +18,14 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/keras-attention demo $(DEMO_ARGS)
 
-# Keras 3 on TensorFlow, Keras 3 on JAX, then tf_keras (TF_USE_LEGACY_KERAS=1); two pytest-xdist
-# workers each (CI has 2 cores; much of a test is single-threaded graph building).
+# Keras 3 on TensorFlow, Keras 3 on JAX, tf_keras (TF_USE_LEGACY_KERAS=1), then Keras 3 on PyTorch
+# (the files whose behaviour depends on the backend; docs/testing.md); two pytest-xdist workers each
+# (CI has 2 cores; much of a test is single-threaded graph building).
 test: $(STAMP) lint
 	KERAS_BACKEND=tensorflow $(PYTEST) tests
 	KERAS_BACKEND=jax $(PYTEST) tests
 	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests
+	KERAS_BACKEND=torch $(PYTEST) -m "not slow" $(TORCH_TESTS)
 
 # ruff (configured in pyproject.toml): lint, and the format check (`ruff format .` applies it).
 lint: $(STAMP) docs
@@ -43,12 +45,12 @@ test-jax: $(STAMP)
 test-legacy: $(STAMP)
 	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests $(ARGS)
 
-# Keras 3 on PyTorch (the CPU wheel of the test extra): the layer files, not slow tests. Not yet part
-# of `make test`, which must stay under 35 minutes on 2 cores (this adds about 3); docs/testing.md.
+# Keras 3 on PyTorch (the CPU wheel of the test extra): the layer harness files, attach, the
+# pretrained models, distribution's refusal; not the slow tests (make test's 35 minutes on 2 cores).
 TORCH_TESTS := tests/test_cbam.py tests/test_channel_attention.py tests/test_spatial_attention.py \
 	tests/test_squeeze_excitation.py tests/test_efficient_channel_attention.py tests/test_context_enhancement.py \
 	tests/test_light_rpn_head.py tests/test_rpn_guided_spatial_attention.py tests/test_roi_align.py \
-	tests/test_sag_mask_head.py
+	tests/test_sag_mask_head.py tests/test_backbones.py tests/test_models.py tests/test_distribute.py
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PYTEST) -m "not slow" $(TORCH_TESTS) $(ARGS)
 

@@ -1,6 +1,8 @@
 """Forward and forward+backward time of CBAM and its parts, beside PyTorch and a copy.
 
-Each engine runs in its own process (TensorFlow, JAX, PyTorch), times its
+Each engine runs in its own process (the Keras layers on TensorFlow, on JAX and
+on Keras 3's PyTorch backend — "keras-torch" —, and a PyTorch CBAM written from
+the formula — "torch"), times its
 variants with repetitions interleaved against a NumPy copy of the same tensor
 (the memory floor), and reports medians as multiples of that copy. Before
 timing, every engine's output is checked against the NumPy reference of the
@@ -232,6 +234,50 @@ def run_torch(shapes, reps):
     return results
 
 
+def run_keras_torch(shapes, reps):
+    """The package's Keras layers on Keras 3's PyTorch backend: eager, and under torch.compile."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    results = []
+    for shape in shapes:
+        x_np, g_np = random_array(shape, 0), random_array(shape, 1)
+        x, g = torch.from_numpy(x_np), torch.from_numpy(g_np)
+        xg = x.clone().requires_grad_(True)
+        for name in LAYERS:
+            w = reference_weights(shape[-1])
+            layer = keras_layer(name, shape[-1], w)
+            with torch.no_grad():
+                error = check(name, layer(x[:1]).cpu().numpy(), x_np[:1], w)
+            # What model.compile(jit_compile=True) does on this backend: torch.compile of the call.
+            compiled = torch.compile(layer)
+
+            def fwd(fn):
+                def call():
+                    with torch.no_grad():
+                        fn(x)
+
+                return call
+
+            def fwd_bwd(fn):
+                def call():
+                    layer.zero_grad(set_to_none=True)
+                    xg.grad = None
+                    fn(xg).backward(g)
+
+                return call
+
+            candidates = {
+                "copy": lambda: np.copy(x_np),
+                "fwd eager": fwd(layer),
+                "fwd torch.compile": fwd(compiled),
+                "fwd+bwd eager": fwd_bwd(layer),
+                "fwd+bwd torch.compile": fwd_bwd(compiled),
+            }
+            results.append(_record("keras-torch", shape, name, error, interleaved_medians(candidates, reps)))
+    return results
+
+
 def _record(engine, shape, layer, error, medians):
     copy = medians.pop("copy")
     return {
@@ -245,12 +291,13 @@ def _record(engine, shape, layer, error, medians):
     }
 
 
-ENGINES = {"tensorflow": run_tensorflow, "jax": run_jax, "torch": run_torch}
-ENGINE_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+ENGINES = {"tensorflow": run_tensorflow, "jax": run_jax, "torch": run_torch, "keras-torch": run_keras_torch}
+ENGINE_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch", "keras-torch": "torch"}
+KERAS_BACKENDS = {"jax": "jax", "keras-torch": "torch"}  # the others run Keras on TensorFlow
 
 
 def _run_engine_in_subprocess(engine, args):
-    env = dict(os.environ, KERAS_BACKEND="jax" if engine == "jax" else "tensorflow")
+    env = dict(os.environ, KERAS_BACKEND=KERAS_BACKENDS.get(engine, "tensorflow"))
     env.pop("TF_USE_LEGACY_KERAS", None)
     command = [sys.executable, os.path.abspath(__file__), "--engine-worker", engine, "--reps", str(args.reps)]
     if args.fast:
@@ -263,7 +310,7 @@ def _run_engine_in_subprocess(engine, args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", default="tensorflow,jax,torch")
+    parser.add_argument("--engines", default="tensorflow,jax,torch,keras-torch")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--fast", action="store_true")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "layer_speed.json"))

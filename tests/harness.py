@@ -19,7 +19,7 @@ Keras (Keras 3 on TensorFlow or JAX, or tf_keras):
 
 import numpy as np
 
-from keras_attention.backend import keras, set_global_dtype_policy
+from keras_attention.backend import BACKEND, keras, set_global_dtype_policy
 
 DTYPE_TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
 
@@ -230,3 +230,32 @@ def run_layer_test(
     if run_training:
         check_jit_training_step(layer, model, input_shapes, frozen_ok)
     return layer, model
+
+
+def gradients(model, inputs, loss_fn, variables):
+    """d loss / d variables with the backend's own autodiff; zeros where the loss does not depend on one."""
+    if BACKEND == "jax":
+        import jax
+
+        trainable = list(model.trainable_variables)
+        index = [next(i for i, t in enumerate(trainable) if t is v) for v in variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss_of(values):
+            outputs, _ = model.stateless_call(values, non_trainable, inputs, training=True)
+            return loss_fn(outputs)
+
+        grads = jax.jit(jax.grad(loss_of))([v.value for v in trainable])
+        return [np.asarray(grads[i]) for i in index]
+    if BACKEND == "torch":
+        import torch
+
+        loss = loss_fn(model(inputs, training=True))
+        grads = torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
+        return [np.zeros(tuple(v.shape)) if g is None else to_numpy(g) for v, g in zip(variables, grads)]
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = loss_fn(model(inputs, training=True))
+    grads = tape.gradient(loss, variables)
+    return [np.zeros(tuple(v.shape)) if g is None else np.asarray(g) for v, g in zip(variables, grads)]

@@ -27,8 +27,8 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backbones import attention_layers
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
-from tests.harness import to_numpy
+from keras_attention.backend import BACKEND, IS_LEGACY, keras, ops
+from tests.harness import gradients, to_numpy
 
 L = keras.layers
 KERAS3_TF = not IS_LEGACY and BACKEND == "tensorflow"
@@ -318,28 +318,10 @@ def attention_gradients(model, x):
     variables = [w for layer in attention_layers(model) for w in layer.trainable_weights]
     probe = np.random.default_rng(7).normal(size=tuple(model.output.shape[1:])).astype("float32")
 
-    def loss_of(outputs, ops):
-        return ops.sum(outputs * probe) / ops.maximum(ops.max(ops.abs(outputs)), 1e-30)
+    def loss_fn(outputs):
+        return ops.sum(outputs * ops.convert_to_tensor(probe)) / ops.maximum(ops.max(ops.abs(outputs)), 1e-30)
 
-    if BACKEND == "jax":
-        import jax
-
-        trainable = model.trainable_variables
-        index = [next(i for i, v in enumerate(trainable) if v is w) for w in variables]
-
-        def f(values):
-            outputs, _ = model.stateless_call(
-                values, [v.value for v in model.non_trainable_variables], x, training=True
-            )
-            return loss_of(outputs, keras.ops)
-
-        grads = jax.jit(jax.grad(f))([v.value for v in trainable])
-        return variables, [np.asarray(grads[i]) for i in index]
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        loss = loss_of(model(x, training=True), tf.experimental.numpy)
-    return variables, [g.numpy() for g in tape.gradient(loss, variables)]
+    return variables, gradients(model, x, loss_fn, variables)
 
 
 # ----------------------------------------------------------------------------

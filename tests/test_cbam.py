@@ -114,7 +114,8 @@ def test_mixed_precision_large_activations_stay_finite():
 
 
 def test_hidden_channels_reaches_the_channel_mlp_and_the_config():
-    """The official CBAM's width int(C / r + 0.5): 72 channels, r = 16 -> 5, where floor gives 4."""
+    """timm's CbamModule width max(1, int(C / r + 0.5)): 72 channels, r = 16 -> 5, where floor (the official
+    code's rounding) gives 4."""
     block = ka.CBAM(hidden_channels=int(72 / 16 + 0.5))
     block.build((None, 8, 8, 72))
     assert tuple(block.channel_attention.mlp_reduce.kernel.shape) == (1, 1, 72, 5)

@@ -40,6 +40,8 @@ import time
 import numpy as np
 import pytest
 
+from keras_attention.backend import BACKEND
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_REPLICAS = 2
 GLOBAL_BATCH = 8
@@ -394,6 +396,21 @@ def test_distributed_model_reloads_on_one_device(measured, key):
         assert entry["synchronized_batchnorm_after_reload"] == (0 if IS_LEGACY else 1)
 
 
+TORCH = BACKEND == "torch"
+ON_TORCH = pytest.mark.skipif(TORCH, reason="Keras 3.15 has no keras.distribution for PyTorch: see the next test")
+
+
+@pytest.mark.skipif(not TORCH, reason="the PyTorch backend's refusal")
+def test_torch_backend_names_the_way_out():
+    from keras_attention import distribute
+
+    with pytest.raises(
+        RuntimeError, match=r"supports the TensorFlow and JAX backends; Keras is running on 'torch'.*DDP"
+    ):
+        distribute.data_parallel()
+
+
+@ON_TORCH
 def test_data_parallel_in_this_process():
     """No split: the engine still builds, over the one CPU device pytest's process has."""
     from keras_attention import distribute
@@ -427,6 +444,7 @@ def test_data_parallel_in_this_process():
             distribute.data_parallel(1, strategy=strategy)
 
 
+@ON_TORCH
 def test_split_cpu_too_late_explains():
     from keras_attention import distribute
 
@@ -439,6 +457,7 @@ def test_split_cpu_too_late_explains():
         distribute.split_cpu(0)
 
 
+@ON_TORCH
 def test_synchronize_batchnorm_on_one_device():
     """Every BN, nested ones included, is switched; on one device it computes what plain BN does."""
     import keras_attention as ka

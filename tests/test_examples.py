@@ -71,3 +71,20 @@ def test_distributed_finetune(tmp_path):
     assert (tmp_path / "model.keras").exists()
     # The model saved inside the engine, reloaded on one device, predicts what the trained one did.
     assert float(re.search(r"max \|output difference\| (\S+)", out).group(1)) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="Keras 3 QAT to int8 on TensorFlow: run once")
+def test_pretrained_resnet50_cbam(tmp_path):
+    """The published-checkpoint path end to end, with a file in the official release's format (random weights)."""
+    torch = pytest.importorskip("torch")
+    from tests import reference_resnet
+
+    source = reference_resnet.randomised("resnet50_cbam")
+    checkpoint = tmp_path / "RESNET50_CBAM_new_name_wrap.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, checkpoint)
+    out = run_example("pretrained_resnet50_cbam.py", "--weights", str(checkpoint), "--out", str(tmp_path / "out"))
+    assert f"backbone from {checkpoint}" in out and "| QAT int8 (LiteRT) |" in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["int8_end_to_end"] and results["all_builtin"] and results["top1_agreement"] >= 0.9
+    assert (tmp_path / "out" / "model_int8.tflite").stat().st_size == results["size_bytes"]

@@ -13,7 +13,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import BACKEND, IS_LEGACY, keras, ops
-from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
+from tests.harness import build_model, gradients, random_inputs, run_layer_test, to_numpy
 from tests.layer_reference import randomize_weights
 from tests.reference_thundernet import sam_gate_output, sam_output, thundernet_graph
 
@@ -160,35 +160,6 @@ def _graph_inputs(batch=2, seed=0):
     return random_inputs([(batch, 20, 20, 16), (batch, 10, 10, 24)], seed=seed)
 
 
-def _gradients(model, inputs, loss_fn, variables):
-    """d loss / d variables with the backend's own autodiff; zeros where the loss does not depend on one."""
-    if BACKEND == "jax":
-        import jax
-
-        trainable = list(model.trainable_variables)
-        index = [next(i for i, t in enumerate(trainable) if t is v) for v in variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
-
-        def loss_of(values):
-            outputs, _ = model.stateless_call(values, non_trainable, inputs, training=True)
-            return loss_fn(outputs)
-
-        grads = jax.jit(jax.grad(loss_of))([v.value for v in trainable])
-        return [np.asarray(grads[i]) for i in index]
-    if BACKEND == "torch":
-        import torch
-
-        loss = loss_fn(model(inputs, training=True))
-        grads = torch.autograd.grad(loss, [v.value for v in variables], allow_unused=True)
-        return [np.zeros(tuple(v.shape)) if g is None else to_numpy(g) for v, g in zip(variables, grads)]
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        loss = loss_fn(model(inputs, training=True))
-    grads = tape.gradient(loss, variables)
-    return [np.zeros(tuple(v.shape)) if g is None else np.asarray(g) for v, g in zip(variables, grads)]
-
-
 @pytest.mark.parametrize("use_batchnorm", [True, False])
 def test_loss_on_sam_output_trains_the_rpn_features(use_batchnorm):
     """SAM's second purpose: a loss computed only from the SAM output sends gradient into the RPN
@@ -205,7 +176,7 @@ def test_loss_on_sam_output_trains_the_rpn_features(use_batchnorm):
         rpn = layers["rpn"]
         convs = [rpn.depthwise.trainable_weights[0], rpn.pointwise.kernel]
         heads = [rpn.objectness.kernel, rpn.box_deltas.kernel]
-        grads = _gradients(model, inputs, loss_fn, convs + heads)
+        grads = gradients(model, inputs, loss_fn, convs + heads)
         conv_norms = [float(np.abs(g).max()) for g in grads[:2]]
         if use_sam:
             assert all(n > 1e-8 for n in conv_norms), conv_norms

@@ -65,8 +65,8 @@ class ChannelAttention(_ChannelGateBase):
         min_channels: lower bound for the hidden width. `None` (default) is the
             official code: hidden = floor(C / r), an error when that is 0.
         hidden_channels: the hidden width itself, for ports of weights whose
-            width no ratio gives (timm's SE: `make_divisible(C / 16, 8)`; CBAM's
-            official `int(C / r + 0.5)`). Excludes `reduction` and `min_channels`.
+            width no ratio gives (timm's SE: `make_divisible(C / 16, 8)`; timm's
+            CbamModule: `max(1, int(C / r + 0.5))`). Excludes `reduction` and `min_channels`.
         pooling: pooled descriptors fed to the MLP: ("avg", "max") as in the
             paper, or either alone.
         use_bias: biases in the MLP (the official code has them; Eq. 2 does not).
