@@ -50,7 +50,8 @@ test-legacy: $(STAMP)
 TORCH_TESTS := tests/test_cbam.py tests/test_channel_attention.py tests/test_spatial_attention.py \
 	tests/test_squeeze_excitation.py tests/test_efficient_channel_attention.py tests/test_context_enhancement.py \
 	tests/test_light_rpn_head.py tests/test_rpn_guided_spatial_attention.py tests/test_roi_align.py \
-	tests/test_sag_mask_head.py tests/test_backbones.py tests/test_models.py tests/test_distribute.py
+	tests/test_sag_mask_head.py tests/test_backbones.py tests/test_models.py tests/test_distribute.py \
+	tests/test_torch_compile.py
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PYTEST) -m "not slow" $(TORCH_TESTS) $(ARGS)
 

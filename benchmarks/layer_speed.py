@@ -203,77 +203,63 @@ def run_torch(shapes, reps):
             module = TorchCBAM(name, w).to(device)
             with torch.no_grad():
                 error = check(name, module(x[:1]).permute(0, 2, 3, 1).cpu().numpy(), x_np[:1], w)
-            compiled = torch.compile(module)
-            xg = x.clone().requires_grad_(True)
-
-            def fwd(m):
-                def call():
-                    with torch.no_grad():
-                        m(x)
-                    sync()
-
-                return call
-
-            def fwd_bwd(m):
-                def call():
-                    m.zero_grad(set_to_none=True)
-                    xg.grad = None
-                    m(xg).backward(g)
-                    sync()
-
-                return call
-
-            candidates = {
-                "copy": lambda: np.copy(x_np),
-                "fwd eager": fwd(module),
-                "fwd torch.compile": fwd(compiled),
-                "fwd+bwd eager": fwd_bwd(module),
-                "fwd+bwd torch.compile": fwd_bwd(compiled),
-            }
+            candidates = _torch_candidates(module, x_np, x, g, sync)
             results.append(_record("torch", shape, name, error, interleaved_medians(candidates, reps)))
     return results
 
 
+def _torch_candidates(module, x_np, x, g, sync):
+    """The timed calls of a torch module (a Keras layer on PyTorch is one): eager and torch.compile'd,
+    forward and forward+backward, beside a copy of the input. torch.compile of the call is what
+    `compile(jit_compile=True)` does on Keras' PyTorch backend."""
+    import torch
+
+    compiled = torch.compile(module)
+    xg = x.clone().requires_grad_(True)
+
+    def fwd(fn):
+        def call():
+            with torch.no_grad():
+                fn(x)
+            sync()
+
+        return call
+
+    def fwd_bwd(fn):
+        def call():
+            module.zero_grad(set_to_none=True)
+            xg.grad = None
+            fn(xg).backward(g)
+            sync()
+
+        return call
+
+    return {
+        "copy": lambda: np.copy(x_np),
+        "fwd eager": fwd(module),
+        "fwd torch.compile": fwd(compiled),
+        "fwd+bwd eager": fwd_bwd(module),
+        "fwd+bwd torch.compile": fwd_bwd(compiled),
+    }
+
+
 def run_keras_torch(shapes, reps):
-    """The package's Keras layers on Keras 3's PyTorch backend: eager, and under torch.compile."""
+    """The package's Keras layers on Keras 3's PyTorch backend (channels_last, as in the other Keras engines)."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     results = []
     for shape in shapes:
         x_np, g_np = random_array(shape, 0), random_array(shape, 1)
-        x, g = torch.from_numpy(x_np), torch.from_numpy(g_np)
-        xg = x.clone().requires_grad_(True)
+        x, g = torch.from_numpy(x_np).to(device), torch.from_numpy(g_np).to(device)
         for name in LAYERS:
             w = reference_weights(shape[-1])
             layer = keras_layer(name, shape[-1], w)
             with torch.no_grad():
                 error = check(name, layer(x[:1]).cpu().numpy(), x_np[:1], w)
-            # What model.compile(jit_compile=True) does on this backend: torch.compile of the call.
-            compiled = torch.compile(layer)
-
-            def fwd(fn):
-                def call():
-                    with torch.no_grad():
-                        fn(x)
-
-                return call
-
-            def fwd_bwd(fn):
-                def call():
-                    layer.zero_grad(set_to_none=True)
-                    xg.grad = None
-                    fn(xg).backward(g)
-
-                return call
-
-            candidates = {
-                "copy": lambda: np.copy(x_np),
-                "fwd eager": fwd(layer),
-                "fwd torch.compile": fwd(compiled),
-                "fwd+bwd eager": fwd_bwd(layer),
-                "fwd+bwd torch.compile": fwd_bwd(compiled),
-            }
+            candidates = _torch_candidates(layer, x_np, x, g, sync)
             results.append(_record("keras-torch", shape, name, error, interleaved_medians(candidates, reps)))
     return results
 

@@ -4,10 +4,11 @@ The official CBAM release (RESNET50_CBAM_new_name_wrap.pth, linked from
 github.com/Jongchan/attention-module's README; 77.62 % ImageNet top-1) is read
 with `keras_attention.models.resnet50_cbam(weights=PATH)`: every tensor of the
 file lands in a named Keras weight, or the load fails naming the keys. The
-ImageNet classifier is left out (include_top=False) and a 10-way head is
-trained on scikit-learn's digits, with the backbone fine-tuned at a lower
-rate; the model then goes through the package's Keras 3 QAT and is converted
-to an int8 `.tflite`, verified against the QAT model in LiteRT.
+ImageNet classifier is left out (include_top=False), a 10-way head is added
+and the whole network is fine-tuned on scikit-learn's digits (Adam, 3e-4: a
+small rate, so the pretrained features are adjusted rather than replaced);
+the model then goes through the package's Keras 3 QAT and is converted to an
+int8 `.tflite`, verified against the QAT model in LiteRT.
 
     python examples/pretrained_resnet50_cbam.py --weights RESNET50_CBAM_new_name_wrap.pth [--out DIR]
     python examples/pretrained_resnet50_cbam.py --model seresnet50 --weights model.safetensors   # timm

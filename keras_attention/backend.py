@@ -52,7 +52,7 @@ if IS_LEGACY:
         logical_and = staticmethod(_tf.logical_and)
         sum = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_sum(x, axis, keepdims))
         mean = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_mean(x, axis, keepdims))
-        max = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_max(x, axis, keepdims))
+        max = amax = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_max(x, axis, keepdims))
         min = staticmethod(lambda x, axis=None, keepdims=False: _tf.reduce_min(x, axis, keepdims))
         pad = staticmethod(lambda x, pad_width, mode="constant": _tf.pad(x, pad_width, mode=mode.upper()))
         matmul = staticmethod(_tf.matmul)
@@ -151,6 +151,8 @@ def xla_compiling(tensor):
         import jax
 
         return isinstance(tensor, jax.core.Tracer)
+    if BACKEND != "tensorflow":  # PyTorch: torch.compile is not XLA (and TensorFlow is not imported there)
+        return False
     import tensorflow as tf
 
     return not tf.executing_eagerly() and _compat.in_xla_context()

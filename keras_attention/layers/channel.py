@@ -28,7 +28,7 @@ class _ChannelGateBase(GatedAttention):
         axes = self._spatial_axes()
         pooled = []
         for kind in self._pooling:
-            reduce = ops.mean if kind == "avg" else ops.max
+            reduce = ops.mean if kind == "avg" else ops.amax  # amax: ops.max breaks torch.compile graphs
             p = reduce(x, axis=axes, keepdims=True)
             if self.data_format == "channels_first":
                 p = ops.reshape(p, (-1, 1, 1, self.channels))

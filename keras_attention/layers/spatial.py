@@ -107,7 +107,7 @@ class SpatialAttention(GatedAttention):
             if kind == "avg":  # the max of int8 values keeps the input's scale; the mean is a new tensor
                 maps.append(self.at_point("channel_avg", ops.mean(x, axis=channel_axis, keepdims=True)))
             else:
-                maps.append(ops.max(x, axis=channel_axis, keepdims=True))
+                maps.append(ops.amax(x, axis=channel_axis, keepdims=True))
         if self.data_format == "channels_first":
             maps = [ops.transpose(m, (0, 2, 3, 1)) for m in maps]
         return maps[0] if len(maps) == 1 else self.at_point("descriptors", ops.concatenate(maps, axis=-1))
