@@ -29,8 +29,16 @@ def _save(name, source, path):
     """Writes `source`'s weights as its publisher does."""
     state = source.state_dict()
     if name.endswith("_cbam"):
-        official = {"epoch": 100, "arch": "resnet", "best_prec1": torch.tensor(77.622)}
-        torch.save({**official, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+        # As train_imagenet.py saved it with PyTorch 0.4: the pre-1.6 (non-zip) format, the optimizer beside.
+        optimizer = torch.optim.SGD(source.parameters(), 0.1, momentum=0.9)
+        official = {
+            "epoch": 100,
+            "arch": "resnet",
+            "best_prec1": torch.tensor(77.622),
+            "optimizer": optimizer.state_dict(),
+        }
+        state = {f"module.{k}": v for k, v in state.items()}
+        torch.save({**official, "state_dict": state}, path, _use_new_zipfile_serialization=False)
     else:
         safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
     return path

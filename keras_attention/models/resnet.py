@@ -26,6 +26,7 @@ from keras_attention._checks import check_int
 from keras_attention.backend import image_data_format, keras
 from keras_attention.layers import CBAM, EfficientChannelAttention, SqueezeExcitation
 from keras_attention.layers import _validation as v
+from keras_attention.models.checkpoints import load_checkpoint
 
 POOLINGS = (None, "avg", "max")
 
@@ -182,8 +183,6 @@ def build(
         x = pool(data_format=data_format, name="global_pool")(x)
     model = keras.Model(inputs, x, name=name or recipe.name)
     if weights is not None:
-        from keras_attention.models.checkpoints import load_checkpoint
-
         load_checkpoint(model, weights)
     return model
 
