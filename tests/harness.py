@@ -227,7 +227,9 @@ def run_layer_test(
     if run_dtype_policies:
         check_dtype_policies(layer_cls, init_kwargs, model, input_shapes)
     check_other_channel_count(layer_cls, init_kwargs, layer, input_shapes)
-    if run_training:
+    # On PyTorch, jit_compile=True is torch.compile: 10-40 s per configuration on a cold cache. Its
+    # channels_first graph differs from channels_last by transposes only, so CI compiles channels_last.
+    if run_training and not (BACKEND == "torch" and init_kwargs.get("data_format") == "channels_first"):
         check_jit_training_step(layer, model, input_shapes, frozen_ok)
     return layer, model
 

@@ -57,6 +57,7 @@ def test_legacy_ops_shim_matches_keras_ops():
         np.asarray(backend.ops.mean(m, axis=(1, 2), keepdims=True)), m.mean((1, 2), keepdims=True)
     )
     np.testing.assert_allclose(np.asarray(backend.ops.max(m, axis=-1)), m.max(-1))
+    np.testing.assert_allclose(np.asarray(backend.ops.amax(m, axis=(0, 2))), m.max((0, 2)))
     np.testing.assert_allclose(np.asarray(backend.ops.stack([m, m], axis=-1)), np.stack([m, m], -1))
 
 

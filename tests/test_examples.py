@@ -26,6 +26,11 @@ def run_example(name, *args, timeout=600):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    IS_LEGACY or BACKEND != "tensorflow",
+    reason="run on Keras 3 + TensorFlow (CI time); JAX: test_jax_backend runs the quickstart's model; tf_keras: "
+    "test_quantization.py::test_example_fast runs an example end to end, test_serialization its saving",
+)
 def test_quickstart(tmp_path):
     out = run_example("quickstart.py", "--out", str(tmp_path))
     assert "identical predictions: True" in out

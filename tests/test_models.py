@@ -76,6 +76,7 @@ def test_ported_checkpoint_gives_pytorch_logits(name, tmp_path):
     assert _relative_error(to_numpy(fresh(images, training=False)), expected) > 0.1
 
 
+@ONCE  # the same layer types as the 50-layer variants, which every mode compares
 def test_deeper_variants_match_their_sources_in_size_and_names(tmp_path):
     """ResNet-101 + CBAM (official code, no published weights) and ECA-ResNet-101-D (timm)."""
     for name in ("resnet101_cbam", "ecaresnet101d"):

@@ -393,8 +393,9 @@ def test_example_fast_keras3(tmp_path):
     assert sum(type(layer).__name__ == "CBAM" and layer.quantization == "int8" for layer in qat.layers) == 10
 
 
-# ResNet-50 + CBAM through QAT to int8: tests/test_examples.py::test_pretrained_resnet50_cbam.
-BACKBONES = {"EfficientNetB0": 32, "MobileNetV3Small": 32}
+# MobileNetV3Small brings its own SE blocks (hard-sigmoid gates) beside CBAM. ResNet-50 + CBAM through QAT
+# to int8: tests/test_examples.py::test_pretrained_resnet50_cbam; EfficientNetB0 left out for CI time.
+BACKBONES = {"MobileNetV3Small": 32}
 
 
 @tensorflow_only
