@@ -218,3 +218,22 @@ def test_builder_arguments_are_checked():
     mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
     with pytest.raises(models.CheckpointMismatchError, match="'expanded_conv_depthwise' .* no PyTorch counterpart"):
         models.assign(mobilenet, {}, "arrays")
+
+
+@ONCE
+def test_loaded_backbone_works_with_the_backbone_tools(tmp_path):
+    """The backbone tools see the source's attention: freeze_backbone leaves exactly the 16 SE blocks (and the
+    head) trainable; attach refuses clearly, since a second block per branch would stack on the first."""
+    import keras_attention as ka
+    from keras_attention.backbones import attention_layers, freeze_backbone
+
+    path = _save("seresnet50", reference_resnet.randomised("seresnet50"), tmp_path / "model.safetensors")
+    backbone = models.seresnet50(include_top=False, weights=str(path), input_shape=(32, 32, 3), pooling="avg")
+    assert [layer.name for layer in attention_layers(backbone)][:2] == ["layer1_0_se", "layer1_1_se"]
+    assert len(attention_layers(backbone)) == 16
+    model = keras.Model(backbone.input, keras.layers.Dense(10, name="head")(backbone.output))
+    freeze_backbone(model, keep_trainable=["head"])
+    trainable = sorted({layer.name for layer in model.layers if layer.trainable and layer.weights})
+    assert trainable == sorted(["head", *(layer.name for layer in attention_layers(backbone))])
+    with pytest.raises(ValueError, match=r"attach: 'seresnet50' already has 16 attention layer\(s\)"):
+        ka.attach(backbone, "eca")
