@@ -22,14 +22,17 @@ int8 converter's backend).
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from keras_attention import models, quantization, tflite
-from keras_attention.backend import IS_LEGACY, keras
-from keras_attention.data import digits
+from qat_mobilenetv2_cbam import compile_model, tflite_accuracy  # noqa: E402 - the same steps as that example
+
+from keras_attention import models, quantization, tflite  # noqa: E402
+from keras_attention.backend import IS_LEGACY, keras  # noqa: E402
+from keras_attention.data import digits  # noqa: E402
 
 BUILDERS = ("resnet50_cbam", "seresnet50", "ecaresnet50d")
 
@@ -44,15 +47,6 @@ def build_model(name, weights, size, num_classes=10):
 def preprocess(images):
     """[0, 255] RGB -> the sources' input: x / 255, then ImageNet mean and standard deviation."""
     return keras.applications.imagenet_utils.preprocess_input(images.copy(), mode="torch")
-
-
-def compile_model(model, learning_rate, eager):
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        run_eagerly=eager,
-    )
 
 
 def main(argv=None):
@@ -106,7 +100,7 @@ def main(argv=None):
 
     start = time.time()
     flatbuffer = tflite.convert(qat_model, "int8", path=os.path.join(out, "model_int8.tflite"))
-    int8_accuracy = float(np.mean(tflite.run(flatbuffer, x_test)[0].argmax(axis=1) == y_test))
+    int8_accuracy = tflite_accuracy(flatbuffer, x_test, y_test)
     report = tflite.verify(qat_model, flatbuffer, x_test[:32], latency_runs=0 if args.fast else 20, analyze_gpu=False)
     print(f"int8 conversion and verification: {time.time() - start:.0f} s")
     print(report)

@@ -397,7 +397,7 @@ def test_distributed_model_reloads_on_one_device(measured, key):
 
 
 TORCH = BACKEND == "torch"
-ON_TORCH = pytest.mark.skipif(TORCH, reason="Keras 3.15 has no keras.distribution for PyTorch: see the next test")
+NOT_ON_TORCH = pytest.mark.skipif(TORCH, reason="Keras 3.15 has no keras.distribution for PyTorch: see the next test")
 
 
 @pytest.mark.skipif(not TORCH, reason="the PyTorch backend's refusal")
@@ -410,7 +410,7 @@ def test_torch_backend_names_the_way_out():
         distribute.data_parallel()
 
 
-@ON_TORCH
+@NOT_ON_TORCH
 def test_data_parallel_in_this_process():
     """No split: the engine still builds, over the one CPU device pytest's process has."""
     from keras_attention import distribute
@@ -444,7 +444,7 @@ def test_data_parallel_in_this_process():
             distribute.data_parallel(1, strategy=strategy)
 
 
-@ON_TORCH
+@NOT_ON_TORCH
 def test_split_cpu_too_late_explains():
     from keras_attention import distribute
 
@@ -457,7 +457,7 @@ def test_split_cpu_too_late_explains():
         distribute.split_cpu(0)
 
 
-@ON_TORCH
+@NOT_ON_TORCH
 def test_synchronize_batchnorm_on_one_device():
     """Every BN, nested ones included, is switched; on one device it computes what plain BN does."""
     import keras_attention as ka

@@ -13,7 +13,6 @@ difference is an error naming the keys; the model is then left untouched.
 
 import dataclasses
 import os
-import zipfile
 
 import numpy as np
 
@@ -76,7 +75,7 @@ def _batchnorm(prefix, layer):
     }
 
 
-def _conv_layer(prefix, layer, layout=_CONV):
+def _kernel_and_bias(prefix, layer, layout=_CONV):
     tensors = {f"{prefix}.weight": (layer.kernel, layout)}
     if layer.use_bias:
         tensors[f"{prefix}.bias"] = (layer.bias, _SAME)
@@ -90,21 +89,24 @@ def _tensors_of(layer):
         ca, sa = layer.channel_attention, layer.spatial_attention
         tensors = {}
         for index, conv in ((1, ca.mlp_reduce), (3, ca.mlp_expand)):
-            tensors.update(_conv_layer(f"{name}.ChannelGate.mlp.{index}", conv, (_linear_as_1x1, _linear_inverse)))
-        tensors.update(_conv_layer(f"{name}.SpatialGate.spatial.conv", sa.conv))
+            tensors.update(_kernel_and_bias(f"{name}.ChannelGate.mlp.{index}", conv, (_linear_as_1x1, _linear_inverse)))
+        tensors.update(_kernel_and_bias(f"{name}.SpatialGate.spatial.conv", sa.conv))
         if sa.use_batchnorm:
             tensors.update(_batchnorm(f"{name}.SpatialGate.spatial.bn", sa.bn))
         return tensors
     if isinstance(layer, SqueezeExcitation):  # timm's SEModule: fc1, fc2 as 1x1 convolutions
-        return {**_conv_layer(f"{name}.fc1", layer.mlp_reduce), **_conv_layer(f"{name}.fc2", layer.mlp_expand)}
+        return {
+            **_kernel_and_bias(f"{name}.fc1", layer.mlp_reduce),
+            **_kernel_and_bias(f"{name}.fc2", layer.mlp_expand),
+        }
     if isinstance(layer, EfficientChannelAttention):  # timm's EcaModule: conv (Conv1d, no bias)
         return {f"{name}.conv.weight": (layer.conv.kernel, (_conv1d, _conv1d_inverse))}
     if isinstance(layer, keras.layers.BatchNormalization):
         return _batchnorm(name, layer)
     if isinstance(layer, keras.layers.Conv2D):
-        return _conv_layer(name, layer)
+        return _kernel_and_bias(name, layer)
     if isinstance(layer, keras.layers.Dense):
-        return _conv_layer(name, layer, _LINEAR)
+        return _kernel_and_bias(name, layer, _LINEAR)
     if layer.weights:
         raise CheckpointMismatchError(
             f"keras_attention.models: layer {layer.name!r} ({type(layer).__name__}) has weights but no PyTorch "
@@ -270,9 +272,9 @@ def load_timm_safetensors(model, path):
 def load_checkpoint(model, path):
     """`load_timm_safetensors` or `load_torch_checkpoint`, chosen by the file's content (not its name)."""
     path = _check_file(path, "keras_attention.models.load_checkpoint")
-    if zipfile.is_zipfile(path) or not _looks_like_safetensors(path):
-        return load_torch_checkpoint(model, path)
-    return load_timm_safetensors(model, path)
+    if _looks_like_safetensors(path):
+        return load_timm_safetensors(model, path)
+    return load_torch_checkpoint(model, path)  # a zip (PyTorch >= 1.6) or a pickle: never "{" at byte 8
 
 
 def _looks_like_safetensors(path):

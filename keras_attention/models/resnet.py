@@ -40,19 +40,14 @@ class Recipe:
     attention: str  # "cbam" (official CBAM code), "se" or "eca" (timm)
     deep_stem: bool = False  # timm's "d" variants: three 3x3 convolutions instead of one 7x7
     avg_down: bool = False  # timm's "d" variants: average pooling before the projection shortcut
-    checkpoint: str = "torch"  # the published file's format: "torch" (.pth) or "safetensors" (timm)
 
 
 RECIPES = {
     "resnet50_cbam": Recipe("resnet50_cbam", (3, 4, 6, 3), "cbam"),
     "resnet101_cbam": Recipe("resnet101_cbam", (3, 4, 23, 3), "cbam"),
-    "seresnet50": Recipe("seresnet50", (3, 4, 6, 3), "se", checkpoint="safetensors"),
-    "ecaresnet50d": Recipe(
-        "ecaresnet50d", (3, 4, 6, 3), "eca", deep_stem=True, avg_down=True, checkpoint="safetensors"
-    ),
-    "ecaresnet101d": Recipe(
-        "ecaresnet101d", (3, 4, 23, 3), "eca", deep_stem=True, avg_down=True, checkpoint="safetensors"
-    ),
+    "seresnet50": Recipe("seresnet50", (3, 4, 6, 3), "se"),
+    "ecaresnet50d": Recipe("ecaresnet50d", (3, 4, 6, 3), "eca", deep_stem=True, avg_down=True),
+    "ecaresnet101d": Recipe("ecaresnet101d", (3, 4, 23, 3), "eca", deep_stem=True, avg_down=True),
 }
 
 
