@@ -495,3 +495,16 @@ def test_kit_script_writes_the_table_in_ci_size(tmp_path):
     assert results["cbam_vs_plain"]["int8"]["latency_ratio_1_thread"] > 0
     for head in ("sag_mask_head", "thundernet_cem_rpn_sam"):
         assert rows[(head, "float32")]["all_builtin"] and rows[(head, "int8")]["int8_end_to_end"]
+
+
+def test_top1_agreement_counts_exact_ties_in_the_keras_logits():
+    """QAT logits lie on an int8 grid and can tie: any tied class is Keras' top-1 (hand-computed cases)."""
+    from keras_attention.tflite.verification import output_agreement
+
+    keras_logits = np.array([[0.5, 0.5, 0.1], [0.2, 0.9, 0.1], [0.3, 0.3, 0.3], [0.7, 0.1, 0.2]], "float32")
+    runtime_logits = np.array([[0.49, 0.51, 0.1], [0.2, 0.9, 0.1], [0.3, 0.31, 0.3], [0.1, 0.7, 0.2]], "float32")
+    # Rows 0 and 2: the runtime picks a class tied for Keras' top; row 3 is a real flip.
+    assert output_agreement([runtime_logits], [keras_logits])["top1_agreement"] == 0.75
+    # Control: without the ties, rows 0 and 2 are flips too (argmax of Keras' row is class 0).
+    untied = keras_logits + np.array([0.01, 0, 0], "float32")
+    assert output_agreement([runtime_logits], [untied])["top1_agreement"] == 0.25

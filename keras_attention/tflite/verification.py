@@ -124,7 +124,8 @@ def output_agreement(actual, expected, caller="keras_attention.tflite.verify", r
     Returns the `VerificationReport` fields `max_abs_error`, `max_rel_error`
     (`max |actual - expected| / max |expected|`), `cosine_similarity` (per
     sample, mean), `min_cosine_similarity` and `top1_agreement` (for a 2-D
-    (N, classes) output; None otherwise).
+    (N, classes) output: the share of samples whose runtime argmax is a class
+    Keras scores highest, ties included; None otherwise).
     """
     for a, e in zip(actual, expected):
         if a.shape != e.shape:
@@ -142,7 +143,10 @@ def output_agreement(actual, expected, caller="keras_attention.tflite.verify", r
     top1 = None
     for a, e in zip(actual, expected):
         if a.ndim == 2 and a.shape[1] > 1:
-            top1 = float(np.mean(a.argmax(axis=1) == e.argmax(axis=1)))
+            # A QAT model's logits sit on an int8 grid and can tie exactly; then any tied class is Keras'
+            # top-1, and argmax (which takes the first) would report a flip the runtime did not make.
+            chosen = np.take_along_axis(e, a.argmax(axis=1)[:, None], axis=1)[:, 0]
+            top1 = float(np.mean(chosen == e.max(axis=1)))
             break
     return dict(
         max_abs_error=max_abs,
@@ -171,8 +175,9 @@ def verify(model, tflite_model, data, latency_runs=20, threads=(1, 2), analyze_g
         A `VerificationReport`. Errors compare all outputs, flattened:
         `max_rel_error` is `max |tflite - keras| / max |keras|`; cosine
         similarity is per sample (mean and minimum); `top1_agreement` is the
-        share of samples whose argmax agrees, for a 2-D (N, classes) output
-        (None otherwise).
+        share of samples whose LiteRT argmax is a class Keras scores highest
+        (exact ties count, as QAT logits on an int8 grid can tie), for a 2-D
+        (N, classes) output (None otherwise).
 
     Raises:
         InvalidTFLiteModelError: `tflite_model` is corrupt or not a TFLite model.
