@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=15
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test lint docs test-tf test-jax test-legacy test-torch battery clean
+.PHONY: demo test lint docs test-tf test-jax test-legacy test-torch test-jax-onnx battery clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,7 @@ test: $(STAMP) lint
 	KERAS_BACKEND=jax $(PYTEST) tests
 	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests
 	KERAS_BACKEND=torch $(PYTEST) -m "not slow" $(TORCH_TESTS)
+	$(MAKE) test-jax-onnx
 
 # ruff (configured in pyproject.toml): lint, and the format check (`ruff format .` applies it).
 lint: $(STAMP) docs
@@ -55,6 +56,19 @@ TORCH_TESTS := tests/test_cbam.py tests/test_channel_attention.py tests/test_spa
 test-torch: $(STAMP)
 	KERAS_BACKEND=torch $(PYTEST) -m "not slow" $(TORCH_TESTS) $(ARGS)
 
+# ONNX from the JAX backend: jax2onnx cannot share .venv with tfmot (absl-py 2 against 1.x), so it
+# has its own environment; KA_TEST_JAX2ONNX=1 makes the tests fail, not skip, if jax2onnx is missing.
+JAX_ONNX_VENV := .venv-jax-onnx
+JAX_ONNX_STAMP := $(JAX_ONNX_VENV)/.installed-stamp
+$(JAX_ONNX_STAMP): setup.cfg pyproject.toml
+	test -x $(JAX_ONNX_VENV)/bin/python || $(PYTHON) -m venv $(JAX_ONNX_VENV)
+	$(JAX_ONNX_VENV)/bin/python -m pip install -q --upgrade pip
+	$(JAX_ONNX_VENV)/bin/python -m pip install -q -e ".[test-jax-onnx]"
+	touch $(JAX_ONNX_STAMP)
+test-jax-onnx: $(JAX_ONNX_STAMP)
+	KERAS_BACKEND=jax KA_TEST_JAX2ONNX=1 $(JAX_ONNX_VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 \
+		--durations=5 tests/test_export.py $(ARGS)
+
 # Bad inputs across the public API in the three modes: clear / vague / silent / crash counts.
 battery: $(STAMP)
 	KERAS_BACKEND=tensorflow $(PY) tools/bad_input_battery.py
@@ -62,4 +76,4 @@ battery: $(STAMP)
 	TF_USE_LEGACY_KERAS=1 $(PY) tools/bad_input_battery.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info keras_attention_demo
+	rm -rf $(VENV) $(JAX_ONNX_VENV) build *.egg-info keras_attention_demo

@@ -12,6 +12,8 @@ Layers import `keras` and `ops` from here. Under Keras 3 `ops` is `keras.ops`
 small shim over TensorFlow with the same signatures and semantics.
 """
 
+import contextlib
+import contextvars
 import os
 
 from keras_attention import _compat
@@ -139,14 +141,34 @@ def build_sublayer(layer, input_shape):
         layer.build(input_shape)
 
 
+_PLAIN_GRAPH = contextvars.ContextVar("keras_attention_plain_graph", default=False)
+
+
+@contextlib.contextmanager
+def plain_graph():
+    """Within it, `xla_compiling` is False: the layers trace as their plain Keras ops.
+
+    For exporters that trace under `jax.jit` to write another format (ONNX
+    through jax2onnx): XLA's formulations (a convolution as k*k shifted sums)
+    would be written op by op into the file.
+    """
+    token = _PLAIN_GRAPH.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN_GRAPH.reset(token)
+
+
 def xla_compiling(tensor):
-    """True while `tensor` is being traced for XLA compilation.
+    """True while `tensor` is being traced for XLA compilation (and not within `plain_graph()`).
 
     TensorFlow: inside `tf.function(jit_compile=True)` (what `compile(jit_compile=True)`
     uses). JAX: under a trace (`jax.jit`, which Keras uses for fit/predict). Layers use
     it to pick formulations XLA's CPU/GPU code generators handle well, while eager
     calls, plain graphs, SavedModel/TFLite export and QAT keep the plain Keras layers.
     """
+    if _PLAIN_GRAPH.get():
+        return False
     if BACKEND == "jax":
         import jax
 

@@ -35,10 +35,13 @@ def _export(args, calibration):
     if model is None:
         raise ValueError(f"exporting to {args.output!r} needs a .keras model file; got the SavedModel {args.model!r}.")
     writer = export.export_onnx if args.output.endswith(".onnx") else export.export_openvino
-    writer(model, args.output)
+    writer(model, args.output, batch_size=args.batch_size)
     print(f"wrote {args.output}")
     if isinstance(calibration, np.ndarray):
-        print(export.verify(model, args.output, calibration[: args.verify_samples]))
+        count = min(len(calibration), args.verify_samples)
+        if args.batch_size:  # the file runs whole batches of its fixed size
+            count -= count % args.batch_size
+        print(export.verify(model, args.output, calibration[:count]))
 
 
 def _convert(args):
@@ -102,6 +105,9 @@ def main(argv=None):
     )
     convert.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs too")
     convert.add_argument("--verify-samples", type=int, default=32, help="samples of a .npy to verify on")
+    convert.add_argument(
+        "--batch-size", type=int, default=None, help=".onnx/.xml: a fixed batch size (default: free where it can be)"
+    )
     convert.set_defaults(run=_convert)
     info = commands.add_parser("info", help="which Keras and backend are active")
     info.set_defaults(run=_info)

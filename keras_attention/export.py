@@ -22,7 +22,7 @@ What each backend exports (Keras 3.15.1, tested here):
 | --- | --- | --- |
 | TensorFlow | yes (tf2onnx), batch size free | yes |
 | PyTorch | yes (torch.onnx), batch size 1 unless `batch_size` is given | yes |
-| JAX | only with `jax2onnx` (not tested here) | no: OpenVINO cannot convert Keras' `XlaCallModule` |
+| JAX | yes (jax2onnx, `[jax-onnx]`); RoIAlign needs `batch_size` | no: Keras hands it an `XlaCallModule` |
 
 tf_keras has no `model.export(format=...)`: use `tflite.convert`, or save the
 model and export it under Keras 3.
@@ -47,8 +47,9 @@ from collections import Counter
 import numpy as np
 
 from keras_attention import _compat, _io
+from keras_attention._checks import check_int
 from keras_attention._optional import first_line, require
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras, plain_graph
 from keras_attention.tflite.export import _load_model_path
 from keras_attention.tflite.interpreter import _samples_from_arrays, median_call_ms
 from keras_attention.tflite.verification import ReportAccess, _keras_outputs, output_agreement
@@ -69,6 +70,7 @@ def _exportable(model, caller, batch_size):
         )
     if not isinstance(model, keras.Model):
         raise TypeError(f"{caller}: expected a keras.Model; got {type(model).__name__}.")
+    check_int(caller, "batch_size", batch_size, note=" (a fixed batch size) or None", allow_none=True)
     from keras_attention.tflite.mixed_precision import float32_copy, is_mixed_precision
 
     if is_mixed_precision(model):
@@ -88,7 +90,14 @@ def _exportable(model, caller, batch_size):
 def _input_signature(model, batch_size):
     if batch_size is None:
         return None
-    return [keras.InputSpec(shape=(batch_size,) + tuple(t.shape)[1:], dtype=t.dtype) for t in model.inputs]
+
+    def spec(tensor):
+        return keras.InputSpec(shape=(batch_size,) + tuple(tensor.shape)[1:], dtype=tensor.dtype)
+
+    structure = getattr(model, "_inputs_struct", None)
+    if structure is not None:  # as Keras signs a functional model: one argument, its whole input structure
+        return [keras.tree.map_structure(spec, structure)]
+    return [spec(t) for t in model.inputs]
 
 
 def export_onnx(model, path, batch_size=None, opset=None):
@@ -97,14 +106,17 @@ def export_onnx(model, path, batch_size=None, opset=None):
     Args:
         model: a Keras 3 model (any backend but JAX without `jax2onnx`).
         path: the `.onnx` file to write (atomically).
-        batch_size: a fixed batch size; None keeps it free (TensorFlow), or 1
-            (PyTorch, whose exporter fixes every unknown size to 1).
+        batch_size: a fixed batch size; None keeps it free (TensorFlow, JAX
+            but with RoIAlign), or 1 (PyTorch, whose exporter fixes every
+            unknown size to 1). `verify` runs such a file in batches of it.
         opset: the ONNX opset; None: the exporter's default.
 
     Raises:
         ImportError: `onnx` or the backend's converter is missing (the error
             names the extra to install).
         RuntimeError: tf_keras, or JAX without `jax2onnx`.
+        ValueError: a `batch_size` that is not a positive int, or RoIAlign
+            on JAX without a fixed `batch_size`.
         InvalidExportedModelError: the written file fails `onnx.checker`.
     """
     caller = "keras_attention.export.export_onnx"
@@ -116,12 +128,15 @@ def export_onnx(model, path, batch_size=None, opset=None):
             importlib.import_module("jax2onnx")
         except ImportError:
             raise RuntimeError(
-                f"{caller}: Keras exports ONNX on the JAX backend through `jax2onnx`, which is not installed "
-                "(`pip install jax2onnx`; not tested with this package). Or save the model (.keras) and export "
-                "it with KERAS_BACKEND=tensorflow or torch: the file loads there with the same weights."
+                f"{caller}: Keras exports ONNX on the JAX backend through `jax2onnx`, which is not installed: "
+                '`pip install "keras-vision-attention[jax-onnx]"`, in an environment without the [qat] extra '
+                "(jax2onnx needs absl-py 2, tfmot pins 1.x). Or save the model (.keras) and export it with "
+                "KERAS_BACKEND=tensorflow or torch: the file loads there with the same weights."
             ) from None
     model = _exportable(model, caller, batch_size)
-    with _io.atomic_path(path, caller) as temporary:
+    if BACKEND == "jax" and batch_size is None:
+        _refuse_free_batch_roi_align(model, caller)
+    with _io.atomic_path(path, caller) as temporary, plain_graph():
         model.export(
             temporary,
             format="onnx",
@@ -131,6 +146,19 @@ def export_onnx(model, path, batch_size=None, opset=None):
         )
         _check_onnx(temporary, caller, shown=path)
     return os.fspath(path)
+
+
+def _refuse_free_batch_roi_align(model, caller):
+    """jax2onnx writes a reshape only to sizes it can take from an input's axes; RoIAlign's B*N boxes are not."""
+    from keras_attention.layers import RoIAlign
+
+    names = [layer.name for layer in all_layers(model) if isinstance(layer, RoIAlign)]
+    if names:
+        raise ValueError(
+            f"{caller}: on the JAX backend, RoIAlign ({', '.join(names)}) exports to ONNX only with a fixed "
+            "batch size: jax2onnx cannot write its reshape of batch x boxes rows for a free batch size. Pass "
+            "batch_size=, or export with KERAS_BACKEND=tensorflow, where the batch size stays free."
+        )
 
 
 def _check_onnx(path, caller, shown=None):
@@ -206,13 +234,19 @@ class _OnnxRuntime:
                 f"keras_attention.export.verify: onnxruntime cannot load {path!r}: {first_line(error)}"
             ) from None
         self.runtime = f"onnxruntime {ort.__version__}"
+        self.path = path
         self.inputs = self.session.get_inputs()
         self.input_names = [i.name for i in self.inputs]
-        self.fixed_batch = any(isinstance(i.shape[0], int) for i in self.inputs if i.shape)
+        self.fixed_batch = next((i.shape[0] for i in self.inputs if i.shape and isinstance(i.shape[0], int)), None)
 
     def __call__(self, arrays):
         feed = {i.name: a.astype(_ONNX_DTYPES.get(i.type, a.dtype)) for i, a in zip(self.inputs, arrays)}
-        return self.session.run(None, feed)
+        try:
+            return self.session.run(None, feed)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise InvalidExportedModelError(
+                f"keras_attention.export.verify: onnxruntime loads {self.path!r} but cannot run it: {first_line(error)}"
+            ) from None
 
     @staticmethod
     def ops(path):
@@ -256,9 +290,13 @@ class _OpenVinoRuntime:
         self.runtime = f"OpenVINO {ov.__version__.split('-')[0]} (CPU, f32)"
         self.outputs = _keras_outputs_of(self.compiled.outputs)
         self.input_names = [next(iter(port.get_names()), f"input_{i}") for i, port in enumerate(self.compiled.inputs)]
-        self.fixed_batch = any(
-            port.get_partial_shape().rank.get_length() and port.get_partial_shape()[0].is_static
-            for port in self.compiled.inputs
+        self.fixed_batch = next(
+            (
+                port.get_partial_shape()[0].get_length()
+                for port in self.compiled.inputs
+                if port.get_partial_shape().rank.get_length() and port.get_partial_shape()[0].is_static
+            ),
+            None,
         )
 
     def __call__(self, arrays):
@@ -331,12 +369,19 @@ def _file_size(path, fmt):
     return size
 
 
-def _run_all(runtime, arrays):
-    """Runs every sample: in one batch where the file's batch size is free, else one sample at a time."""
-    if not runtime.fixed_batch:
+def _run_all(runtime, arrays, caller):
+    """Runs every sample: in one batch where the file's batch size is free, else in batches of its size."""
+    size = runtime.fixed_batch
+    if size is None:
         return [np.asarray(o, "float32") for o in runtime(arrays)]
-    per_sample = [runtime([a[i : i + 1] for a in arrays]) for i in range(arrays[0].shape[0])]
-    return [np.concatenate([np.asarray(o[k], "float32") for o in per_sample]) for k in range(len(per_sample[0]))]
+    count = arrays[0].shape[0]
+    if count % size:
+        raise ValueError(
+            f"{caller}: the file's batch size is fixed at {size} (`batch_size` at export); got {count} samples, "
+            f"which is not a multiple of {size}."
+        )
+    batches = [runtime([a[i : i + size] for a in arrays]) for i in range(0, count, size)]
+    return [np.concatenate([np.asarray(o[k], "float32") for o in batches]) for k in range(len(batches[0]))]
 
 
 def _latency(runtime_cls, path, sample, threads, runs, warmup=3):
@@ -384,14 +429,15 @@ def verify(model, exported, data, latency_runs=20, threads=(1, 2)):
     samples = _samples_from_arrays(data, len(runtime.input_names))
     arrays = [np.concatenate([s[i] for s in samples]) for i in range(len(samples[0]))]
     expected = _keras_outputs(model, arrays)
-    actual = _run_all(runtime, arrays)
+    actual = _run_all(runtime, arrays, caller)
     if len(actual) != len(expected):
         raise ValueError(
             f"{caller}: the {fmt} file has {len(actual)} outputs, the Keras model {len(expected)}; "
             "is this the right model?"
         )
     agreement = output_agreement(actual, expected, caller=caller, runtime=fmt)
-    latency = _latency(_RUNTIMES[fmt], exported, samples[0], threads, latency_runs) if latency_runs else {}
+    first = [a[: runtime.fixed_batch or 1] for a in arrays]  # one sample, or the file's fixed batch
+    latency = _latency(_RUNTIMES[fmt], exported, first, threads, latency_runs) if latency_runs else {}
     return ExportReport(
         format=fmt,
         runtime=runtime.runtime,

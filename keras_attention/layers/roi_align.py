@@ -353,7 +353,8 @@ class RoIAlign(keras.layers.Layer):
         rois = batch * num_boxes
         flat_boxes = ops.reshape(boxes, (rois, 4))
         y1, x1, y2, x2 = _clamped_boxes(flat_boxes)
-        batch_index = ops.cast(ops.zeros_like(boxes[..., 0]), "int32") + ops.arange(batch, dtype="int32")[:, None]
+        # arange(0, batch), not arange(batch): jax2onnx's arange needs both ends.
+        batch_index = ops.cast(ops.zeros_like(boxes[..., 0]), "int32") + ops.arange(0, batch, dtype="int32")[:, None]
         batch_index = ops.reshape(batch_index, (rois,))
 
         hf, wf, sy, sx, row_stride, image_stride, level_offset, table = self._sampling_table(

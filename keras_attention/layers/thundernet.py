@@ -71,10 +71,19 @@ def _describe(input_shape):
     return repr(input_shape)
 
 
+def _static_dim(d):
+    if d is None or isinstance(d, int):
+        return d
+    try:
+        return int(d)  # torch.onnx's tracer gives a torch.Size of 0-d tensors
+    except Exception:  # noqa: BLE001 - JAX export's symbolic sizes ('batch') raise InconclusiveDimensionOperation
+        return None
+
+
 def _static_shape(x):
     shape = x.shape
-    if not hasattr(shape, "as_list"):  # torch.onnx's tracer gives a torch.Size of 0-d tensors
-        shape = tuple(d if d is None or isinstance(d, int) else int(d) for d in shape)
+    if not hasattr(shape, "as_list"):
+        shape = tuple(_static_dim(d) for d in shape)
     return _shape_tuple(shape)
 
 
@@ -109,12 +118,12 @@ def _checked_pair(layer, input_shape):
 
 def _dims(x):
     """Per-axis sizes of `x`: Python ints where static, scalar tensors where not."""
-    static = x.shape
     dynamic = None
     dims = []
-    for axis in range(len(static)):
-        if static[axis] is not None:
-            dims.append(int(static[axis]))
+    for axis, size in enumerate(x.shape):
+        size = _static_dim(size)
+        if size is not None:
+            dims.append(size)
         else:
             if dynamic is None:
                 dynamic = ops.shape(x)
