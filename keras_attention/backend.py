@@ -127,6 +127,39 @@ def set_global_dtype_policy(name):
     keras.mixed_precision.set_global_policy(name)
 
 
+def accumulation_dtype(layer):
+    """The dtype of a layer's pools, gates and their small convolutions: float32 at least.
+
+    float32 under float16/bfloat16 policies (a float16 sum over a large map
+    overflows, a float16 gate is coarse) and under float32; float64 in a
+    float64 model, which would otherwise lose precision in the attention.
+    """
+    return "float64" if layer.compute_dtype == "float64" else "float32"
+
+
+def _is_float64(x):
+    if BACKEND == "torch":  # a comparison torch.compile traces without a graph break
+        import torch
+
+        return x.dtype in ("float64", torch.float64)
+    return x.dtype == "float64"
+
+
+def mean(x, axis, keepdims=False):
+    """`ops.mean`, exact in float64 on every backend.
+
+    Keras 3.15 on JAX and PyTorch computes the mean of a float64 tensor in
+    float32 (its type promotion maps float64 to float32 off TensorFlow; about
+    1e-7 relative error, in a float64 result); there a sum divided by the count.
+    """
+    if BACKEND in ("jax", "torch") and _is_float64(x):
+        count = 1
+        for a in axis if isinstance(axis, (tuple, list)) else (axis,):
+            count *= x.shape[a]
+        return ops.sum(x, axis=axis, keepdims=keepdims) / count
+    return ops.mean(x, axis=axis, keepdims=keepdims)
+
+
 def build_sublayer(layer, input_shape):
     """Builds a nested layer from its parent's `build()`.
 
@@ -167,14 +200,14 @@ def xla_compiling(tensor):
     it to pick formulations XLA's CPU/GPU code generators handle well, while eager
     calls, plain graphs, SavedModel/TFLite export and QAT keep the plain Keras layers.
     """
-    if _PLAIN_GRAPH.get():
+    # The backend first: PyTorch's torch.compile is not XLA (and TensorFlow is not
+    # imported there), and reading the ContextVar would break torch.compile's graph.
+    if BACKEND not in ("jax", "tensorflow") or _PLAIN_GRAPH.get():
         return False
     if BACKEND == "jax":
         import jax
 
         return isinstance(tensor, jax.core.Tracer)
-    if BACKEND != "tensorflow":  # PyTorch: torch.compile is not XLA (and TensorFlow is not imported there)
-        return False
     import tensorflow as tf
 
     return not tf.executing_eagerly() and _compat.in_xla_context()

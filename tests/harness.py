@@ -11,7 +11,10 @@ Keras (Keras 3 on TensorFlow or JAX, or tf_keras):
   5. a training step inside `compile(jit_compile=True)`: loss finite, every
      trainable weight moved (plain SGD moves a weight iff its gradient is non-zero);
   6. `mixed_float16` and `mixed_bfloat16`: output in the compute dtype, finite,
-     close to the float32 output with the same weights;
+     close to the float32 output with the same weights; a `float64` model has
+     float64 weights and output, equal to the NumPy reference to 1e-10 (float32
+     anywhere inside would leave ~1e-7; JAX only with 64-bit arrays enabled;
+     not through Keras' BatchNormalization off TensorFlow, which computes float32);
   7. one feature map with a channel more than the layer was built for: an error
      naming the layer when a layer built for that many has other weight shapes;
      otherwise that error or a result of the input's shape.
@@ -34,7 +37,8 @@ def _is_shape(x):
 
 def to_numpy(t):
     if hasattr(t, "detach"):  # a torch tensor (Keras 3 on PyTorch): .numpy() refuses grad and bfloat16
-        t = t.detach().cpu().float()
+        t = t.detach().cpu()
+        t = t if str(t.dtype) == "torch.float64" else t.float()
     return np.asarray(t).astype("float64") if not hasattr(t, "numpy") else np.asarray(t.numpy()).astype("float64")
 
 
@@ -42,12 +46,12 @@ def dtype_name(t):
     return str(getattr(t.dtype, "name", t.dtype)).replace("torch.", "")  # torch.float16 -> float16
 
 
-def build_model(layer, input_shapes):
+def build_model(layer, input_shapes, dtype=None):
     """A functional model around `layer`; the batch dimension is left free.
 
     `input_shapes` include the batch; None entries stay unknown in the model.
     """
-    inputs = [keras.Input(tuple(shape[1:])) for shape in input_shapes]
+    inputs = [keras.Input(tuple(shape[1:]), dtype=dtype) for shape in input_shapes]
     outputs = layer(inputs if len(inputs) > 1 else inputs[0])
     return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs)
 
@@ -182,6 +186,34 @@ def check_dtype_policies(layer_cls, init_kwargs, reference_model, input_shapes):
             np.testing.assert_allclose(out, exp, atol=tol, err_msg=policy)
 
 
+def check_float64(layer_cls, init_kwargs, reference_model, input_shapes, reference_fn):
+    if BACKEND == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:  # JAX would truncate float64 to float32
+            return
+    set_global_dtype_policy("float64")
+    try:
+        layer = layer_cls(**init_kwargs)
+        model = build_model(layer, input_shapes, dtype="float64")  # Keras 3 casts inputs to floatx otherwise
+        model.set_weights(reference_model.get_weights())
+        inputs = [x.astype("float64") for x in random_inputs(input_shapes, seed=8)]
+        outputs = as_list_outputs(model(inputs if len(inputs) > 1 else inputs[0]))
+    finally:
+        set_global_dtype_policy("float32")
+    not_float64 = {getattr(w, "path", w.name): dtype_name(w) for w in layer.weights if dtype_name(w) != "float64"}
+    assert not not_float64, f"float64 model, weights of another dtype: {not_float64}"
+    assert [dtype_name(o) for o in outputs] == ["float64"] * len(outputs)
+    # Keras 3.15's BatchNormalization computes float64 in float32 on JAX and PyTorch (its type
+    # promotion maps float64 to float32 off TensorFlow): no float64 reference through it there.
+    keras_float32_inside = BACKEND != "tensorflow" and any(
+        isinstance(sublayer, keras.layers.BatchNormalization) for sublayer in layer._flatten_layers()
+    )
+    if reference_fn is not None and not keras_float32_inside:
+        expected = [np.asarray(e) for e in as_list_outputs(reference_fn(layer, *inputs))]
+        _assert_outputs_close([to_numpy(o) for o in outputs], expected, 1e-10, 1e-10, "float64 vs the NumPy reference")
+
+
 def check_other_channel_count(layer_cls, init_kwargs, layer, input_shapes):
     if len(input_shapes) != 1 or len(input_shapes[0]) != 4:
         return
@@ -226,6 +258,7 @@ def run_layer_test(
         check_unknown_sizes(layer_cls, init_kwargs, model, as_list(dynamic_input_shape), input_shapes)
     if run_dtype_policies:
         check_dtype_policies(layer_cls, init_kwargs, model, input_shapes)
+        check_float64(layer_cls, init_kwargs, model, input_shapes, reference_fn)
     check_other_channel_count(layer_cls, init_kwargs, layer, input_shapes)
     # On PyTorch, jit_compile=True is torch.compile: 10-40 s per configuration on a cold cache. Its
     # channels_first graph differs from channels_last by transposes only, so CI compiles channels_last.

@@ -1,4 +1,4 @@
-"""The base every attention layer shares: a float32 gate, multiplied into the input."""
+"""The base every attention layer shares: a float32 (or float64) gate, multiplied into the input."""
 
 from keras_attention.backend import keras, ops
 from keras_attention.layers import _validation as v
@@ -8,7 +8,8 @@ from keras_attention.layers._quantization import QuantizationPoints
 class GatedAttention(QuantizationPoints, keras.layers.Layer):
     """`output = inputs * gate(inputs)`, with the arguments every gate has.
 
-    Subclasses implement `compute_gate(inputs, training)`, a float32 gate shaped
+    Subclasses implement `compute_gate(inputs, training)`, a gate in
+    `accumulation_dtype(self)` (float32, or float64 in a float64 model) shaped
     to broadcast against the input, and add their own arguments to `__init__`
     and `get_config()`. The multiplication is the layer's int8 "output" point.
     """

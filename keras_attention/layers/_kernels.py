@@ -36,7 +36,7 @@ import functools
 
 import numpy as np
 
-from keras_attention.backend import BACKEND, custom_gradient, ops, xla_compiling
+from keras_attention.backend import BACKEND, accumulation_dtype, custom_gradient, mean, ops, xla_compiling
 
 XLA = "xla"
 SPACE_TO_DEPTH = "space_to_depth"
@@ -153,7 +153,8 @@ def fused_cbam(inputs, block):
     expressions over H x W (6-15x a copy each). Here the forward pass never
     stores `F'`, and the backward pass writes every sum over H x W as a batched
     matrix product. Ties of either max split the gradient equally, as
-    TensorFlow, JAX and PyTorch do. Computes in float32; returns `inputs.dtype`.
+    TensorFlow, JAX and PyTorch do. Computes in `accumulation_dtype` (float32, or
+    float64 in a float64 model); returns `inputs.dtype`.
 
     Long because the forward pass and its gradient share their intermediates
     (pooled descriptors, gates, argmax masks) through one custom-gradient
@@ -163,13 +164,14 @@ def fused_cbam(inputs, block):
     scale = ca.gate_scale
     channels = inputs.shape[-1]
     hidden = ca.mlp_reduce.kernel.shape[-1]
+    dtype = accumulation_dtype(block)
     weights = [
-        ops.reshape(ops.cast(ca.mlp_reduce.kernel, "float32"), (channels, hidden)),
-        ops.cast(ca.mlp_reduce.bias, "float32") if ca.use_bias else ops.zeros((hidden,)),
-        ops.reshape(ops.cast(ca.mlp_expand.kernel, "float32"), (hidden, channels)),
-        ops.cast(ca.mlp_expand.bias, "float32") if ca.use_bias else ops.zeros((channels,)),
-        ops.cast(sa.conv.kernel, "float32"),
-        ops.cast(sa.conv.bias, "float32") if sa.use_bias else ops.zeros((1,)),
+        ops.reshape(ops.cast(ca.mlp_reduce.kernel, dtype), (channels, hidden)),
+        ops.cast(ca.mlp_reduce.bias, dtype) if ca.use_bias else ops.zeros((hidden,), dtype),
+        ops.reshape(ops.cast(ca.mlp_expand.kernel, dtype), (hidden, channels)),
+        ops.cast(ca.mlp_expand.bias, dtype) if ca.use_bias else ops.zeros((channels,), dtype),
+        ops.cast(sa.conv.kernel, dtype),
+        ops.cast(sa.conv.bias, dtype) if sa.use_bias else ops.zeros((1,), dtype),
     ]
 
     @custom_gradient
@@ -179,8 +181,8 @@ def fused_cbam(inputs, block):
         # matrix products far faster than as reductions of fused expressions.
         height, width = x.shape[1], x.shape[2]
         size = height * width
-        xf = ops.reshape(ops.cast(x, "float32"), (-1, size, channels))
-        avg, peak = ops.mean(xf, axis=1), ops.max(xf, axis=1)
+        xf = ops.reshape(ops.cast(x, dtype), (-1, size, channels))
+        avg, peak = mean(xf, axis=1), ops.max(xf, axis=1)
         pre_avg, pre_max = ops.matmul(avg, w1) + b1, ops.matmul(peak, w1) + b1
         hidden_sum = ops.relu(pre_avg) + ops.relu(pre_max)
         channel_sigmoid = ops.sigmoid(ops.matmul(hidden_sum, w2) + 2.0 * b2)
@@ -195,14 +197,14 @@ def fused_cbam(inputs, block):
         out = ops.reshape(ops.cast(gated * spatial_gate, x.dtype), ops.shape(x))
 
         def grad(*args, upstream=None, variables=None):
-            upstream = ops.reshape(ops.cast(args[0] if upstream is None else upstream, "float32"), (-1, size, channels))
+            upstream = ops.reshape(ops.cast(args[0] if upstream is None else upstream, dtype), (-1, size, channels))
             upstream_x = upstream * xf
             # Spatial gate: d/d(gate) = sum_c upstream * F', then the sigmoid and the conv.
             grad_gate_s = ops.reshape(ops.matmul(upstream_x, channel_gate[:, :, None]), (-1, height, width))
             grad_logits = grad_gate_s[..., None] * scale * spatial_sigmoid * (1.0 - spatial_sigmoid)
             grad_maps, grad_kernel = _shifted_sum_conv_grads(maps, kernel, grad_logits)
             grad_maps = ops.reshape(grad_maps, (-1, size, 2))
-            at_channel_max = ops.cast(ops.equal(gated, channel_max), "float32")
+            at_channel_max = ops.cast(ops.equal(gated, channel_max), dtype)
             grad_max_c = grad_maps[..., 1:] / _channel_reduce(at_channel_max, ops.sum, ops.add)[..., None]
             grad_mean_c = grad_maps[..., :1] / channels
             # grad wrt F' = upstream * M_s + grad_mean_c + at_channel_max * grad_max_c;
@@ -215,9 +217,9 @@ def fused_cbam(inputs, block):
             )[:, 0]
             grad_z = grad_channel_gate * scale * channel_sigmoid * (1.0 - channel_sigmoid)
             grad_hidden = ops.matmul(grad_z, ops.transpose(w2))
-            grad_pre_avg = grad_hidden * ops.cast(pre_avg > 0, "float32")
-            grad_pre_max = grad_hidden * ops.cast(pre_max > 0, "float32")
-            at_peak = ops.cast(ops.equal(xf, peak[:, None, :]), "float32")
+            grad_pre_avg = grad_hidden * ops.cast(pre_avg > 0, dtype)
+            grad_pre_max = grad_hidden * ops.cast(pre_max > 0, dtype)
+            at_peak = ops.cast(ops.equal(xf, peak[:, None, :]), dtype)
             ties_hw = ops.matmul(ops.ones_like(row(spatial_gate)), at_peak)
             grad_gated = upstream * spatial_gate + grad_mean_c + at_channel_max * grad_max_c
             grad_x = (

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from keras_attention.backend import build_sublayer, keras, ops, register
+from keras_attention.backend import accumulation_dtype, build_sublayer, keras, mean, ops, register
 from keras_attention.layers import _validation as v
 from keras_attention.layers._gated import GatedAttention
 
@@ -24,11 +24,11 @@ class _ChannelGateBase(GatedAttention):
 
     def _pooled_descriptors(self, inputs):
         """(batch, 1, 1, C) float32 descriptors, channels_last, one per pooling."""
-        x = ops.cast(inputs, "float32")
+        x = ops.cast(inputs, accumulation_dtype(self))
         axes = self._spatial_axes()
         pooled = []
         for kind in self._pooling:
-            reduce = ops.mean if kind == "avg" else ops.amax  # amax: ops.max breaks torch.compile graphs
+            reduce = mean if kind == "avg" else ops.amax  # amax: ops.max breaks torch.compile graphs
             p = reduce(x, axis=axes, keepdims=True)
             if self.data_format == "channels_first":
                 p = ops.reshape(p, (-1, 1, 1, self.channels))
@@ -57,7 +57,8 @@ class ChannelAttention(_ChannelGateBase):
     The MLP (C -> C/r -> C, ReLU between) is shared by the pooled descriptors
     and written as two 1x1 convolutions, which convert to TFLite without the
     shape ops a Dense layer on a (B, 1, 1, C) tensor adds. Pooling and the gate
-    run in float32; the output has the layer's compute dtype.
+    run in float32 (float64 in a float64 model); the output has the layer's
+    compute dtype.
 
     Args:
         reduction: channel reduction ratio r of the MLP (16 in the paper;
@@ -154,7 +155,7 @@ class ChannelAttention(_ChannelGateBase):
             use_bias=self.use_bias,
             activation="relu",
             data_format="channels_last",
-            dtype="float32",
+            dtype=accumulation_dtype(self),
             name="mlp_reduce",
         )
         self.mlp_expand = keras.layers.Conv2D(
@@ -162,7 +163,7 @@ class ChannelAttention(_ChannelGateBase):
             1,
             use_bias=self.use_bias,
             data_format="channels_last",
-            dtype="float32",
+            dtype=accumulation_dtype(self),
             name="mlp_expand",
         )
         build_sublayer(self.mlp_reduce, (None, 1, 1, self.channels))
@@ -185,10 +186,10 @@ class ChannelAttention(_ChannelGateBase):
         reduce_kernel = self.mlp_reduce.kernel
         expand_kernel = self.mlp_expand.kernel
         if not self.use_bias:
-            expand_kernel.assign(np.zeros(expand_kernel.shape, "float32"))
+            expand_kernel.assign(np.zeros(expand_kernel.shape, accumulation_dtype(self)))
             return
-        reduce_kernel.assign(np.zeros(reduce_kernel.shape, "float32"))
-        self.mlp_reduce.bias.assign(np.ones(self.mlp_reduce.bias.shape, "float32"))
+        reduce_kernel.assign(np.zeros(reduce_kernel.shape, accumulation_dtype(self)))
+        self.mlp_reduce.bias.assign(np.ones(self.mlp_reduce.bias.shape, accumulation_dtype(self)))
         w2 = np.asarray(expand_kernel.numpy())
         self.mlp_expand.bias.assign(-w2.reshape(w2.shape[-2], w2.shape[-1]).sum(axis=0))
 
@@ -245,7 +246,7 @@ class SqueezeExcitation(ChannelAttention):
     """Squeeze-and-Excitation (Hu et al., CVPR 2018): CBAM's channel gate with average pooling only.
 
     `F' = F * gate(W2 relu(W1 AvgPool(F) + b1) + b2)`, the MLP written as 1x1
-    convolutions, pooling and gate in float32.
+    convolutions, pooling and gate in float32 (float64 in a float64 model).
 
     Args:
         reduction: channel reduction ratio (16 in the paper; `None`: 16 unless
@@ -378,7 +379,7 @@ class EfficientChannelAttention(_ChannelGateBase):
             use_bias=False,
             kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
             data_format="channels_last",
-            dtype="float32",
+            dtype=accumulation_dtype(self),
             name="conv",
         )
         build_sublayer(self.conv, (None, 1, self.channels, 1))

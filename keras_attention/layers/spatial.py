@@ -1,6 +1,6 @@
 """CBAM spatial attention."""
 
-from keras_attention.backend import build_sublayer, keras, ops, register
+from keras_attention.backend import accumulation_dtype, build_sublayer, keras, mean, ops, register
 from keras_attention.layers import _kernels
 from keras_attention.layers import _validation as v
 from keras_attention.layers._gated import GatedAttention
@@ -13,7 +13,8 @@ class SpatialAttention(GatedAttention):
     `M_s(F) = gate(conv_kxk([AvgPool_c(F); MaxPool_c(F)]))`, `F' = M_s(F) * F`:
     the channel mean and channel max (mean first, as the paper and CenterMask
     write it) are stacked, convolved to one map, gated and multiplied into every
-    channel. Pooling, convolution and gate run in float32.
+    channel. Pooling, convolution and gate run in float32 (float64 in a float64
+    model).
 
     Args:
         kernel_size: odd size of the convolution (7 in CBAM, 3 in CenterMask).
@@ -74,7 +75,7 @@ class SpatialAttention(GatedAttention):
             use_bias=self.use_bias,
             kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
             data_format="channels_last",
-            dtype="float32",
+            dtype=accumulation_dtype(self),
             name="conv",
         )
         build_sublayer(self.conv, (None, None, None, len(self.pooling)))
@@ -85,7 +86,7 @@ class SpatialAttention(GatedAttention):
                 momentum=0.99,
                 epsilon=1e-5,
                 gamma_initializer="zeros",
-                dtype="float32",
+                dtype=accumulation_dtype(self),
                 name="bn",
             )
             build_sublayer(self.bn, (None, None, None, 1))
@@ -100,12 +101,12 @@ class SpatialAttention(GatedAttention):
 
     def _channel_descriptors(self, inputs):
         """(batch, H, W, n_pool) float32 channel mean/max, channels_last."""
-        x = ops.cast(inputs, "float32")
+        x = ops.cast(inputs, accumulation_dtype(self))
         channel_axis = -1 if self.data_format == "channels_last" else 1
         maps = []
         for kind in self.pooling:
             if kind == "avg":  # the max of int8 values keeps the input's scale; the mean is a new tensor
-                maps.append(self.at_point("channel_avg", ops.mean(x, axis=channel_axis, keepdims=True)))
+                maps.append(self.at_point("channel_avg", mean(x, axis=channel_axis, keepdims=True)))
             else:
                 maps.append(ops.amax(x, axis=channel_axis, keepdims=True))
         if self.data_format == "channels_first":

@@ -24,7 +24,7 @@ NCHW convolutions). Spatial sizes may be unknown; channel counts must be known.
 
 import warnings
 
-from keras_attention.backend import build_sublayer, keras, ops, register
+from keras_attention.backend import accumulation_dtype, build_sublayer, keras, mean, ops, register
 from keras_attention.layers import _validation as v
 from keras_attention.layers._quantization import QuantizationPoints
 
@@ -223,7 +223,7 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
         self.c4_lateral = conv("c4_lateral")
         self.c5_lateral = conv("c5_lateral")
         # A 1x1 conv on a (batch, 1, 1, c5) vector: float32 costs nothing here.
-        self.global_context = conv("global_context", dtype="float32")
+        self.global_context = conv("global_context", dtype=accumulation_dtype(self))
         build_sublayer(self.c4_lateral, (None, None, None, c4_channels))
         build_sublayer(self.c5_lateral, (None, None, None, c5_channels))
         build_sublayer(self.global_context, (None, 1, 1, c5_channels))
@@ -249,7 +249,7 @@ class ContextEnhancement(QuantizationPoints, keras.layers.Layer):
             up5 = up5[:, :h4]
         if not (isinstance(w4, int) and isinstance(w5, int) and w4 == 2 * w5):
             up5 = up5[:, :, :w4]
-        pooled = self.at_point("pooled", ops.mean(ops.cast(c5, "float32"), axis=(1, 2), keepdims=True))
+        pooled = self.at_point("pooled", mean(ops.cast(c5, accumulation_dtype(self)), axis=(1, 2), keepdims=True))
         context = ops.cast(self.at_point("global_context", self.convolve(self.global_context, pooled)), lateral4.dtype)
         merged = self.at_point("c4_plus_c5", lateral4 + up5)
         return v.from_channels_last(self.at_point("output", merged + context), self.data_format)
@@ -484,7 +484,7 @@ class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
                 axis=-1,
                 momentum=_BN_MOMENTUM,
                 epsilon=_BN_EPSILON,
-                dtype="float32",
+                dtype=accumulation_dtype(self),
                 name="theta_bn",
             )
             build_sublayer(self.theta_bn, (None, None, None, gate_channels))
@@ -501,7 +501,7 @@ class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
         rpn = v.to_channels_last(inputs[1], self.data_format)
         # theta_bn is float32: it casts theta's output (float16 under mixed precision) on the way in.
         logits = self.convolve(self.theta, rpn, self.theta_bn if self.use_batchnorm else None, training)
-        logits = self.at_point("logits", ops.cast(logits, "float32"))
+        logits = self.at_point("logits", ops.cast(logits, accumulation_dtype(self)))
         return v.from_channels_last(self.apply_gate(logits), self.data_format)
 
     def call(self, inputs, training=None):
