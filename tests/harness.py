@@ -22,7 +22,7 @@ Keras (Keras 3 on TensorFlow or JAX, or tf_keras):
 
 import numpy as np
 
-from keras_attention.backend import BACKEND, keras, set_global_dtype_policy
+from keras_attention.backend import BACKEND, all_layers, keras, set_global_dtype_policy
 
 DTYPE_TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
 
@@ -38,7 +38,7 @@ def _is_shape(x):
 def to_numpy(t):
     if hasattr(t, "detach"):  # a torch tensor (Keras 3 on PyTorch): .numpy() refuses grad and bfloat16
         t = t.detach().cpu()
-        t = t if str(t.dtype) == "torch.float64" else t.float()
+        t = t if dtype_name(t) == "float64" else t.float()
     return np.asarray(t).astype("float64") if not hasattr(t, "numpy") else np.asarray(t.numpy()).astype("float64")
 
 
@@ -207,7 +207,7 @@ def check_float64(layer_cls, init_kwargs, reference_model, input_shapes, referen
     # Keras 3.15's BatchNormalization computes float64 in float32 on JAX and PyTorch (its type
     # promotion maps float64 to float32 off TensorFlow): no float64 reference through it there.
     keras_float32_inside = BACKEND != "tensorflow" and any(
-        isinstance(sublayer, keras.layers.BatchNormalization) for sublayer in layer._flatten_layers()
+        isinstance(sublayer, keras.layers.BatchNormalization) for sublayer in all_layers(layer)
     )
     if reference_fn is not None and not keras_float32_inside:
         expected = [np.asarray(e) for e in as_list_outputs(reference_fn(layer, *inputs))]

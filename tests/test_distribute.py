@@ -68,7 +68,7 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
 
     import keras_attention as ka
     from keras_attention.backbones import attach, freeze_backbone
-    from keras_attention.backend import BACKEND, IS_LEGACY, keras
+    from keras_attention.backend import BACKEND, IS_LEGACY, global_dtype_policy_name, keras, set_global_dtype_policy
 
     results = {"devices": devices, "mode": "tf_keras" if IS_LEGACY else f"keras3-{BACKEND}"}
     engine = distribute.data_parallel(N_REPLICAS)
@@ -196,18 +196,18 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
     @contextlib.contextmanager
     def precision(floatx):
         """Models built and trained within it compute in `floatx` (on JAX: 64-bit arrays enabled)."""
-        previous = keras.backend.floatx(), keras.mixed_precision.global_policy()
+        previous = keras.backend.floatx(), global_dtype_policy_name()
         if BACKEND == "jax":
             import jax
 
             jax.config.update("jax_enable_x64", floatx == "float64")
-        keras.backend.set_floatx(floatx)
-        keras.mixed_precision.set_global_policy(floatx)  # Keras 3 caches the policy floatx gave
+        keras.backend.set_floatx(floatx)  # the inputs' dtype (keras.Input's default)
+        set_global_dtype_policy(floatx)  # the layers' (Keras 3 caches the policy floatx gave)
         try:
             yield
         finally:
             keras.backend.set_floatx(previous[0])
-            keras.mixed_precision.set_global_policy(previous[1])
+            set_global_dtype_policy(previous[1])
             if BACKEND == "jax":
                 jax.config.update("jax_enable_x64", False)
 

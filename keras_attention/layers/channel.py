@@ -23,7 +23,7 @@ class _ChannelGateBase(GatedAttention):
         return (1, 2) if self.data_format == "channels_last" else (2, 3)
 
     def _pooled_descriptors(self, inputs):
-        """(batch, 1, 1, C) float32 descriptors, channels_last, one per pooling."""
+        """(batch, 1, 1, C) descriptors in `accumulation_dtype`, channels_last, one per pooling."""
         x = ops.cast(inputs, accumulation_dtype(self))
         axes = self._spatial_axes()
         pooled = []
@@ -41,7 +41,7 @@ class _ChannelGateBase(GatedAttention):
         return [*pooled, *self._logit_points(), *self.gate_points(), *self.output_point()]
 
     def compute_gate(self, inputs, training=None):
-        """The float32 channel gate, shaped to broadcast against `inputs`."""
+        """The channel gate in `accumulation_dtype`, shaped to broadcast against `inputs`."""
         logits = self._gate_logits(self._pooled_descriptors(inputs), training=training)
         gate = self.apply_gate(logits)
         if self.data_format == "channels_first":

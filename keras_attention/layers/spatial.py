@@ -100,7 +100,7 @@ class SpatialAttention(GatedAttention):
         return [*points, "logits", *self.gate_points(), *self.output_point()]
 
     def _channel_descriptors(self, inputs):
-        """(batch, H, W, n_pool) float32 channel mean/max, channels_last."""
+        """(batch, H, W, n_pool) channel mean/max in `accumulation_dtype`, channels_last."""
         x = ops.cast(inputs, accumulation_dtype(self))
         channel_axis = -1 if self.data_format == "channels_last" else 1
         maps = []
@@ -128,7 +128,7 @@ class SpatialAttention(GatedAttention):
         return logits if bn is None or self.quantization else self.bn(logits, training=training)
 
     def compute_gate(self, inputs, training=None):
-        """The float32 spatial gate, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
+        """The spatial gate in `accumulation_dtype`, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""
         logits = self._gate_logits(self._channel_descriptors(inputs), training=training)
         gate = self.apply_gate(self.at_point("logits", logits))
         if self.data_format == "channels_first":

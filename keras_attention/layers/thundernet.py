@@ -495,7 +495,7 @@ class RPNGuidedSpatialAttention(QuantizationPoints, keras.layers.Layer):
         return ["logits", *self.gate_points(), *self.output_point()]
 
     def compute_gate(self, inputs, training=None):
-        """The float32 attention `gate(BN(theta(rpn)))`, shaped like `cem` (in the layer's data format),
+        """The attention `gate(BN(theta(rpn)))` in `accumulation_dtype`, shaped like `cem` (in the layer's data format),
         or with one channel when `per_channel=False`."""
         self._check_shapes([_static_shape(x) for x in inputs] if isinstance(inputs, (list, tuple)) else inputs)
         rpn = v.to_channels_last(inputs[1], self.data_format)
