@@ -196,6 +196,54 @@ def test_damaged_files_give_clear_errors(tmp_path):
 
 
 @ONCE
+def test_unreadable_files_name_the_format_tried_and_never_suggest_an_unsafe_load(tmp_path):
+    model = models.seresnet50(include_top=False, input_shape=(32, 32, 3))
+    noise = np.random.default_rng(0).bytes(256)
+    random_pth = tmp_path / "random.pth"
+    random_pth.write_bytes(b"\x80\x02" + noise)  # a pickle's first bytes, then noise: torch.load refuses it
+    with pytest.raises(ValueError) as caught:
+        models.load_torch_checkpoint(model, random_pth)
+    message = str(caught.value)
+    assert "random.pth' as a PyTorch checkpoint" in message and "not a readable PyTorch checkpoint" in message
+    assert "weights_only set to False" not in message and "arbitrary code execution" not in message
+    assert "weights_only`" not in message and "Unsupported operand" in message  # torch's reason, not its advice
+    # A pickle that would run code: refused, and the message does not say how to load it anyway.
+    (tmp_path / "evil.pth").write_bytes(b"\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03.")
+    with pytest.raises(ValueError, match=r"evil\.pth' as a PyTorch checkpoint.*os\.system") as caught:
+        models.load_checkpoint(model, tmp_path / "evil.pth")
+    assert "False" not in str(caught.value)
+    # Random bytes named .safetensors: neither format's header; both formats named.
+    (tmp_path / "random.safetensors").write_bytes(noise)
+    with pytest.raises(ValueError, match=r"load_checkpoint: .*random\.safetensors' is neither a safetensors file"):
+        models.load_checkpoint(model, tmp_path / "random.safetensors")
+    # Starts like safetensors (header length, '{'), then damaged: read and reported as safetensors.
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes((40).to_bytes(8, "little") + b'{"a": {"dtype": "F32", ' + noise[:40])
+    with pytest.raises(ValueError, match=r"load_timm_safetensors: cannot read .*damaged\.safetensors' as safetensors"):
+        models.load_checkpoint(model, damaged)
+
+
+@ONCE
+def test_builders_say_nothing_is_downloaded_and_where_the_file_is(tmp_path):
+    with pytest.raises(
+        ValueError,
+        match=r"seresnet50: got weights='imagenet', a name.*never downloads.*"
+        r"timm/seresnet50\.ra2_in1k on the Hugging Face Hub",
+    ):
+        models.seresnet50(weights="imagenet")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"no checkpoint file at .*absent\.pth'.*never downloads.*"
+        r"RESNET50_CBAM_new_name_wrap\.pth from the official CBAM repository",
+    ):
+        models.resnet50_cbam(weights=str(tmp_path / "absent.pth"))
+    with pytest.raises(ValueError, match=r"ecaresnet101d: .*timm/ecaresnet101d\.miil_in1k"):
+        models.ecaresnet101d(weights="ImageNet")
+    with pytest.raises(TypeError, match=r"ecaresnet50d: `weights` must be None or the path .*got bool"):
+        models.ecaresnet50d(weights=True)
+
+
+@ONCE
 @pytest.mark.parametrize("module, extra", [("torch", "torch"), ("safetensors.numpy", "weights")])
 def test_missing_reader_names_the_extra(module, extra, monkeypatch, tmp_path):
     (tmp_path / "x.bin").write_bytes(b"\x00" * 16)

@@ -13,6 +13,7 @@ difference is an error naming the keys; the model is then left untouched.
 
 import dataclasses
 import os
+import tarfile
 
 import numpy as np
 
@@ -232,7 +233,7 @@ def load_torch_checkpoint(model, path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for damaged or foreign files
-        raise ValueError(f"{caller}: cannot read {path!r} as a PyTorch checkpoint: {first_line(error)}") from None
+        raise ValueError(_unreadable_torch_file(path, caller, error)) from None
     state = _unwrap_state_dict(checkpoint, path, caller)
     arrays = {}
     for key, value in state.items():
@@ -240,6 +241,29 @@ def load_torch_checkpoint(model, path):
             raise ValueError(f"{caller}: {path!r}: entry {key!r} is {type(value).__name__}, not a tensor.")
         arrays[key] = value.detach().cpu().float().numpy() if value.is_floating_point() else value.cpu().numpy()
     return assign(model, arrays, path, caller)
+
+
+def _torch_reason(error):
+    """What torch.load said, less its advice to retry with weights_only=False (which would run the file's code)."""
+    lines = []
+    for line in str(error).splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        if not line or "weights_only" in line.lower() or line.startswith(("Check the documentation", "Weights only")):
+            continue
+        lines.append(line)
+    return lines[0] if lines else type(error).__name__
+
+
+def _unreadable_torch_file(path, caller, error):
+    return (
+        f"{caller}: cannot read {path!r} as a PyTorch checkpoint (tried torch.save's zip or pickle format, "
+        f"read with torch.load(weights_only=True): tensors and plain containers only): {_torch_reason(error)}. "
+        "It is not a readable PyTorch checkpoint: the file is damaged or incomplete, in another format, or "
+        "holds Python objects besides tensors, which this loader never unpickles (they could run code). "
+        "Download the checkpoint again (docs/models.md lists the published files)."
+    )
 
 
 def load_timm_safetensors(model, path):
@@ -265,20 +289,45 @@ def load_timm_safetensors(model, path):
     try:
         arrays = numpy_reader.load_file(path)
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for damaged files
-        raise ValueError(f"{caller}: cannot read {path!r} as safetensors: {first_line(error)}") from None
+        raise ValueError(
+            f"{caller}: cannot read {path!r} as safetensors (an 8-byte header length, a JSON header, then the "
+            f"tensors' bytes): {first_line(error)}. The file is damaged or incomplete: download it again."
+        ) from None
     return assign(model, arrays, path, caller)
 
 
 def load_checkpoint(model, path):
-    """`load_timm_safetensors` or `load_torch_checkpoint`, chosen by the file's content (not its name)."""
-    path = _check_file(path, "keras_attention.models.load_checkpoint")
-    if _looks_like_safetensors(path):
+    """`load_timm_safetensors` or `load_torch_checkpoint`, chosen by the file's header (not its name).
+
+    A file that starts like safetensors is read as safetensors; a zip or a
+    pickle (what `torch.save` writes) as a PyTorch checkpoint. A file that
+    starts like neither is an error naming both formats.
+    """
+    caller = "keras_attention.models.load_checkpoint"
+    path = _check_file(path, caller)
+    head = _head(path)
+    if _looks_like_safetensors(head):
         return load_timm_safetensors(model, path)
-    return load_torch_checkpoint(model, path)  # a zip (PyTorch >= 1.6) or a pickle: never "{" at byte 8
+    if not _looks_like_torch(head, path):
+        raise ValueError(
+            f"{caller}: {path!r} is neither a safetensors file (those start with an 8-byte header length, then "
+            "'{') nor a PyTorch checkpoint (torch.save writes a zip, 'PK', or a pickle, byte 0x80); its first "
+            f"bytes are {head[:12]!r}. The file is damaged or not a checkpoint: download it again "
+            "(docs/models.md lists the published files)."
+        )
+    return load_torch_checkpoint(model, path)
 
 
-def _looks_like_safetensors(path):
-    """safetensors files start with an 8-byte little-endian header length, then a JSON object."""
+def _head(path, size=12):
     with open(path, "rb") as handle:
-        head = handle.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
+        return handle.read(size)
+
+
+def _looks_like_safetensors(head):
+    """safetensors files start with an 8-byte little-endian header length, then a JSON object."""
+    return len(head) >= 9 and head[8:9] == b"{"
+
+
+def _looks_like_torch(head, path):
+    """torch.save writes a zip (PyTorch >= 1.6) or a pickle (protocol 2 or newer: byte 0x80); a tar: before 0.4."""
+    return head.startswith((b"PK\x03\x04", b"\x80")) or tarfile.is_tarfile(path)

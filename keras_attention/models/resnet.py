@@ -21,6 +21,7 @@ What differs from Keras Applications' ResNet50 and why:
 """
 
 import dataclasses
+import os
 
 from keras_attention._checks import check_int
 from keras_attention.backend import image_data_format, keras
@@ -49,6 +50,39 @@ RECIPES = {
     "ecaresnet50d": Recipe("ecaresnet50d", (3, 4, 6, 3), "eca", deep_stem=True, avg_down=True),
     "ecaresnet101d": Recipe("ecaresnet101d", (3, 4, 23, 3), "eca", deep_stem=True, avg_down=True),
 }
+
+
+# Where each builder's published checkpoint is (README.md's table, docs/models.md); nothing is downloaded.
+PUBLISHED = {
+    "resnet50_cbam": "RESNET50_CBAM_new_name_wrap.pth from the official CBAM repository "
+    "(github.com/Jongchan/attention-module, the link in its README; reading it needs torch)",
+    "resnet101_cbam": "none is published (the CBAM authors released only ResNet-50 weights); pass a checkpoint "
+    "you trained with the official code",
+    "seresnet50": "model.safetensors of timm/seresnet50.ra2_in1k on the Hugging Face Hub",
+    "ecaresnet50d": "model.safetensors of timm/ecaresnet50d.miil_in1k on the Hugging Face Hub",
+    "ecaresnet101d": "model.safetensors of timm/ecaresnet101d.miil_in1k on the Hugging Face Hub",
+}
+
+
+def _check_weights(caller, recipe, weights):
+    """`weights` is None or the path of an existing file; names where the published file is otherwise."""
+    if weights is None:
+        return
+    where = PUBLISHED.get(recipe.name, "docs/models.md lists the published checkpoints")
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(
+            f"{caller}: `weights` must be None or the path of a checkpoint file; got {type(weights).__name__}."
+        )
+    path = os.fspath(weights)
+    if os.path.isfile(path):
+        return
+    never = (
+        "keras_attention.models never downloads anything: `weights` is None (random initialisation) or the "
+        f"path of a checkpoint file you downloaded. For {recipe.name}: {where}."
+    )
+    if str(path).lower() in ("imagenet", "imagenet1k", "imagenet-1k", "pretrained", "default"):
+        raise ValueError(f"{caller}: got weights={path!r}, a name, not a file. {never}")
+    raise FileNotFoundError(f"{caller}: no checkpoint file at {path!r}. {never}")
 
 
 def make_divisible(value, divisor=8):
@@ -164,6 +198,7 @@ def build(
     """Builds `recipe` (a `Recipe` or a key of `RECIPES`); the public builders call this."""
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     caller = f"keras_attention.models.{recipe.name}"
+    _check_weights(caller, recipe, weights)
     data_format = v.normalize_data_format(caller, data_format or image_data_format())
     if pooling not in POOLINGS:
         raise ValueError(f"{caller}: `pooling` must be one of {POOLINGS}; got {pooling!r}.")
