@@ -8,6 +8,7 @@ EXTRAS = {
     "onnxruntime": "onnx",
     "tf2onnx": "onnx",
     "openvino": "openvino",
+    "jax2onnx": "jax-onnx",
     "torch": "torch",
     "safetensors": "weights",
     "safetensors.numpy": "weights",

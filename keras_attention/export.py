@@ -37,7 +37,6 @@ True
 """
 
 import dataclasses
-import importlib
 import os
 import re
 import shutil
@@ -112,9 +111,9 @@ def export_onnx(model, path, batch_size=None, opset=None):
         opset: the ONNX opset; None: the exporter's default.
 
     Raises:
-        ImportError: `onnx` or the backend's converter is missing (the error
-            names the extra to install).
-        RuntimeError: tf_keras, or JAX without `jax2onnx`.
+        ImportError: `onnx` or the backend's converter (tf2onnx, jax2onnx)
+            is missing (the error names the extra to install).
+        RuntimeError: tf_keras.
         ValueError: a `batch_size` that is not a positive int, or RoIAlign
             on JAX without a fixed `batch_size`.
         InvalidExportedModelError: the written file fails `onnx.checker`.
@@ -125,13 +124,12 @@ def export_onnx(model, path, batch_size=None, opset=None):
         require("tf2onnx", caller)
     elif BACKEND == "jax":
         try:
-            importlib.import_module("jax2onnx")
-        except ImportError:
-            raise RuntimeError(
-                f"{caller}: Keras exports ONNX on the JAX backend through `jax2onnx`, which is not installed: "
-                '`pip install "keras-vision-attention[jax-onnx]"`, in an environment without the [qat] extra '
-                "(jax2onnx needs absl-py 2, tfmot pins 1.x). Or save the model (.keras) and export it with "
-                "KERAS_BACKEND=tensorflow or torch: the file loads there with the same weights."
+            require("jax2onnx", caller)
+        except ImportError as error:
+            raise ImportError(
+                f"{error} Keras exports ONNX on the JAX backend through `jax2onnx`; install it in an environment "
+                "without the [qat] extra (jax2onnx needs absl-py 2, tfmot pins 1.x). Or save the model (.keras) "
+                "and export it with KERAS_BACKEND=tensorflow or torch: the file loads there with the same weights."
             ) from None
     model = _exportable(model, caller, batch_size)
     if BACKEND == "jax" and batch_size is None:
@@ -151,14 +149,11 @@ def export_onnx(model, path, batch_size=None, opset=None):
 def _refuse_free_batch_roi_align(model, caller):
     """jax2onnx writes a reshape only to sizes it can take from an input's axes; RoIAlign's B*N boxes are not."""
     from keras_attention.layers import RoIAlign
+    from keras_attention.layers.roi_align import free_batch_onnx_message
 
     names = [layer.name for layer in all_layers(model) if isinstance(layer, RoIAlign)]
     if names:
-        raise ValueError(
-            f"{caller}: on the JAX backend, RoIAlign ({', '.join(names)}) exports to ONNX only with a fixed "
-            "batch size: jax2onnx cannot write its reshape of batch x boxes rows for a free batch size. Pass "
-            "batch_size=, or export with KERAS_BACKEND=tensorflow, where the batch size stays free."
-        )
+        raise ValueError(f"{caller}: {free_batch_onnx_message(names)}")
 
 
 def _check_onnx(path, caller, shown=None):
@@ -186,12 +181,12 @@ def export_openvino(model, path, batch_size=None):
     path = os.fspath(path)
     if not path.endswith(".xml"):
         raise ValueError(f"{caller}: OpenVINO IR is an .xml file with a .bin beside it; got {path!r}.")
-    require("openvino", caller)
-    if BACKEND == "jax":
+    if BACKEND == "jax":  # before importing openvino: refused whether it is installed or not
         raise RuntimeError(
             f"{caller}: on the JAX backend Keras hands OpenVINO an XlaCallModule op it cannot convert. Save the "
             "model (.keras) and export it with KERAS_BACKEND=tensorflow or torch."
         )
+    require("openvino", caller)
     model = _exportable(model, caller, batch_size)
     _io.check_destination(path, caller)
     directory = os.path.dirname(os.path.abspath(path))

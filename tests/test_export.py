@@ -327,14 +327,50 @@ def test_a_missing_exporter_names_the_extra(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(IS_LEGACY or BACKEND != "jax" or JAX2ONNX, reason="the JAX backend's own errors")
-def test_jax_names_the_way_out(tmp_path):
+def test_jax_names_the_way_out(tmp_path, monkeypatch):
     inputs = keras.Input((8, 8, 4))
     model = keras.Model(inputs, ka.CBAM(reduction=2)(inputs))
-    with pytest.raises(RuntimeError, match=r"JAX backend through `jax2onnx`.*KERAS_BACKEND=tensorflow or torch"):
+    pytest.importorskip("onnx")
+    with pytest.raises(
+        ImportError,
+        match=r"export_onnx: needs the `jax2onnx`.*keras-vision-attention\[jax-onnx\].*KERAS_BACKEND=tensorflow",
+    ):
         export.export_onnx(model, str(tmp_path / "cbam.onnx"))
+    monkeypatch.setitem(sys.modules, "openvino", None)  # refused before openvino is imported
     with pytest.raises(RuntimeError, match=r"XlaCallModule.*KERAS_BACKEND=tensorflow or torch"):
         export.export_openvino(model, str(tmp_path / "cbam.xml"))
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.skipif(IS_LEGACY or BACKEND != "jax", reason="how the JAX exporters trace RoIAlign's batch size")
+def test_roi_align_itself_refuses_jax2onnx_free_batch_trace():
+    """Keras' own model.export(format="onnx") skips export_onnx's check: RoIAlign gives its message itself
+    when the traced batch size is jax2onnx's sentinel (not an int, not a JAX symbolic dimension); a
+    symbolic batch from jax.export (Keras' SavedModel export on JAX) still traces."""
+    import jax
+
+    from keras_attention.layers import roi_align
+
+    class _DynamicDimSentinel:  # the kind of length jax2onnx gives arange(0, batch) for a free batch
+        pass
+
+    with pytest.raises(
+        ValueError,
+        match=r"RoIAlign 'rois': on the JAX backend, RoIAlign \(rois\) exports to ONNX "
+        r"only with a fixed batch size.*batch_size=.*KERAS_BACKEND=tensorflow",
+    ):
+        roi_align._check_traced_batch("rois", _DynamicDimSentinel())
+    layer = ka.RoIAlign(output_size=2, strides=4, name="rois")
+
+    def call(features, boxes):
+        return layer([features, boxes])
+
+    b = jax.export.symbolic_shape("b")[0]
+    exported = jax.export.export(jax.jit(call))(
+        jax.ShapeDtypeStruct((b, 16, 16, 4), "float32"), jax.ShapeDtypeStruct((b, 3, 4), "float32")
+    )
+    assert exported.out_avals[0].shape[1:] == (3, 2, 2, 4) and not isinstance(exported.out_avals[0].shape[0], int)
+    roi_align._check_traced_batch("rois", 3)  # a fixed batch size is fine
 
 
 @pytest.mark.skipif(not IS_LEGACY, reason="tf_keras's error")

@@ -7,12 +7,38 @@ JAX, compiles with XLA, and converts to TFLite with builtin ops only.
 
 import numpy as np
 
-from keras_attention.backend import keras, ops, register
+from keras_attention.backend import BACKEND, keras, ops, register
 from keras_attention.layers import _validation as v
 
 #: Boxes whose area is below this (in squared image pixels) count as this small
 #: in the level assignment (a zero-area box goes to the finest level).
 _MIN_BOX_AREA = 1e-6
+
+
+def free_batch_onnx_message(names):
+    """Why RoIAlign on JAX exports to ONNX only with a fixed batch size (export_onnx and the layer say it)."""
+    return (
+        f"on the JAX backend, RoIAlign ({', '.join(names)}) exports to ONNX only with a fixed batch size: "
+        "jax2onnx cannot write its reshape of batch x boxes rows for a free batch size. Pass batch_size= "
+        "(keras_attention.export.export_onnx; with Keras' model.export(format='onnx'), an input_signature of "
+        "a fixed batch size), or export with KERAS_BACKEND=tensorflow, where the batch size stays free."
+    )
+
+
+def _check_traced_batch(layer_name, size):
+    """On JAX, `size` (the length of arange(0, batch)) must be an int or a JAX symbolic dimension.
+
+    jax2onnx traces a free batch size so that `arange(0, batch)` has a length of
+    its own kind (`_DynamicDimSentinel`), which JAX's shape arithmetic then fails
+    on ("no attribute 'rmax'"). jax.export / jax2tf (Keras' SavedModel export)
+    give a symbolic dimension, which works.
+    """
+    if BACKEND != "jax" or size is None or isinstance(size, (int, np.integer)):
+        return
+    from jax import export as jax_export
+
+    if not jax_export.is_symbolic_dim(size):
+        raise ValueError(f"RoIAlign {layer_name!r}: {free_batch_onnx_message([layer_name])}")
 
 
 def _clamped_boxes(boxes):
@@ -354,7 +380,9 @@ class RoIAlign(keras.layers.Layer):
         flat_boxes = ops.reshape(boxes, (rois, 4))
         y1, x1, y2, x2 = _clamped_boxes(flat_boxes)
         # arange(0, batch), not arange(batch): jax2onnx's arange needs both ends.
-        batch_index = ops.cast(ops.zeros_like(boxes[..., 0]), "int32") + ops.arange(0, batch, dtype="int32")[:, None]
+        image_index = ops.arange(0, batch, dtype="int32")
+        _check_traced_batch(self.name, image_index.shape[0])
+        batch_index = ops.cast(ops.zeros_like(boxes[..., 0]), "int32") + image_index[:, None]
         batch_index = ops.reshape(batch_index, (rois,))
 
         hf, wf, sy, sx, row_stride, image_stride, level_offset, table = self._sampling_table(
