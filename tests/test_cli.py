@@ -156,3 +156,103 @@ def test_convert_writes_onnx_and_openvino_and_verifies_them(tmp_path, capsys):
     assert (tmp_path / "m.bin").exists()
     assert main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "q.onnx"), "--quantization", "int8"]) == 2
     assert "applies to .tflite" in capsys.readouterr().err
+
+
+KERAS3_TF = pytest.mark.skipif(
+    IS_LEGACY or BACKEND != "tensorflow", reason="converts Keras 3 .keras files on TensorFlow"
+)
+
+
+def _readme_model(path):
+    """The README's first model: unknown spatial sizes, saved and never called."""
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = ka.CBAM(reduction=2, kernel_size=3)(x)
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(x)))
+    model.save(path)
+    return model
+
+
+def _image_folder(root, classes=2, per_class=3, size=12):
+    """A class-per-sub-folder image folder (the layout `demo --data` takes), random RGB pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, 3), dtype="uint8")
+            Image.fromarray(pixels).save(root / f"class_{c}" / f"{i}.png")
+    return root
+
+
+@KERAS3_TF
+def test_convert_exports_a_model_of_unknown_size_to_onnx(tmp_path, capsys):
+    """Issue 29.3: the README's model to ONNX from the command line, called on --input-shape or the data."""
+    import onnxruntime
+
+    from keras_attention.cli import main
+
+    model = _readme_model(tmp_path / "m.keras")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "a.onnx")]) == 2  # control: no size known
+    assert "--input-shape" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "a.onnx"), "--input-shape", "16,16,3"]) == 0
+    folder = _image_folder(tmp_path / "images")
+    args = ["--representative", str(folder), "--preprocess", "unit"]
+    assert main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "b.onnx"), *args]) == 0
+    assert "max rel error" in capsys.readouterr().out  # verified on the folder's images
+    data = np.random.default_rng(1).uniform(0, 1, (2, 20, 24, 3)).astype("float32")  # another size: still free
+    for name in ("a.onnx", "b.onnx"):
+        session = onnxruntime.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: data})[0]
+        np.testing.assert_allclose(got, np.asarray(model(data)), rtol=1e-4, atol=1e-5)
+
+
+@KERAS3_TF
+def test_convert_refuses_an_unknown_extension_and_writes_nothing(tmp_path, capsys):
+    from keras_attention.cli import main
+
+    _readme_model(tmp_path / "m.keras")
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "out.pb")]) == 2
+    error = capsys.readouterr().err
+    assert "out.pb" in error and ".tflite" in error and ".onnx" in error, error
+    assert sorted(os.listdir(tmp_path)) == ["m.keras"]
+    # A missing parent folder is created, deliberately, and said.
+    assert main(["convert", str(tmp_path / "m.keras"), str(tmp_path / "new" / "m.tflite")]) == 0
+    assert "creating the folder" in capsys.readouterr().out and (tmp_path / "new" / "m.tflite").exists()
+
+
+@KERAS3_TF
+def test_convert_int8_from_a_class_folder_needs_the_preprocessing(tmp_path, capsys):
+    """Issue 29.2: class sub-folders are read; raw pixels for a model without Rescaling are refused."""
+    from keras_attention.cli import main
+
+    _readme_model(tmp_path / "m.keras")
+    folder = _image_folder(tmp_path / "images", size=16)
+    base = ["convert", str(tmp_path / "m.keras"), str(tmp_path / "m.tflite"), "--quantization", "int8"]
+    capsys.readouterr()
+    assert main([*base, "--representative", str(folder)]) == 2
+    error = capsys.readouterr().err
+    assert "raw pixels" in error and "preprocess" in error and not (tmp_path / "m.tflite").exists(), error
+    assert main([*base, "--representative", str(folder), "--preprocess", "unit", "--input-shape", "16,16,3"]) == 0
+    out = capsys.readouterr().out
+    assert "(int8, 6 samples)" in out, out  # all six images of both classes, verified
+    (folder / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    assert main([*base, "--representative", str(folder), "--preprocess", "unit"]) == 2
+    error = capsys.readouterr().err
+    assert "broken.jpg" in error and len(error.strip().splitlines()) == 1, error
+
+
+def test_version_and_the_extras_in_info(capsys):
+    from keras_attention import __version__
+    from keras_attention.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"keras-vision-attention {__version__}"
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "[qat] installed" in out and "[onnx] installed" in out, out  # the test extra installs both
+    assert "[jax-onnx] missing jax2onnx" in out or "[jax-onnx] installed" in out, out

@@ -226,6 +226,68 @@ def test_representative_data_from_a_dataset_and_an_image_directory(trained_cnn_c
         assert report.int8_end_to_end and report.cosine_similarity >= 0.98, str(report)
 
 
+@pytest.fixture(scope="module")
+def scaled_input_cnn(trained_cnn_cbam):
+    """The trained CNN without its Rescaling layer: it takes pixels / 255, preprocessed outside the model."""
+    inputs = keras.Input((16, 16, 1))
+    x = inputs
+    for layer in trained_cnn_cbam.layers[2:]:  # a chain: Input, Rescaling, then the weights
+        x = layer(x)
+    return keras.Model(inputs, x, name="cnn_cbam_scaled_outside")
+
+
+def _digit_folder(root, images, labels):
+    """The digits as PNGs, one sub-folder per class (the layout `demo --data` takes)."""
+    from PIL import Image
+
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[:, :, 0].astype("uint8")).save(root / str(label) / f"{i:03d}.png")
+    return root
+
+
+@tf_only
+def test_a_class_folder_calibrates_only_with_the_preprocessing_the_model_needs(
+    scaled_input_cnn, trained_cnn_cbam, digits16, tmp_path
+):
+    """Issue 29.2: raw folder pixels for a model that expects pixels / 255 are refused, not silently used."""
+    (x_train, y_train), (x_test, _) = digits16
+    folder = _digit_folder(tmp_path / "digits", x_train[:60], y_train[:60])
+    from keras_attention.tflite.calibration import image_files
+
+    assert {os.path.basename(os.path.dirname(f)) for f in image_files(str(folder))[:10]} == set("0123456789")
+    with pytest.raises(ValueError, match="raw pixels 0-255.*no Rescaling.*preprocess="):
+        tflite.convert(scaled_input_cnn, "int8", representative_data=str(folder))
+    reports = {}
+    for name, preprocess in (("scaled", lambda images: images / 255.0), ("raw", lambda images: images)):
+        flatbuffer = tflite.convert(scaled_input_cnn, "int8", representative_data=str(folder), preprocess=preprocess)
+        reports[name] = tflite.verify(
+            scaled_input_cnn, flatbuffer, x_test[:64] / 255.0, latency_runs=0, analyze_gpu=False
+        )
+    assert reports["scaled"].int8_end_to_end and reports["scaled"].cosine_similarity >= 0.98, str(reports["scaled"])
+    # Control: what the refusal prevents. Raw-pixel ranges ruin the file for the same model.
+    assert reports["raw"].cosine_similarity < 0.9, str(reports["raw"])
+    # A model with its own Rescaling takes the raw folder as it is.
+    flatbuffer = tflite.convert(trained_cnn_cbam, "int8", representative_data=str(folder))
+    report = tflite.verify(trained_cnn_cbam, flatbuffer, x_test[:64], latency_runs=0, analyze_gpu=False)
+    assert report.cosine_similarity >= 0.98, str(report)
+
+
+@tf_only
+def test_calibration_arrays_whose_range_contradicts_the_model_warn(scaled_input_cnn, trained_cnn_cbam, digits16):
+    import warnings
+
+    (x_train, _), _ = digits16
+    with pytest.warns(UserWarning, match="looks like raw pixels"):
+        tflite.convert(scaled_input_cnn, "int8", representative_data=x_train[:20])
+    with pytest.warns(UserWarning, match="scaled twice"):
+        tflite.convert(trained_cnn_cbam, "int8", representative_data=x_train[:20] / 255.0)
+    with warnings.catch_warnings():  # control: matching ranges say nothing
+        warnings.simplefilter("error", UserWarning)
+        tflite.convert(scaled_input_cnn, "int8", representative_data=x_train[:20] / 255.0)
+        tflite.convert(trained_cnn_cbam, "int8", representative_data=x_train[:20])
+
+
 # ------------------------------------------------------------ the report
 
 

@@ -1,30 +1,151 @@
-"""Representative (calibration) data for int8: arrays, tf.data, or a folder of images."""
+"""Representative (calibration) data for int8: arrays, tf.data, or a folder of images.
+
+A folder holds raw pixels (0-255). Fed to a model whose preprocessing lives
+outside it, they calibrate every activation range for inputs the model never
+sees, and the int8 file is ruined without an error. So a folder calibrates a
+model only when the model rescales its own input (a `Rescaling` or
+`Normalization` layer before its first weights) or a `preprocess` function is
+given; arrays whose range contradicts the model's first layers get a warning.
+"""
 
 import os
+import warnings
 
 import numpy as np
 
 from keras_attention.tflite._common import IMAGE_EXTENSIONS, _tf, _to_numpy
 
+_PIXEL_LAYERS = ("Rescaling", "Normalization")
 
-def _load_image_directory(directory, shape, limit):
-    tf = _tf()
-    names = sorted(n for n in os.listdir(directory) if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not names:
+
+def image_files(directory, what="representative_data"):
+    """The image files in `directory` and in its sub-folders (one per class), classes interleaved.
+
+    Interleaved (the first file of every folder, then the second, ...), so the
+    first `n` files of a class-per-folder layout cover every class.
+    """
+    groups = []
+    for folder in [directory] + sorted(
+        os.path.join(directory, n) for n in os.listdir(directory) if os.path.isdir(os.path.join(directory, n))
+    ):
+        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+        if names:
+            groups.append([os.path.join(folder, n) for n in names])
+    if not groups:
         raise ValueError(
-            f"keras_attention.tflite: representative_data directory {directory!r} holds no images "
-            f"(looked for {', '.join(IMAGE_EXTENSIONS)})."
+            f"keras_attention.tflite: {what} folder {directory!r} holds no images, neither directly nor in "
+            f"sub-folders (looked for {', '.join(IMAGE_EXTENSIONS)})."
         )
+    longest = max(len(g) for g in groups)
+    return [g[i] for i in range(longest) for g in groups if i < len(g)]
+
+
+def load_image_folder(directory, shape, limit=None, preprocess=None, what="representative_data"):
+    """Images of a folder (and its class sub-folders) as one float32 array, `preprocess` applied.
+
+    Args:
+        directory: the folder.
+        shape: the model input's shape, `(batch, H, W, C)`; H and W (when
+            known) are the size each image is resized to (bilinear), C the
+            channels it is decoded with.
+        limit: at most this many images (classes interleaved).
+        preprocess: None (raw pixels, 0-255) or a function from the float32
+            batch `(N, H, W, C)` in 0-255 to the model's input.
+        what: the argument's name for error messages.
+    """
+    tf = _tf()
     height, width, channels = shape[1], shape[2], shape[3]
     images = []
-    for name in names[:limit]:
-        raw = tf.io.read_file(os.path.join(directory, name))
-        image = tf.io.decode_image(raw, channels=channels if channels in (1, 3, 4) else 0, expand_animations=False)
+    for path in image_files(directory, what)[:limit]:
+        try:
+            image = tf.io.decode_image(
+                tf.io.read_file(path), channels=channels if channels in (1, 3, 4) else 0, expand_animations=False
+            )
+        except tf.errors.OpError as error:
+            raise ValueError(
+                f"keras_attention.tflite: {what}: cannot read image {path!r} ({error.message.splitlines()[0]}); "
+                "remove or replace the file."
+            ) from None
         image = tf.cast(image, "float32")
         if height is not None and width is not None:
             image = tf.image.resize(image, (height, width))
-        images.append(image.numpy()[None])
-    return images
+        elif images and image.shape != images[0].shape:
+            raise ValueError(
+                f"keras_attention.tflite: {what}: image {path!r} is {tuple(image.shape)}, the first was "
+                f"{tuple(images[0].shape)}; the model's input size is unknown, so the images must share one size."
+            )
+        images.append(image.numpy())
+    batch = np.stack(images)
+    if preprocess is None:
+        return batch
+    out = np.asarray(_to_numpy(preprocess(batch)))
+    if out.shape[0] != batch.shape[0]:
+        raise ValueError(
+            f"keras_attention.tflite: preprocess returned {out.shape} for {batch.shape} images; expected one "
+            "output per image."
+        )
+    return out.astype("float32") if np.issubdtype(out.dtype, np.floating) else out
+
+
+def rescales_pixels(model):
+    """True when `model` rescales its input itself (a Rescaling or Normalization layer before its first
+    weights, nested models included), False when weights come first, None when unknown (no Keras model)."""
+    if model is None or not hasattr(model, "layers"):
+        return None
+    for layer in model.layers:
+        if type(layer).__name__ in _PIXEL_LAYERS:
+            return True
+        if hasattr(layer, "layers"):  # a nested model: its first weights decide
+            return bool(rescales_pixels(layer))
+        if layer.weights:
+            return False
+    return False
+
+
+def _looks_like_raw_pixels(array):
+    """Images (N, H, W, 1/3/4) in [0, 255] reaching past 2: pixel values before any preprocessing."""
+    array = np.asarray(array)
+    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or not array.size:
+        return False
+    return array.min() >= 0 and 2 < array.max() <= 255
+
+
+def check_folder_calibration(model, directory, preprocess, what="representative_data"):
+    """Refuses raw pixels from a folder for a model that does not rescale them itself (see the module doc)."""
+    if preprocess is not None or rescales_pixels(model):
+        return
+    known = "has no Rescaling or Normalization before its first weights" if model is not None else "is a SavedModel"
+    raise ValueError(
+        f"keras_attention.tflite: {what} is the image folder {directory!r}, read as raw pixels 0-255, and the "
+        f"model {known}, so it most likely expects preprocessed inputs: calibrating on raw pixels would set "
+        "every int8 range for inputs the model never sees. Pass preprocess= (the function you trained with, "
+        "e.g. lambda images: images / 255), put the preprocessing inside the model (keras.layers.Rescaling), "
+        "or pass preprocess=lambda images: images if the model really takes raw pixels."
+    )
+
+
+def warn_on_mismatched_range(model, samples, what="representative_data"):
+    """Warns when the calibration data's range contradicts the model's first layers."""
+    rescales = rescales_pixels(model)
+    if rescales is None or len(samples[0]) != 1:
+        return
+    first = np.concatenate([s[0] for s in samples[:32]])
+    if not np.issubdtype(first.dtype, np.floating) and not np.issubdtype(first.dtype, np.integer):
+        return
+    low, high = float(np.min(first)), float(np.max(first))
+    if rescales and high <= 1.0 + 1e-6 and low >= -1.0 - 1e-6:
+        warnings.warn(
+            f"keras_attention.tflite: {what} lies in [{low:.3g}, {high:.3g}] but the model rescales its input "
+            "itself (a Rescaling/Normalization layer): the data look scaled twice. Pass raw pixels.",
+            stacklevel=3,
+        )
+    elif not rescales and _looks_like_raw_pixels(first):
+        warnings.warn(
+            f"keras_attention.tflite: {what} looks like raw pixels (values in [{low:.3g}, {high:.3g}]) but the "
+            "model has no Rescaling or Normalization before its first weights: if it was trained on "
+            "preprocessed images, calibrate on the same preprocessing (int8 ranges from raw pixels ruin the file).",
+            stacklevel=3,
+        )
 
 
 def _checked_samples(arrays, specs, what):
@@ -79,8 +200,11 @@ def _model_inputs_of(element, n_inputs):
     return list(element[:n_inputs])
 
 
-def _as_sample_lists(data, specs, limit, what):
-    """Turns array / list of arrays / tf.data.Dataset / directory into per-sample input lists."""
+def _as_sample_lists(data, specs, limit, what, preprocess=None):
+    """Turns array / list of arrays / tf.data.Dataset / directory into per-sample input lists.
+
+    `preprocess` applies to a directory's images only (arrays and datasets are fed as they are).
+    """
     tf = _tf()
     n_inputs = len(specs)
 
@@ -95,7 +219,7 @@ def _as_sample_lists(data, specs, limit, what):
             raise ValueError(
                 "keras_attention.tflite: a directory of images can only calibrate a model with one 4-D image input."
             )
-        return [[image] for image in _load_image_directory(path, tuple(specs[0].shape), limit)]
+        return split([load_image_folder(path, tuple(specs[0].shape), limit, preprocess, what)])
     if isinstance(data, tf.data.Dataset):
         samples = []
         for element in data:

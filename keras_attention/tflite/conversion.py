@@ -19,7 +19,7 @@ from keras_attention.tflite._common import (
     _scope_of,
     _tf,
 )
-from keras_attention.tflite.calibration import _as_sample_lists
+from keras_attention.tflite.calibration import _as_sample_lists, check_folder_calibration, warn_on_mismatched_range
 from keras_attention.tflite.export import _input_specs, _load_model_path, _saved_model_specs, export_saved_model
 from keras_attention.tflite.inspection import degenerate_activations, is_int8_end_to_end, op_inventory
 from keras_attention.tflite.interpreter import _refuse_if_it_crashes, run
@@ -36,6 +36,7 @@ def convert(
     batch_size=1,
     calibration_steps=100,
     quantizer="auto",
+    preprocess=None,
 ):
     """Converts a Keras model to a TFLite flatbuffer with builtin ops only.
 
@@ -53,9 +54,15 @@ def convert(
         representative_data: calibration data for "int8": a NumPy array
             (N, ...) (or a list of arrays, one per input), a `tf.data.Dataset`
             (batched or not; `(x, y)` elements are fine: x is used), or a
-            directory of images (resized to the model's input size, values in
-            [0, 255] — put the preprocessing inside the model). Ignored by the
-            other modes.
+            folder of images, directly or in one sub-folder per class (resized
+            to the model's input size, values in [0, 255], then `preprocess`).
+            A folder calibrates only a model that rescales its own input (a
+            `Rescaling`/`Normalization` layer before its first weights) or
+            with `preprocess` given: raw pixels for a model that expects
+            preprocessed ones would ruin every int8 range silently. Arrays
+            whose range contradicts the model's first layers (raw 0-255
+            pixels without an in-model `Rescaling`, or [0, 1] data with one)
+            get a warning. Ignored by the other modes.
         int8_io: with "int8", make the model's inputs and outputs int8 too
             (quantize on the host with the input tensor's scale/zero point).
         path: when given, the flatbuffer is also written to this file.
@@ -73,6 +80,11 @@ def convert(
             maximum: the demo's MobileNetV2 + CBAM drops to 32 % int8 accuracy
             with it, 87.5 % with legacy (Keras 89.8 %); on post-ReLU maps the
             MLIR quantizer is the more accurate one.
+        preprocess: for a folder of images, a function from the float32
+            batch `(N, H, W, C)` of raw pixels (0-255) to what the model takes
+            (e.g. `lambda images: images / 255`, or
+            `keras.applications.mobilenet_v2.preprocess_input`); pass
+            `lambda images: images` for a model trained on raw pixels.
 
     Returns:
         The `.tflite` flatbuffer as `bytes`.
@@ -87,6 +99,11 @@ def convert(
     """
     backend.require_tensorflow("keras_attention.tflite.convert")
     _check_arguments(model, quantization, int8_io, path, quantizer)
+    if preprocess is not None and not callable(preprocess):
+        raise TypeError(
+            "keras_attention.tflite.convert: preprocess must be a function of a batch of images (or None); "
+            f"got {type(preprocess).__name__}."
+        )
     saved_model = None
     if isinstance(model, (str, os.PathLike)):
         model, saved_model = _load_model_path(model)
@@ -104,7 +121,11 @@ def convert(
     specs = _saved_model_specs(saved_model) if saved_model is not None else _input_specs(model, batch_size)
     samples = None
     if quantization == "int8" and not qat:
-        samples = _as_sample_lists(representative_data, specs, calibration_steps, "representative_data")
+        if isinstance(representative_data, (str, os.PathLike)):
+            check_folder_calibration(model, os.fspath(representative_data), preprocess)
+        samples = _as_sample_lists(representative_data, specs, calibration_steps, "representative_data", preprocess)
+        if not isinstance(representative_data, (str, os.PathLike)):
+            warn_on_mismatched_range(model, samples)
 
     with tempfile.TemporaryDirectory(prefix="keras_attention_tflite_", ignore_cleanup_errors=True) as workdir:
         if saved_model is None:
