@@ -442,6 +442,42 @@ def test_subclassed_model_is_refused_clearly():
         quantization.quantize_model(net)
 
 
+def test_tfmot_only_entry_points_name_the_keras3_way(tmp_path):
+    """On Keras 3, where quantize_model works, the tf_keras/tfmot helpers name their Keras 3 counterpart."""
+    from keras_attention import quantization
+
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(inputs))
+    calls = {
+        r"save_qat_model is for tf_keras QAT models.*model\.save\('qat\.keras'\)": lambda: quantization.save_qat_model(
+            model, str(tmp_path / "qat.h5")
+        ),
+        r"load_qat_model is for tf_keras.*keras\.saving\.load_model\('qat\.keras'\)": lambda: (
+            quantization.load_qat_model(str(tmp_path / "qat.h5"))
+        ),
+        r"load_keras3_weights is for tf_keras.*model\.load_weights\(path\)": lambda: quantization.load_keras3_weights(
+            model, str(tmp_path / "w.weights.h5")
+        ),
+        r"float32_model is for tf_keras.*tflite\.float32_copy": lambda: quantization.float32_model(model),
+        r"quantize_scope is for tf_keras.*keras\.saving\.load_model": quantization.quantize_scope,
+        r"quantize_apply is for tf_keras.*quantization\.quantize_model\(model\)": lambda: quantization.quantize_apply(
+            model
+        ),
+        r"quantize_annotate_model is for tf_keras.*quantize_model\(model\)": lambda: (
+            quantization.quantize_annotate_model(model)
+        ),
+        r"quantize_config_for is for tf_keras.*quantize_model\(model\)": lambda: quantization.quantize_config_for(
+            ka.CBAM()
+        ),
+        r"CBAMQuantizeConfig is for tf_keras.*quantize_model\(model\)": lambda: quantization.CBAMQuantizeConfig,
+    }
+    for pattern, call in calls.items():
+        with pytest.raises(RuntimeError, match=pattern) as caught:
+            call()
+        assert "needs tf_keras" not in str(caught.value)
+    assert not os.listdir(tmp_path)
+
+
 def test_unsupported_layer_is_named_or_left_float_on_request():
     from keras_attention import quantization
 

@@ -105,9 +105,39 @@ class UnsupportedLayerError(ValueError):
     """The model holds layers that neither keras_attention nor tfmot can quantize."""
 
 
-def _require():
-    """tfmot, after checking that tf_keras is active (the clear error otherwise)."""
-    backend.require_legacy_keras(_FEATURE)
+_QUANTIZE_MODEL = (
+    "keras_attention.quantization.quantize_model(model) makes the QAT copy of a whole model (leave_float= "
+    "keeps chosen layers in float), with no tfmot annotate/apply step"
+)
+# What each tfmot-only entry point is on Keras 3, where quantize_model has a native path (keras3.py).
+_KERAS3_WAY = {
+    "save_qat_model": "a QAT model from quantize_model saves with model.save('qat.keras') and reloads with "
+    "keras.saving.load_model('qat.keras') after `import keras_attention`",
+    "load_qat_model": "a QAT model saved with model.save('qat.keras') reloads with "
+    "keras.saving.load_model('qat.keras') after `import keras_attention`",
+    "load_keras3_weights": "the model is a Keras 3 model already: model.load_weights(path) reads Keras 3 weights",
+    "float32_model": "quantize_model quantizes a mixed-precision model as its float32 copy by itself; "
+    "keras_attention.tflite.float32_copy(model) makes that copy",
+    "quantize_scope": "a QAT .keras file reloads with keras.saving.load_model after `import keras_attention` "
+    "(no scope needed)",
+}
+
+
+def _require_tf_keras(entry):
+    """Raises, under Keras 3, an error naming `entry`'s Keras 3 counterpart (tfmot needs tf_keras)."""
+    if backend.IS_LEGACY:
+        return
+    way = _KERAS3_WAY.get(entry, _QUANTIZE_MODEL)
+    raise RuntimeError(
+        f"{_FEATURE}.{entry} is for tf_keras QAT models (tensorflow-model-optimization supports only Keras 2: "
+        f"TF_USE_LEGACY_KERAS=1 and the [qat] extra); on Keras 3 (Keras {backend.KERAS_VERSION} on "
+        f"{backend.BACKEND}) {way}."
+    )
+
+
+def _require(entry):
+    """tfmot, after checking that tf_keras is active (the error naming `entry`'s Keras 3 way otherwise)."""
+    _require_tf_keras(entry)
     try:
         import tensorflow_model_optimization as tfmot
     except ImportError as error:  # pragma: no cover - depends on the environment
@@ -557,7 +587,7 @@ def _implementation_of(layer):
 _CLASSES = {}
 
 
-def _classes():
+def _classes(entry="quantize_config_for"):
     """tfmot's quantizer and QuantizeConfig subclasses for our layers, defined on first use.
 
     Long because the classes subclass tfmot's, and importing tfmot imports
@@ -567,7 +597,7 @@ def _classes():
     """
     if _CLASSES:
         return _CLASSES
-    tfmot = _require()
+    tfmot = _require(entry)
     tf = _tf()
     qk = tfmot.quantization.keras
 
@@ -767,7 +797,7 @@ def _classes():
 
 def __getattr__(name):  # PEP 562: the config classes exist once tfmot is imported
     if name in CONFIG_NAMES:
-        return _classes()[name]
+        return _classes(name)[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -792,7 +822,7 @@ def quantize_scope(*extra):
     Use it to load a QAT model saved as `.h5` or a SavedModel directory:
     `with quantize_scope(): model = tf_keras.models.load_model(path)`.
     """
-    tfmot = _require()
+    tfmot = _require("quantize_scope")
     return tfmot.quantization.keras.quantize_scope(_custom_objects(), *extra)
 
 
@@ -808,7 +838,7 @@ def float32_model(model):
     (each layer rebuilt from its config in float32, weights copied). A model
     that is float32 already is returned as it is.
     """
-    backend.require_legacy_keras(_FEATURE)
+    _require_tf_keras("float32_model")
     if not is_mixed_precision(model):
         return model
     return float32_copy(model)
@@ -826,7 +856,7 @@ def quantize_annotate_layer(layer, quantize_config=None):
     for a standard Keras layer to tfmot's default 8-bit scheme. Use it on the
     layers to quantize when building a model, then `quantize_apply(model)`.
     """
-    tfmot = _require()
+    tfmot = _require("quantize_annotate_layer")
     if quantize_config is None:
         quantize_config = quantize_config_for(layer)
     return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=quantize_config)
@@ -852,7 +882,7 @@ def quantize_annotate_model(model):
     neither supports; to quantize only part of a model, annotate those layers
     yourself with `quantize_annotate_layer`).
     """
-    tfmot = _require()
+    tfmot = _require("quantize_annotate_model")
     _check_graph_model(model, "quantize_annotate_model")
     qk = tfmot.quantization.keras
     for layer in model.layers:
@@ -894,7 +924,7 @@ def _annotate_class():
 
 def quantize_apply(model):
     """tfmot's `quantize_apply` inside `quantize_scope()`: the annotated model made QAT-ready."""
-    tfmot = _require()
+    tfmot = _require("quantize_apply")
     with quantize_scope():
         try:
             return tfmot.quantization.keras.quantize_apply(model)
@@ -931,7 +961,7 @@ def quantize_model(model):
         UnsupportedLayerError: layers neither we nor tfmot can quantize.
         ValueError: a subclassed or unbuilt model.
     """
-    _require()
+    _require("quantize_model")
     _check_graph_model(model, "quantize_model")
     model = float32_model(model)
     qat = quantize_apply(quantize_annotate_model(model))
@@ -969,7 +999,7 @@ def save_qat_model(model, path, include_optimizer=True):
     Returns:
         The path.
     """
-    backend.require_legacy_keras(_FEATURE)
+    _require_tf_keras("save_qat_model")
     path = os.fspath(path)
     if _is_keras_v3_path(path):
         raise ValueError(_KERAS_V3_ERROR.format(feature=f"{_FEATURE}.save_qat_model", path=path))
@@ -1001,7 +1031,7 @@ def load_qat_model(path, compile=True):  # noqa: A002 - Keras' argument name
 
     `.keras` raises `ValueError`. The model's `save()` refuses `.keras` again.
     """
-    backend.require_legacy_keras(_FEATURE)
+    _require_tf_keras("load_qat_model")
     path = os.fspath(path)
     if _is_keras_v3_path(path):
         raise ValueError(_KERAS_V3_ERROR.format(feature=f"{_FEATURE}.load_qat_model", path=path))
@@ -1088,7 +1118,7 @@ def load_keras3_weights(model, path):
             (another architecture, or layers in another order), named; or
             the file is not a Keras 3 weights file.
     """
-    backend.require_legacy_keras(_FEATURE)
+    _require_tf_keras("load_keras3_weights")
     path = os.fspath(path)
     with tempfile.TemporaryDirectory(prefix="keras_attention_weights_") as directory:
         weights = path
