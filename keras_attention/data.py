@@ -14,6 +14,12 @@ from keras_attention._checks import check_int
 def resize_bilinear(images, size):
     """Bilinear resize of (N, H, W, C) float images to (N, size, size, C), half-pixel centres."""
     images = np.asarray(images, dtype="float32")
+    if images.ndim != 4 or 0 in images.shape[1:3]:
+        hint = " (one image: add the batch axis, images[None])" if images.ndim == 3 else ""
+        raise ValueError(
+            f"resize_bilinear: `images` must be a batch (N, H, W, C) with H, W >= 1; got shape {images.shape}{hint}."
+        )
+    size = check_int("resize_bilinear", "size", size, note=" (the output height and width)")
     _, h, w, _ = images.shape
 
     def axis_weights(n_in):

@@ -22,6 +22,20 @@ def test_resize_bilinear_matches_a_hand_computed_case():
     np.testing.assert_allclose(out[:, 0], 2 * expected_row)
 
 
+def test_resize_bilinear_checks_the_rank_and_size():
+    with pytest.raises(
+        ValueError,
+        match=r"resize_bilinear: `images` must be a batch \(N, H, W, C\).*got shape "
+        r"\(8, 8, 1\).*images\[None\]",
+    ):
+        data.resize_bilinear(np.zeros((8, 8, 1)), 4)
+    with pytest.raises(ValueError, match=r"resize_bilinear: `images` must be .*got shape \(2, 0, 8, 1\)"):
+        data.resize_bilinear(np.zeros((2, 0, 8, 1)), 4)
+    for size in (0, 2.5, (4, 4)):
+        with pytest.raises(ValueError, match=r"resize_bilinear: `size` must be an integer >= 1 \(the output"):
+            data.resize_bilinear(np.zeros((1, 8, 8, 1)), size)
+
+
 def test_digits_rejects_bad_channels():
     with pytest.raises(ValueError, match="digits: `channels` must be 1 or 3"):
         data.digits(channels=2)
