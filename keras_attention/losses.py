@@ -215,6 +215,29 @@ def _check_mask_loss_inputs(targets, logits, classes):
         raise ValueError(f"{name}: classes must be < K = {l_shape[-1]} (the logits' channels); got {values.max()}.")
 
 
+def _static_shape(x):
+    """The shape as a tuple of ints and None; None when even the rank is unknown."""
+    try:
+        return tuple(None if d is None else int(d) for d in x.shape)
+    except (TypeError, ValueError):  # unknown rank (a TensorShape), or a size no int() reads
+        return None
+
+
+def _check_same_static_shape(y_true, y_pred):
+    """MaskLoss: one target per logit; shapes that differ would fail (or broadcast) inside the backend."""
+    t_shape, p_shape = _static_shape(y_true), _static_shape(y_pred)
+    if t_shape is None or p_shape is None:
+        return
+    if len(t_shape) != len(p_shape) or any(
+        a is not None and b is not None and a != b for a, b in zip(t_shape, p_shape)
+    ):
+        raise ValueError(
+            f"MaskLoss: y_true must have the shape of y_pred, the mask logits (..., S, S, K), one target per "
+            f"logit; got y_true {t_shape} and y_pred {p_shape}. Make the targets at the head's size with "
+            "crop_mask_targets(masks, boxes, size=S), then encode_mask_targets(targets, classes, K)."
+        )
+
+
 @register
 class MaskLoss(keras.losses.Loss):
     """`mask_loss` for `model.compile`: `y_true` from `encode_mask_targets`, `y_pred` the logits.
@@ -230,6 +253,7 @@ class MaskLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
+        _check_same_static_shape(y_true, y_pred)
         y_true = ops.cast(y_true, "float32")
         y_pred = ops.cast(y_pred, "float32")
         keep = ops.cast(y_true >= 0.0, "float32")

@@ -102,6 +102,19 @@ def test_keras_mask_loss_equals_the_function_and_trains():
     assert isinstance(revived, losses.MaskLoss)
 
 
+def test_keras_mask_loss_names_both_shapes():
+    logits = np.zeros((2, 4, 28, 28, 3), "float32")
+    targets = np.zeros((2, 4, 14, 14, 3), "float32")  # cropped at 14 for a 28x28 head
+    with pytest.raises(
+        ValueError,
+        match=r"MaskLoss: y_true must have the shape of y_pred.*got y_true "
+        r"\(2, 4, 14, 14, 3\) and y_pred \(2, 4, 28, 28, 3\).*crop_mask_targets",
+    ):
+        losses.MaskLoss()(targets, logits)
+    with pytest.raises(ValueError, match=r"got y_true \(2, 4, 28, 28\) and y_pred \(2, 4, 28, 28, 3\)"):
+        losses.MaskLoss()(targets[..., :1].repeat(2, 2).repeat(2, 3)[..., 0], logits)
+
+
 def test_encode_mask_targets_bad_inputs():
     with pytest.raises(ValueError, match="same leading shape"):
         losses.encode_mask_targets(np.zeros((2, 3, 28, 28)), np.zeros((2, 4), int), 3)
