@@ -33,6 +33,30 @@ def check_destination(path, caller, allow_directory=False):
     return path
 
 
+def _naming_destination(error, temporary, path, caller):
+    """`error` (an OSError while writing `path` through `temporary`) retold naming `path`, not the hidden file.
+
+    `temporary` is None when creating it failed. An error about another file
+    (a writer reading one of its inputs) is returned as it is.
+    """
+    filename = error.filename
+    if isinstance(filename, (str, bytes, os.PathLike)):
+        filename = os.fsdecode(os.fspath(filename))
+        hidden = temporary or os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.")
+        if not (filename.startswith(hidden) or filename == path):
+            return error
+    elif error.errno is None and (temporary is None or temporary not in str(error)):
+        return error  # no errno, no file name of ours: not the write's own failure
+    reason = f"{error.strerror} (errno {error.errno})" if error.errno is not None and error.strerror else str(error)
+    if temporary is not None:
+        reason = reason.replace(temporary, path)
+    message = f"{caller}: cannot write {path!r}: {reason}. The previous file, if any, is unchanged."
+    try:
+        return type(error)(error.errno, message) if error.errno is not None else type(error)(message)
+    except Exception:  # noqa: BLE001 - an OSError subclass with a constructor of its own
+        return OSError(error.errno, message)
+
+
 @contextlib.contextmanager
 def atomic_path(path, caller="keras_attention", allow_directory=False):
     """Yields a temporary path beside `path` (same extension); renames it to `path` if the block succeeds.
@@ -48,11 +72,17 @@ def atomic_path(path, caller="keras_attention", allow_directory=False):
     os.makedirs(directory, exist_ok=True)
     base = os.path.basename(path)
     extension = os.path.splitext(base)[1]
-    handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".partial{extension}", dir=directory)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{base}.", suffix=f".partial{extension}", dir=directory)
+    except OSError as error:  # a read-only folder, a full disk: named as the destination, not the hidden file
+        raise _naming_destination(error, None, path, caller) from None
     os.close(handle)
     os.remove(temporary)  # the writer creates it (Keras refuses some existing paths)
     try:
-        yield temporary
+        try:
+            yield temporary
+        except OSError as error:
+            raise _naming_destination(error, temporary, path, caller) from None
         if not os.path.exists(temporary):
             raise RuntimeError(f"{caller}: the writer did not create {path!r}.")
         if os.path.isdir(temporary) and os.path.isdir(path):
@@ -61,7 +91,10 @@ def atomic_path(path, caller="keras_attention", allow_directory=False):
             os.replace(temporary, path)
             shutil.rmtree(previous, ignore_errors=True)
         else:
-            os.replace(temporary, path)
+            try:
+                os.replace(temporary, path)
+            except OSError as error:
+                raise _naming_destination(error, temporary, path, caller) from None
     finally:
         if os.path.isdir(temporary):
             shutil.rmtree(temporary, ignore_errors=True)

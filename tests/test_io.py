@@ -4,6 +4,7 @@ Real failures, no mocks: a write past the process's file-size limit (RLIMIT_FSIZ
 and a real SIGINT sent to a writing process. Mode-independent: runs once.
 """
 
+import errno
 import os
 import signal
 import subprocess
@@ -58,12 +59,15 @@ from keras_attention._io import write_bytes
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 try:
-    write_bytes({str(path)!r}, b"x" * 100000)
+    write_bytes({str(path)!r}, b"x" * 100000, "keras_attention.tflite.convert")
 except OSError as error:
-    print("failed:", error.errno)
+    print("failed:", error.errno, error)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "failed: 27" in result.stdout, result.stdout + result.stderr  # EFBIG: the limit really hit
+    # The error names the destination (as a full disk would), not the hidden temporary file.
+    assert f"keras_attention.tflite.convert: cannot write {str(path)!r}: File too large" in result.stdout
+    assert ".partial" not in result.stdout, result.stdout
     assert path.read_bytes() == b"previous good file"
     assert _leftovers(tmp_path, "out.tflite") == []
 
@@ -91,6 +95,34 @@ with atomic_path({str(path)!r}) as temporary:
     assert process.returncode != 0
     assert path.read_bytes() == b"{}"
     assert _leftovers(tmp_path, "report.json") == []
+
+
+def test_a_place_that_cannot_be_written_names_the_destination(tmp_path):
+    """The temporary file's name is the destination's plus ~20 characters: a name the file system still takes
+    for the destination but not for it fails (ENAMETOOLONG) as a read-only folder would (EACCES, EROFS)."""
+    path = tmp_path / ("m" * 236 + ".tflite")
+    with pytest.raises(OSError, match=r"convert: cannot write '.*m\.tflite': File name too long") as caught:
+        write_bytes(path, b"data", "keras_attention.tflite.convert")
+    assert ".partial" not in str(caught.value) and caught.value.errno == errno.ENAMETOOLONG
+    assert os.listdir(tmp_path) == []
+    path.write_bytes(b"control: the destination's own name is fine")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    try:
+        if os.access(readonly, os.W_OK):  # root writes anyway: the name-length case above covers it
+            return
+        with pytest.raises(PermissionError, match=r"cannot write '.*readonly/out\.json': Permission denied"):
+            write_json(readonly / "out.json", {"a": 1}, "keras_attention.tflite.verify")
+    finally:
+        readonly.chmod(0o755)
+
+
+def test_an_error_about_another_file_is_left_as_it_is(tmp_path):
+    with pytest.raises(FileNotFoundError) as caught:
+        with atomic_path(tmp_path / "out.bin"):
+            open(tmp_path / "missing_input.npy", "rb")  # the writer's own input, not the destination
+    assert caught.value.filename == str(tmp_path / "missing_input.npy")
 
 
 def test_json_that_cannot_be_serialised_writes_nothing(tmp_path):
