@@ -55,6 +55,23 @@ def call_count(layer):
     return len(layer._inbound_nodes)
 
 
+def outer_call(layer, model):
+    """`(input_tensors, output_tensors)` of the call of `layer` in `model`'s graph, or None.
+
+    A nested model (a backbone inside a task model or a Sequential) answers
+    `.input`/`.output` with its own graph's tensors; the tensors of its call in
+    the enclosing graph are kept only on that graph's node (Keras 3 and
+    tf_keras). Used to look inside nested models (visualize). None when
+    `layer` is not called exactly once in `model`.
+    """
+    graph = sequential_graph(model) or model
+    if not has_layer_graph(graph):
+        return None
+    in_graph = {id(node) for nodes in nodes_by_depth(graph).values() for node in nodes}
+    calls = [node for node in layer._inbound_nodes if id(node) in in_graph]
+    return (calls[0].input_tensors, calls[0].output_tensors) if len(calls) == 1 else None
+
+
 def run_through_graph(model, inputs, operation_fn):
     """Keras 3 `Functional._run_through_graph`: re-runs the graph with each layer replaced by
     `operation_fn(layer)`, which is how QAT swaps layers without re-tracing user code."""

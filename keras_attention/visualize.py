@@ -9,6 +9,7 @@ heat maps over the images to a PNG (matplotlib, no display needed).
 
 import numpy as np
 
+from keras_attention import _compat
 from keras_attention._checks import check_int
 from keras_attention._io import atomic_path
 from keras_attention.backend import keras, require_tensorflow
@@ -33,33 +34,78 @@ def _spatial_gate(layer, inputs):
     return gate[..., 0] if layer.data_format == "channels_last" else gate[:, 0]
 
 
+def _is_gate(layer):
+    return isinstance(layer, (CBAM, SpatialAttention))
+
+
+def _holds_gates(layer):
+    """A nested model (backbone inside a task model or Sequential) with a spatial gate somewhere inside."""
+    return hasattr(layer, "layers") and any(_is_gate(inner) or _holds_gates(inner) for inner in layer.layers)
+
+
+def _outer_tensors(layer, model, index, caller):
+    """The inputs (index 0) or outputs (1) of `layer`'s call in `model`'s graph, as a flat list."""
+    call = _compat.outer_call(layer, model)
+    if call is None:
+        raise ValueError(
+            f"{caller}: layer {layer.name!r} is not called exactly once in model {model.name!r}; expected one "
+            "call (a layer shared by two branches has no single input to show)."
+        )
+    tensors = call[index]
+    return list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+
+
+def _gate_inputs(model, inputs):
+    """`[(layer, its input value)]` for every spatial-gate layer in `model` given `inputs`, in model order,
+    looking inside nested models (each is probed on the value its outer call receives)."""
+    top = [layer for layer in model.layers if _is_gate(layer) or _holds_gates(layer)]
+    tensors = [t for layer in top for t in _outer_tensors(layer, model, 0, "attention_maps")]
+    probe = keras.Model(_single_or_list(model.inputs), tensors)
+    values = probe(inputs, training=False)
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    found, start = [], 0
+    for layer in top:
+        count = len(_outer_tensors(layer, model, 0, "attention_maps"))
+        value = values[start : start + count]
+        start += count
+        if _is_gate(layer):
+            found.append((layer, value[0]))
+        else:
+            found.extend(_gate_inputs(layer, value[0] if count == 1 else value))
+    return found
+
+
 def attention_maps(model, images):
     """Spatial attention maps of every CBAM / SpatialAttention layer in `model`.
 
     Args:
-        model: a functional Keras model (e.g. from `attach`).
+        model: a functional Keras model (e.g. from `attach`), or one that holds
+            such a backbone as a nested model (a classifier around it, a
+            Sequential); the layers inside nested models are found too.
         images: a batch the model accepts, `(batch, H, W, C)`.
 
     Returns:
         A list of `(layer_name, maps)` in model order; `maps` has shape
         `(batch, h, w)` at the layer's resolution, values in the gate's range.
     """
-    layers = [layer for layer in model.layers if isinstance(layer, (CBAM, SpatialAttention))]
-    if not layers:
+    if not (_holds_gates(model)):
         raise ValueError(
-            f"attention_maps: model {model.name!r} holds no layer with a spatial gate (CBAM or SpatialAttention)."
+            f"attention_maps: model {model.name!r} holds no layer with a spatial gate (CBAM or SpatialAttention), "
+            "nested models included."
         )
-    probe = keras.Model(_single_or_list(model.inputs), [layer.input for layer in layers])
-    inputs = probe(images, training=False)
-    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-    return [(layer.name, _spatial_gate(layer, x)) for layer, x in zip(layers, inputs)]
+    return [(layer.name, _spatial_gate(layer, x)) for layer, x in _gate_inputs(model, images)]
 
 
 def last_conv_layer_name(model):
-    """Name of the last layer with a 4-D output, the usual Grad-CAM target."""
+    """Name of the last layer (of `model` itself; a nested backbone counts as one) with a 4-D output."""
     for layer in reversed(model.layers):
-        shape = getattr(layer, "output", None) is not None and layer.output.shape
-        if shape and len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        call = _compat.outer_call(layer, model)
+        outputs = call[1] if call is not None else getattr(layer, "output", None)
+        outputs = outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
+        shape = getattr(outputs, "shape", None)
+        if shape is not None and len(shape) == 4:
             return layer.name
     raise ValueError(f"grad_cam: model {model.name!r} has no layer with a 4-D output.")
 
@@ -71,7 +117,9 @@ def grad_cam(model, images, class_index=None, layer_name=None):
         model: a functional classifier.
         images: `(batch, H, W, C)` inputs.
         class_index: the class to explain; `None`: each image's top prediction.
-        layer_name: the feature map to explain; default the last 4-D layer output.
+        layer_name: the feature map to explain, a layer of `model` itself;
+            default the last 4-D layer output (for a classifier around a
+            nested backbone: the backbone's output).
 
     Returns:
         `(batch, h, w)` maps scaled to [0, 1] per image.
@@ -90,7 +138,16 @@ def grad_cam(model, images, class_index=None, layer_name=None):
         maximum=None if num_classes is None else num_classes - 1,
         note=" (the model's outputs)",
     )
-    probe = keras.Model(_single_or_list(model.inputs), [model.get_layer(layer_name).output, model.output])
+    names = [layer.name for layer in model.layers]
+    if layer_name not in names:
+        inside = [layer.name for layer in model.layers if hasattr(layer, "layers") and layer_name in _names_in(layer)]
+        where = f" (it is inside the nested model {inside[0]!r}, whose output is one)" if inside else ""
+        raise ValueError(
+            f"grad_cam: model {model.name!r} has no layer {layer_name!r} at its top level{where}; expected one of "
+            f"its own layers with a 4-D output, e.g. {last_conv_layer_name(model)!r}."
+        )
+    (features,) = _outer_tensors(model.get_layer(layer_name), model, 1, "grad_cam")
+    probe = keras.Model(_single_or_list(model.inputs), [features, model.output])
     images = tf.convert_to_tensor(images)
     with tf.GradientTape() as tape:
         features, logits = probe(images, training=False)
@@ -101,6 +158,12 @@ def grad_cam(model, images, class_index=None, layer_name=None):
     cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
     peak = cam.reshape(len(cam), -1).max(axis=1)[:, None, None]
     return cam / np.where(peak > 0, peak, 1.0)
+
+
+def _names_in(model):
+    return {layer.name for layer in model.layers} | {
+        n for layer in model.layers if hasattr(layer, "layers") for n in _names_in(layer)
+    }
 
 
 def save_overlays(path, images, panels, titles=None, alpha=0.5, dpi=100):

@@ -73,3 +73,32 @@ def test_save_overlays_writes_a_png(tmp_path):
     )
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attention_maps_and_grad_cam_look_inside_a_nested_backbone():
+    """docs/attach.md's recipe: the backbone nested in a classifier (and in a Sequential) keeps its maps."""
+    flat = _model()
+    backbone = keras.Model(flat.inputs, flat.get_layer("sa").output, name="backbone")
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Rescaling(0.5)(inputs)
+    head = keras.layers.Dense(4, use_bias=False)
+    classifier = keras.Model(inputs, head(keras.layers.GlobalAveragePooling2D()(backbone(x))), name="classifier")
+    sequential = keras.Sequential([keras.Input((12, 12, 3)), backbone, keras.layers.GlobalAveragePooling2D()])
+    images = np.random.default_rng(3).normal(size=(2, 12, 12, 3)).astype("float32")
+    expected = visualize.attention_maps(flat, images * 0.5)  # the flat model's maps equal the formula (above)
+    for model, scale in ((classifier, 0.5), (sequential, 1.0)):
+        maps = visualize.attention_maps(model, images)
+        assert [name for name, _ in maps] == ["cbam", "sa"]
+        reference = expected if scale == 0.5 else visualize.attention_maps(flat, images)
+        for (_, got), (_, want) in zip(maps, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    if BACKEND != "tensorflow":
+        return
+    # Grad-CAM of the backbone's output: ReLU(sum_k W[k, c] A^k), scaled to a peak of 1 (linear head).
+    cam = visualize.grad_cam(classifier, images, class_index=2)
+    a = np.asarray(backbone(images * 0.5))
+    want = np.maximum((a * head.kernel.numpy()[:, 2]).sum(-1), 0)
+    want /= np.where(want.reshape(2, -1).max(1) > 0, want.reshape(2, -1).max(1), 1)[:, None, None]
+    np.testing.assert_allclose(cam, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="no layer 'conv' at its top level .*inside the nested model 'backbone'"):
+        visualize.grad_cam(classifier, images, layer_name="conv")
