@@ -418,16 +418,40 @@ def _attention_class(attention):
 
 
 def _clone(op):
-    """A fresh copy of a layer, from its config; stateless operations are shared."""
+    """A fresh copy of a layer, from its config, under the same name; stateless operations are shared.
+
+    A custom layer whose `get_config()` returns only its own arguments (Keras'
+    automatic config of the constructor's arguments does) has no "name": its
+    copy would get a new one (`custom_layer_1`), and a model of the copies would
+    lose the original's layer names. Such a config is given the name back when
+    the constructor takes it (`**kwargs`); a layer with weights whose copy still
+    cannot be made under its name is an error naming it and the fix.
+    """
+    cls_name = type(op).__name__
     try:
-        return op.__class__.from_config(op.get_config())
+        config = op.get_config()
+        copy = op.__class__.from_config(config)
+        if copy.name != op.name and isinstance(config, dict) and "name" not in config:
+            copy = op.__class__.from_config({**config, "name": op.name})
     except Exception as error:  # noqa: BLE001 - any failure to round-trip the config
         if getattr(op, "weights", None):
             raise ValueError(
-                f"attach: layer {op.name!r} ({type(op).__name__}) cannot be re-created from its "
-                f"config ({type(error).__name__}: {error}); give it a working `get_config()`."
-            ) from error
+                f"attach: layer {op.name!r} ({cls_name}) cannot be re-created from its config "
+                f"({type(error).__name__}: {error}); give it a working `get_config()`: "
+                f"`return {{**super().get_config(), <its __init__ arguments>}}`, with `**kwargs` in __init__ "
+                "passed on to super().__init__."
+            ) from None
         return op  # holds no weights: sharing it with the original is harmless
+    if copy.name != op.name:
+        if not getattr(op, "weights", None):
+            return op
+        raise ValueError(
+            f"attach: layer {op.name!r} ({cls_name}) comes back from its config as {copy.name!r}: its "
+            "`get_config()` leaves out the layer's name, so attach could neither keep the name nor copy the "
+            f"weights to it. In {cls_name}, return `{{**super().get_config(), <its __init__ arguments>}}` from "
+            "get_config and take `**kwargs` in __init__, passing them on to super().__init__."
+        )
+    return copy
 
 
 def _new_input(t, layer_name):
@@ -563,11 +587,10 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
         _tree.map_structure(substitute, graph.outputs_struct),
         name=model.name,
     )
-    # Weights by layer name: every copy kept its original's name.
-    by_name = {layer.name: layer for layer in new_model.layers}
+    # Every copy kept its original's name (_clone) and is the layer the new model calls.
     for original, copy in clones.values():
         if copy is not original and getattr(original, "weights", None):
-            by_name[original.name].set_weights(original.get_weights())
+            copy.set_weights(original.get_weights())
     return new_model
 
 

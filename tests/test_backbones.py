@@ -491,6 +491,53 @@ def test_weights_are_copied_not_shared():
     assert np.any(original.get_layer("a_conv1").get_weights()[0] != 0)
 
 
+class _Scale(L.Layer):
+    """A user's layer with a weight, configured by its constructor's arguments only (no "name" in its config)."""
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(1,), initializer="ones", name="w")
+
+    def call(self, x):
+        return x * self.factor * self.w
+
+
+class _ScaleDroppingKwargs(_Scale):
+    def __init__(self, factor, **kwargs):
+        super().__init__(factor)  # the name never reaches Layer: its copy cannot be named like it
+
+    def get_config(self):
+        return {"factor": self.factor}
+
+
+def _scaled_cnn(scale):
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="conv")(scale(inputs))
+    x = L.Add(name="add")([x, L.Conv2D(8, 3, padding="same", name="conv2")(x)])
+    return keras.Model(inputs, x, name="scaled_cnn")
+
+
+def test_a_layer_whose_config_has_no_name_keeps_it_or_is_named():
+    """Was `KeyError: 'scale'`: the copy of a layer named 'scale' came back from its config as '_scale_1'."""
+    scale = _Scale(2.0, name="scale")
+    original = _scaled_cnn(scale)
+    scale.w.assign(np.array([3.0], "float32"))
+    model = ka.attach(original, "se", where=["add"])
+    assert model.get_layer("scale") is not scale and float(to_numpy(model.get_layer("scale").w)[0]) == 3.0
+    assert_same_function(model, original, images(2, 8))
+    # A constructor that drops **kwargs (so even the original has a generated name): the copy cannot be named
+    # like it; the error names the layer and the fix.
+    with pytest.raises(
+        ValueError,
+        match=r"attach: layer '(\w+)' \(_ScaleDroppingKwargs\) comes back from its config as '\1_\d+': its "
+        r"`get_config\(\)` leaves out the layer's name.*super\(\)\.get_config\(\)",
+    ):
+        ka.attach(_scaled_cnn(_ScaleDroppingKwargs(2.0, name="scale")), "se", where=["add"])
+
+
 def test_every_attention_weight_gets_gradient_user_cnn():
     model = ka.attach(user_cnn(), "cbam")
     variables, grads = attention_gradients(model, images(4, 32))
