@@ -153,5 +153,27 @@ def randomised(name, seed=0, classes=1000):
     return model.eval()
 
 
+def save_as_published(name, source, path):
+    """Writes `source`'s weights as its publisher does: the official CBAM release as train_imagenet.py
+    saved it with PyTorch 0.4 (the pre-1.6, non-zip format, DataParallel's `module.` prefix, the
+    optimizer beside), timm's as safetensors."""
+    state = source.state_dict()
+    if name.endswith("_cbam"):
+        optimizer = torch.optim.SGD(source.parameters(), 0.1, momentum=0.9)
+        official = {
+            "epoch": 100,
+            "arch": "resnet",
+            "best_prec1": torch.tensor(77.622),
+            "optimizer": optimizer.state_dict(),
+        }
+        state = {f"module.{k}": v for k, v in state.items()}
+        torch.save({**official, "state_dict": state}, path, _use_new_zipfile_serialization=False)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    return path
+
+
 def parameter_count(model):
     return sum(p.numel() for p in model.parameters())

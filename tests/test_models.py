@@ -26,22 +26,7 @@ PUBLISHED_PARAMS = {"resnet50_cbam": 28.09, "seresnet50": 28.09, "ecaresnet50d":
 
 
 def _save(name, source, path):
-    """Writes `source`'s weights as its publisher does."""
-    state = source.state_dict()
-    if name.endswith("_cbam"):
-        # As train_imagenet.py saved it with PyTorch 0.4: the pre-1.6 (non-zip) format, the optimizer beside.
-        optimizer = torch.optim.SGD(source.parameters(), 0.1, momentum=0.9)
-        official = {
-            "epoch": 100,
-            "arch": "resnet",
-            "best_prec1": torch.tensor(77.622),
-            "optimizer": optimizer.state_dict(),
-        }
-        state = {f"module.{k}": v for k, v in state.items()}
-        torch.save({**official, "state_dict": state}, path, _use_new_zipfile_serialization=False)
-    else:
-        safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()}, path)
-    return path
+    return reference_resnet.save_as_published(name, source, path)
 
 
 def _torch_logits(source, images_nhwc):
