@@ -16,3 +16,20 @@ def with_last_activation_scale(flatbuffer, scale):
     pattern = np.float32(old).tobytes()
     assert pattern in flatbuffer  # control: the scale is stored where we patch it
     return flatbuffer.replace(pattern, np.float32(scale).tobytes())
+
+
+def with_tensor_name_not_utf8(flatbuffer):
+    """The flatbuffer with the first byte of its last tensor's name replaced by 0xFF (never valid UTF-8)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    name = Interpreter(model_content=flatbuffer).get_tensor_details()[-1]["name"].encode()
+    assert flatbuffer.count(name) >= 1  # control: the name is stored where we patch it
+    at = flatbuffer.rindex(name)
+    return flatbuffer[:at] + b"\xff" + flatbuffer[at + 1 :]
+
+
+def with_byte_flipped(flatbuffer, position):
+    """The flatbuffer with every bit of one byte inverted (a tampered structure offset, length or name)."""
+    data = bytearray(flatbuffer)
+    data[position] ^= 0xFF
+    return bytes(data)

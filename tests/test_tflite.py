@@ -16,7 +16,7 @@ import pytest
 import keras_attention as ka
 from keras_attention import tflite
 from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras, set_global_dtype_policy
-from tests.flatbuffer_edits import with_last_activation_scale
+from tests.flatbuffer_edits import with_byte_flipped, with_last_activation_scale, with_tensor_name_not_utf8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_TF = BACKEND == "tensorflow"
@@ -412,6 +412,27 @@ def test_corrupt_tflite_files_get_a_clear_error(tmp_path):
         tflite.verify(model, str(not_tflite), data)
     with pytest.raises(FileNotFoundError, match="no .tflite file"):
         tflite.verify(model, str(tmp_path / "missing.tflite"), data)
+
+
+@tf_only
+def test_tampered_flatbuffer_structure_gets_the_clear_error():
+    """Was UnicodeDecodeError (a name that is not UTF-8), struct.error, TypeError or ValueError from inside the
+    readers: load_flatbuffer now runs every reader once, so a damaged file is InvalidTFLiteModelError."""
+    model = _model(lambda x: ka.CBAM(reduction=2)(x), (8, 8, 8))
+    flatbuffer = tflite.convert(model)
+    bad_name = with_tensor_name_not_utf8(flatbuffer)
+    for read in (tflite.op_inventory, tflite.op_counts, tflite.degenerate_activations, tflite.gpu_unsupported_ops):
+        with pytest.raises(tflite.InvalidTFLiteModelError, match=r"corrupt or truncated \(UnicodeDecodeError"):
+            read(bad_name)
+    assert tflite.op_inventory(flatbuffer)  # control: the untouched file reads
+    step = max(1, len(flatbuffer) // 400)
+    for position in range(8, len(flatbuffer), step):  # every byte kind: offsets, lengths, names, weights
+        tampered = with_byte_flipped(flatbuffer, position)
+        for read in (tflite.op_inventory, tflite.degenerate_activations):
+            try:
+                read(tampered)
+            except tflite.InvalidTFLiteModelError:
+                pass  # anything else fails the test
 
 
 @tf_only

@@ -39,7 +39,11 @@ def load_flatbuffer(tflite_model):
             f"{data[4:8]!r}. It is corrupt or truncated, or not a .tflite file; convert the model again."
         )
     try:
+        # Every reader here, run once (cached): a damaged file fails now, with the clear error, and not
+        # later inside one of them (a name that is not UTF-8, an offset past the end, a negative length).
         _walk(data)
+        _inventory(data)
+        _degenerate(data)
     except Exception as error:  # noqa: BLE001 - any parse failure means a damaged file
         raise InvalidTFLiteModelError(
             f"keras_attention.tflite: {source} ({len(data)} bytes) starts like a TFLite model but is "
@@ -226,7 +230,11 @@ def degenerate_activations(tflite_model):
     and `verify` run such a model once in a child process first: a crash
     becomes a clear error, a model that runs gets a warning.
     """
-    data = load_flatbuffer(tflite_model)
+    return list(_degenerate(load_flatbuffer(tflite_model)))
+
+
+@functools.lru_cache(maxsize=8)
+def _degenerate(data):
     model = _schema().Model.GetRootAsModel(data, 0)
     found = []
     for s in range(model.SubgraphsLength()):
@@ -242,7 +250,7 @@ def degenerate_activations(tflite_model):
             if not np.all(np.isfinite(scales)) or float(np.min(scales)) < DEGENERATE_SCALE:
                 raw = tensor.Name()
                 found.append(raw.decode() if isinstance(raw, bytes) else str(raw))
-    return found
+    return tuple(found)
 
 
 # Builtin ops TensorFlow Lite's GPU delegate has a kernel for (the op list of
