@@ -102,3 +102,31 @@ def test_bad_kernel_size_and_inputs():
         ka.LightRPNHead(3)(keras.Input((8, 4)))
     with pytest.raises(ValueError, match="LightRPNHead: the channel dimension"):
         ka.LightRPNHead(3).build((None, 8, 8, None))
+
+
+def test_two_head_losses_are_logged_once_each_when_the_outputs_are_named():
+    """Keras names a layer's outputs after the layer: two losses on objectness and deltas share one log entry
+    on Keras 3 (the total still sums both). Named outputs (the docstring's way) log each head's loss."""
+    from keras_attention.backend import IS_LEGACY
+
+    inputs = keras.Input((8, 8, 16))
+    _, objectness, deltas = ka.LightRPNHead(num_anchors=3, filters=8, name="rpn")(inputs)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(4, 8, 8, 16)).astype("float32")
+    y = [5 * rng.uniform(size=(4, 8, 8, 3)).astype("float32"), rng.uniform(size=(4, 8, 8, 12)).astype("float32")]
+    unnamed = keras.Model(inputs, [objectness, deltas])
+    unnamed.compile(loss=["mse", "mae"])
+    logs = unnamed.evaluate(x, y, return_dict=True, verbose=0)
+    predicted = unnamed.predict(x, verbose=0)
+    mse, mae = np.mean((predicted[0] - y[0]) ** 2), np.mean(np.abs(predicted[1] - y[1]))
+    np.testing.assert_allclose(logs["loss"], mse + mae, rtol=1e-4)  # both losses are trained on
+    if not IS_LEGACY:  # Keras 3: one entry for the two heads (Keras' naming, documented)
+        assert sorted(logs) == ["loss", "rpn_loss"]
+    named = keras.Model(
+        inputs, [keras.layers.Identity(name="objectness")(objectness), keras.layers.Identity(name="deltas")(deltas)]
+    )
+    named.compile(loss=["mse", "mae"])
+    logs = named.evaluate(x, y, return_dict=True, verbose=0)
+    assert sorted(logs) == ["deltas_loss", "loss", "objectness_loss"]
+    np.testing.assert_allclose([logs["objectness_loss"], logs["deltas_loss"]], [mse, mae], rtol=1e-4)
+    assert "keras.layers.Identity" in ka.LightRPNHead.__doc__ and "light_rpn_head_loss" in ka.LightRPNHead.__doc__

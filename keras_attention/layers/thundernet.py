@@ -294,10 +294,28 @@ class LightRPNHead(QuantizationPoints, keras.layers.Layer):
         `(batch, H, W, filters)`, `(batch, H, W, num_anchors)` and
         `(batch, H, W, 4 * num_anchors)` (or channels_first).
 
+    Training on both heads: Keras names a model's outputs after the layer
+    that made them, so with `objectness` and `box_deltas` as two outputs of a
+    model compiled with a loss each, Keras 3 logs a single
+    `light_rpn_head_loss` (the last head's; the total `loss` still sums both)
+    and tf_keras `light_rpn_head_loss` and `light_rpn_head_1_loss`. That is
+    Keras' naming of any layer with several outputs, not something the layer
+    can set. Name the outputs: a dict of outputs, or `keras.layers.Identity`
+    layers with names, as in the example; each loss is then logged by name.
+
     Example:
     >>> features, objectness, deltas = LightRPNHead(num_anchors=25)(keras.Input((20, 20, 245)))
     >>> features.shape, objectness.shape, deltas.shape
     ((None, 20, 20, 256), (None, 20, 20, 25), (None, 20, 20, 100))
+    >>> inputs = keras.Input((8, 8, 16))
+    >>> _, objectness, deltas = LightRPNHead(num_anchors=3, filters=8)(inputs)
+    >>> objectness = keras.layers.Identity(name="objectness")(objectness)
+    >>> deltas = keras.layers.Identity(name="deltas")(deltas)
+    >>> model = keras.Model(inputs, [objectness, deltas])
+    >>> model.compile(loss=["binary_crossentropy", "huber"])
+    >>> x, y = np.zeros((2, 8, 8, 16)), [np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 12))]
+    >>> sorted(model.evaluate(x, y, return_dict=True, verbose=0))
+    ['deltas_loss', 'loss', 'objectness_loss']
     """
 
     def __init__(self, num_anchors, filters=256, kernel_size=5, data_format=None, **kwargs):
