@@ -436,6 +436,22 @@ def test_tampered_flatbuffer_structure_gets_the_clear_error():
 
 
 @tf_only
+def test_python_conversion_leaves_stderr_to_the_caller_as_documented(capfd):
+    """The converter's C++ lines reach the caller's descriptor 2 (hiding them would take the process's stderr
+    from every thread); docs/tflite.md and convert's docstring say so and name the ways to filter them."""
+    model = _model(lambda x: keras.layers.Conv2D(4, 3)(x), (8, 8, 3))
+    data = np.random.default_rng(0).uniform(size=(8, 8, 8, 3)).astype("float32")
+    capfd.readouterr()
+    tflite.convert(model, "int8", representative_data=data)
+    err = capfd.readouterr().err
+    assert "fully_quantize:" in err, err[-2000:]
+    with open(os.path.join(ROOT, "docs", "tflite.md"), encoding="utf-8") as handle:
+        docs = handle.read()
+    assert "**The Python API leaves stderr alone.**" in docs and "fully_quantize" in docs
+    assert "keras-attention convert" in tflite.convert.__doc__ and "docs/tflite.md" in tflite.convert.__doc__
+
+
+@tf_only
 def test_identity_initialised_attention_that_crashes_xnnpack_in_int8_is_refused():
     """Untrained `start_as_identity` channel attention has logits exactly 0: a collapsed int8 range."""
     model = _model(lambda x: ka.ChannelAttention(reduction=2, start_as_identity=True, name="ca")(x), (8, 8, 8))

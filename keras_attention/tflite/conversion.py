@@ -89,6 +89,11 @@ def convert(
     Returns:
         The `.tflite` flatbuffer as `bytes`.
 
+    The converter's C++ log lines (`fully_quantize: ...`, absl's `I0000 ...`)
+    reach stderr: they are written to file descriptor 2, which a library call
+    cannot safely take from the whole process (docs/tflite.md); the
+    `keras-attention convert` command hides them.
+
     Raises:
         RuntimeError: on a backend other than TensorFlow (JAX).
         ValueError: unknown quantization; "int8" without representative data;
