@@ -1,5 +1,7 @@
 """Images/s of a full training step, plain backbone vs `attach(..., "cbam")`, with and without XLA.
 
+Also the first step's time: tracing, and with XLA compilation (what `jit_compile=True` costs up front).
+
 For each backbone (ResNet50, MobileNetV2; batch 16, 224x224, weights=None) the
 four variants (plain/CBAM x XLA on/off) are compiled in one process and their
 steps interleaved, so the CBAM/plain ratio comes from one run. Peak memory is
@@ -16,6 +18,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -51,10 +54,18 @@ def time_backbone(name, size, batch, steps):
     x = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32")
     y = np.arange(batch) % 10
     models = {label(a, j): build(name, a, size, j) for a, j in variants()}
+    first = {}
+    for key, model in models.items():  # the first step traces the graph (and compiles it, with XLA)
+        start = time.perf_counter()
+        model.train_on_batch(x, y)
+        first[key] = time.perf_counter() - start
     candidates = {k: (lambda m=m: m.train_on_batch(x, y)) for k, m in models.items()}
     medians = interleaved_medians(candidates, steps, warmup=2)
     params = {k: int(m.count_params()) for k, m in models.items()}
-    return {k: {"step_s": v, "images_per_s": batch / v, "params": params[k]} for k, v in medians.items()}
+    return {
+        k: {"first_step_s": first[k], "step_s": v, "images_per_s": batch / v, "params": params[k]}
+        for k, v in medians.items()
+    }
 
 
 def peak_memory_mb(name, size, batch, attention, xla):
@@ -105,6 +116,7 @@ def main(argv=None):
                 [
                     name,
                     key,
+                    f"{r['first_step_s']:.1f}",
                     f"{r['images_per_s']:.2f}",
                     f"{r['params'] / 1e6:.2f}M",
                     f"{r.get('cbam_over_plain_images_per_s', 1.0):.3f}",
@@ -112,7 +124,9 @@ def main(argv=None):
                 ]
             )
         results[name] = timing
-    print_table(["backbone", "variant", "images/s", "params", "x plain (same XLA)", "peak RSS MB"], rows)
+    print_table(
+        ["backbone", "variant", "first step s", "images/s", "params", "x plain (same XLA)", "peak RSS MB"], rows
+    )
     write_json(
         args.out,
         {

@@ -73,6 +73,8 @@ if IS_LEGACY:
         tile = staticmethod(_tf.tile)
         broadcast_to = staticmethod(_tf.broadcast_to)
         repeat = staticmethod(lambda x, repeats, axis=None: _tf.repeat(x, repeats, axis=axis))
+        flip = staticmethod(lambda x, axis=None: _tf.reverse(x, [axis]))
+        conv = staticmethod(lambda x, kernel, padding="valid": _tf.nn.conv2d(x, kernel, 1, padding.upper()))
 
         @staticmethod
         def hard_sigmoid(x):

@@ -6,8 +6,9 @@ plain layers; only how the arithmetic is laid out differs. Which one a call
 takes is decided here, by `spatial_conv_path` and `takes_fused_cbam`:
 
 - `shifted_sum_conv`: SpatialAttention's (and CBAM's) k x k convolution while
-  traced for XLA (`jit_compile=True` on TensorFlow, Keras 3 or tf_keras; `jax.jit`).
-  XLA's CPU convolution emitter is slow for 2 -> 1 channels.
+  traced for XLA (`jit_compile=True` on TensorFlow, Keras 3 or tf_keras; `jax.jit`):
+  a 1 x k convolution to k channels and k shifted slices, because XLA's CPU
+  convolution emitter is slow for 2 -> 1 channels.
 - `same_conv_to_one_channel` (space-to-depth): the same convolution in any other
   TensorFlow graph (SavedModel, TFLite conversion, `tf.function`) when H and W
   divide by 4 or 2. LiteRT's XNNPACK runs the plain 2 -> 1 convolution in 89 us,
@@ -61,27 +62,35 @@ def takes_fused_cbam(block, inputs):
 
 
 def shifted_sum_conv(maps, kernel, bias=None):
-    """'Same' k x k convolution of a map with few channels to one output channel.
+    """'Same' k x k convolution of a map with few channels to one output channel, for XLA.
 
     XLA's CPU convolution emitter is slow for 2 -> 1 channels (about 6x slower
-    than this on a 56x56 map); a sum of k*k*n shifted, scaled views is a single
-    fused elementwise loop. maps: (B, H, W, n) channels_last; kernel: (k, k, n, 1).
+    than this on a 56x56 map). Here a 1 x k convolution gives each row offset
+    i of the kernel its own output channel (n -> k channels, which XLA runs
+    well), and the k row-shifted slices of those channels are summed. The
+    former k*k*n shifted, scaled views (98 slices for 7x7x2) ran as fast but
+    cost XLA 3 s of compilation per layer on the CPU; this costs 0.1 s.
+    maps: (B, H, W, n) channels_last; kernel: (k, k, n, 1).
     """
     # Cast: under mixed precision Keras autocasts variables read in call().
-    kernel = ops.cast(kernel, maps.dtype)
-    bias = None if bias is None else ops.cast(bias, maps.dtype)
-    k = kernel.shape[0]
+    out = _row_conv(maps, ops.cast(kernel, maps.dtype))
+    return out if bias is None else out + ops.cast(bias, maps.dtype)
+
+
+def _row_conv(maps, kernel):
+    """'Same' convolution of maps (B, H, W, n) with kernel (k, k, n, m): a 1 x k convolution to k*m
+    channels (channel i*m + o: row i of the kernel), then the sum of the k row-shifted slices."""
+    k, m, height = kernel.shape[0], kernel.shape[3], maps.shape[1]
     r = k // 2
     padded = ops.pad(maps, ((0, 0), (r, r), (r, r), (0, 0)))
+    # row_kernel[0, j, c, i*m + o] = kernel[i, j, c, o]
+    row_kernel = ops.reshape(ops.transpose(kernel, (1, 2, 0, 3)), (1, k, kernel.shape[2], k * m))
+    rows = ops.conv(padded, row_kernel, padding="valid")  # (B, H + 2r, W, k*m)
     out = None
-    for c in range(kernel.shape[2]):
-        plane = padded[..., c : c + 1]
-        for i in range(k):
-            rows = plane[:, i : (i - 2 * r) or None]
-            for j in range(k):
-                term = rows[:, :, j : (j - 2 * r) or None] * kernel[i, j, c, 0]
-                out = term if out is None else out + term
-    return out if bias is None else out + bias
+    for i in range(k):
+        term = rows[:, i : i + height, :, i * m : (i + 1) * m]
+        out = term if out is None else out + term
+    return out
 
 
 def _channel_reduce(maps, reduce, combine, slices=8):
@@ -102,27 +111,23 @@ def _channel_reduce(maps, reduce, combine, slices=8):
 
 
 def _shifted_sum_conv_grads(maps, kernel, upstream):
-    """Gradients of `shifted_sum_conv(maps, kernel)` for maps and kernel, as shifted sums too.
+    """Gradients of `shifted_sum_conv(maps, kernel)` for maps and kernel, each one convolution.
 
-    maps: (B, H, W, n); kernel: (k, k, n, 1); upstream: (B, H, W, 1).
+    maps: (B, H, W, n); kernel: (k, k, n, 1); upstream: (B, H, W, 1). The maps'
+    gradient is the 'same' convolution of upstream with the kernel turned by
+    180 degrees (1 -> n channels); the kernel's, sum over b, h, w of
+    padded_maps[b, h + i, w + j, c] * upstream[b, h, w], is a 'valid'
+    convolution with the batch as channels and upstream as a H x W kernel.
     """
-    k, height, width = kernel.shape[0], maps.shape[1], maps.shape[2]
+    k = kernel.shape[0]
     r = k // 2
-    padded_upstream = ops.pad(upstream, ((0, 0), (r, r), (r, r), (0, 0)))
+    turned = ops.transpose(ops.flip(ops.flip(kernel, axis=0), axis=1), (0, 1, 3, 2))  # (k, k, 1, n)
+    grad_maps = _row_conv(upstream, turned)
     padded_maps = ops.pad(maps, ((0, 0), (r, r), (r, r), (0, 0)))
-    grad_planes, grad_kernel = [], []
-    for c in range(kernel.shape[2]):
-        plane, grad_plane = padded_maps[..., c : c + 1], None
-        for i in range(k):
-            for j in range(k):
-                # out[h, w] gets maps[h + i - r, w + j - r] * kernel[i, j]: the transpose shifts back.
-                shifted = padded_upstream[:, 2 * r - i : 2 * r - i + height, 2 * r - j : 2 * r - j + width]
-                term = shifted * kernel[i, j, c, 0]
-                grad_plane = term if grad_plane is None else grad_plane + term
-                grad_kernel.append(ops.sum(plane[:, i : i + height, j : j + width] * upstream))
-        grad_planes.append(grad_plane)
-    grad_kernel = ops.transpose(ops.reshape(ops.stack(grad_kernel), (kernel.shape[2], k, k, 1)), (1, 2, 0, 3))
-    return ops.concatenate(grad_planes, axis=-1), grad_kernel
+    by_channel = ops.transpose(padded_maps, (3, 1, 2, 0))  # (n, H + 2r, W + 2r, B)
+    upstream_kernel = ops.transpose(upstream, (1, 2, 0, 3))  # (H, W, B, 1)
+    grad_kernel = ops.conv(by_channel, upstream_kernel, padding="valid")  # (n, k, k, 1)
+    return grad_maps, ops.transpose(grad_kernel, (1, 2, 0, 3))
 
 
 def can_fuse_cbam(block, inputs):
