@@ -16,6 +16,7 @@ a different machine or thread count (float sums reorder), or a GPU.
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -187,7 +188,8 @@ def _fit(model, train_set, test_set, batch_size, epochs):
         **train_set.inputs(batch_size, training=True),
         epochs=epochs,
         validation_data=test_set.validation_data(batch_size),
-        verbose=1,
+        # A progress bar in a terminal; one line per epoch in a redirected log (no \r or ANSI escapes).
+        verbose=1 if sys.stdout.isatty() else 2,
     )
 
 

@@ -91,6 +91,7 @@ def test_demo_on_an_image_folder_writes_checked_artefacts(tmp_path):
     assert f"{report['int8_accuracy']:.4f}" in result.stdout
     assert f"{report['tflite_latency_ms_1_thread']:.2f}" in result.stdout
     assert report["attention_layers"] == 10 and report["int8_end_to_end"] and report["builtin_ops_only"]
+    assert "\x1b[" not in result.stdout and "\r" not in result.stdout  # a redirected log: no progress bar
 
     from keras_attention import tflite
     from keras_attention.backend import keras
