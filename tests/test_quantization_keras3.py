@@ -525,3 +525,27 @@ def test_convert_refuses_other_modes_and_unset_ranges_of_a_qat_model():
     with pytest.raises(ValueError, match="QAT model.*'int8' only.*'float16'"):
         tflite.convert(qat, "float16")
     assert tflite.is_int8_end_to_end(tflite.convert(qat, "int8"))
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="backend-independent: run once")
+def test_calibrate_warns_when_the_data_contradict_the_models_input():
+    """quantization.calibrate checks its data as tflite.convert does (issue 29: raw pixels vs preprocessing)."""
+    import warnings
+
+    from keras_attention import quantization
+
+    def qat_model(rescaling):
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Rescaling(1 / 255.0)(inputs) if rescaling else inputs
+        x = ka.CBAM(reduction=2)(keras.layers.Conv2D(4, 3, padding="same")(x))
+        return quantization.quantize_model(keras.Model(inputs, x))
+
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3)).astype("float32")
+    with pytest.warns(UserWarning, match="calibrate: the calibration data look like raw pixels"):
+        quantization.calibrate(qat_model(rescaling=False), pixels)
+    with pytest.warns(UserWarning, match="calibrate: .* scaled twice"):
+        quantization.calibrate(qat_model(rescaling=True), pixels / 255.0)
+    with warnings.catch_warnings():  # control: matching data say nothing
+        warnings.simplefilter("error", UserWarning)
+        quantization.calibrate(qat_model(rescaling=True), pixels)
+        quantization.calibrate(qat_model(rescaling=False), pixels / 255.0)

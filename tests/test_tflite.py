@@ -278,7 +278,7 @@ def test_calibration_arrays_whose_range_contradicts_the_model_warn(scaled_input_
     import warnings
 
     (x_train, _), _ = digits16
-    with pytest.warns(UserWarning, match="looks like raw pixels"):
+    with pytest.warns(UserWarning, match="look like raw pixels"):
         tflite.convert(scaled_input_cnn, "int8", representative_data=x_train[:20])
     with pytest.warns(UserWarning, match="scaled twice"):
         tflite.convert(trained_cnn_cbam, "int8", representative_data=x_train[:20] / 255.0)

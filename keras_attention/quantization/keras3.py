@@ -28,6 +28,7 @@ import warnings
 import numpy as np
 
 from keras_attention import _compat, backend
+from keras_attention._inputs import warn_on_mismatched_range
 from keras_attention.backend import keras
 from keras_attention.layers._quantization import QuantizationPoints
 from keras_attention.quantization.layers import (
@@ -398,9 +399,14 @@ def calibrate(model, data, batch_size=32, steps=None):
     range, while folded BatchNormalizations keep their frozen statistics and no
     optimizer step is taken. Use it before `fit` to start from calibrated
     ranges, or to convert a QAT model that was never trained (then the file
-    equals post-training quantization with these ranges).
+    equals post-training quantization with these ranges). `data` must be
+    preprocessed as at run time: a batch whose range contradicts the model's
+    first layers (raw 0-255 pixels without an in-model `Rescaling`, or
+    [-1, 1] data with one) gets a warning, as in `tflite.convert`.
     """
     arrays = data if isinstance(data, (list, tuple)) else [data]
+    if len(arrays) == 1:
+        warn_on_mismatched_range(model, np.asarray(arrays[0][:32]), "keras_attention.quantization.calibrate")
     count = len(arrays[0])
     for step, start in enumerate(range(0, count, batch_size)):
         if steps is not None and step >= steps:

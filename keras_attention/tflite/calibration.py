@@ -3,19 +3,17 @@
 A folder holds raw pixels (0-255). Fed to a model whose preprocessing lives
 outside it, they calibrate every activation range for inputs the model never
 sees, and the int8 file is ruined without an error. So a folder calibrates a
-model only when the model rescales its own input (a `Rescaling` or
-`Normalization` layer before its first weights) or a `preprocess` function is
-given; arrays whose range contradicts the model's first layers get a warning.
+model only when the model rescales its own input (`_inputs.rescales_pixels`)
+or a `preprocess` function is given; arrays whose range contradicts the
+model's first layers get a warning (`_inputs.warn_on_mismatched_range`).
 """
 
 import os
-import warnings
 
 import numpy as np
 
+from keras_attention._inputs import rescales_pixels
 from keras_attention.tflite._common import IMAGE_EXTENSIONS, _tf, _to_numpy
-
-_PIXEL_LAYERS = ("Rescaling", "Normalization")
 
 
 def image_files(directory, what="representative_data"):
@@ -87,29 +85,6 @@ def load_image_folder(directory, shape, limit=None, preprocess=None, what="repre
     return out.astype("float32") if np.issubdtype(out.dtype, np.floating) else out
 
 
-def rescales_pixels(model):
-    """True when `model` rescales its input itself (a Rescaling or Normalization layer before its first
-    weights, nested models included), False when weights come first, None when unknown (no Keras model)."""
-    if model is None or not hasattr(model, "layers"):
-        return None
-    for layer in model.layers:
-        if type(layer).__name__ in _PIXEL_LAYERS:
-            return True
-        if hasattr(layer, "layers"):  # a nested model: its first weights decide
-            return bool(rescales_pixels(layer))
-        if layer.weights:
-            return False
-    return False
-
-
-def _looks_like_raw_pixels(array):
-    """Images (N, H, W, 1/3/4) in [0, 255] reaching past 2: pixel values before any preprocessing."""
-    array = np.asarray(array)
-    if array.ndim != 4 or array.shape[-1] not in (1, 3, 4) or not array.size:
-        return False
-    return array.min() >= 0 and 2 < array.max() <= 255
-
-
 def check_folder_calibration(model, directory, preprocess, what="representative_data"):
     """Refuses raw pixels from a folder for a model that does not rescale them itself (see the module doc)."""
     if preprocess is not None or rescales_pixels(model):
@@ -122,30 +97,6 @@ def check_folder_calibration(model, directory, preprocess, what="representative_
         "e.g. lambda images: images / 255), put the preprocessing inside the model (keras.layers.Rescaling), "
         "or pass preprocess=lambda images: images if the model really takes raw pixels."
     )
-
-
-def warn_on_mismatched_range(model, samples, what="representative_data"):
-    """Warns when the calibration data's range contradicts the model's first layers."""
-    rescales = rescales_pixels(model)
-    if rescales is None or len(samples[0]) != 1:
-        return
-    first = np.concatenate([s[0] for s in samples[:32]])
-    if not np.issubdtype(first.dtype, np.floating) and not np.issubdtype(first.dtype, np.integer):
-        return
-    low, high = float(np.min(first)), float(np.max(first))
-    if rescales and high <= 1.0 + 1e-6 and low >= -1.0 - 1e-6:
-        warnings.warn(
-            f"keras_attention.tflite: {what} lies in [{low:.3g}, {high:.3g}] but the model rescales its input "
-            "itself (a Rescaling/Normalization layer): the data look scaled twice. Pass raw pixels.",
-            stacklevel=3,
-        )
-    elif not rescales and _looks_like_raw_pixels(first):
-        warnings.warn(
-            f"keras_attention.tflite: {what} looks like raw pixels (values in [{low:.3g}, {high:.3g}]) but the "
-            "model has no Rescaling or Normalization before its first weights: if it was trained on "
-            "preprocessed images, calibrate on the same preprocessing (int8 ranges from raw pixels ruin the file).",
-            stacklevel=3,
-        )
 
 
 def _checked_samples(arrays, specs, what):

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 from keras_attention import backend
+from keras_attention._inputs import warn_on_mismatched_range
 from keras_attention._io import check_destination, write_bytes
 from keras_attention.tflite._common import (
     QUANTIZATIONS,
@@ -19,7 +20,7 @@ from keras_attention.tflite._common import (
     _scope_of,
     _tf,
 )
-from keras_attention.tflite.calibration import _as_sample_lists, check_folder_calibration, warn_on_mismatched_range
+from keras_attention.tflite.calibration import _as_sample_lists, check_folder_calibration
 from keras_attention.tflite.export import _input_specs, _load_model_path, _saved_model_specs, export_saved_model
 from keras_attention.tflite.inspection import degenerate_activations, is_int8_end_to_end, op_inventory
 from keras_attention.tflite.interpreter import _refuse_if_it_crashes, run
@@ -129,8 +130,9 @@ def convert(
         if isinstance(representative_data, (str, os.PathLike)):
             check_folder_calibration(model, os.fspath(representative_data), preprocess)
         samples = _as_sample_lists(representative_data, specs, calibration_steps, "representative_data", preprocess)
-        if not isinstance(representative_data, (str, os.PathLike)):
-            warn_on_mismatched_range(model, samples)
+        if not isinstance(representative_data, (str, os.PathLike)) and len(samples[0]) == 1:
+            batch = np.concatenate([sample[0] for sample in samples[:32]])
+            warn_on_mismatched_range(model, batch, "keras_attention.tflite.convert")
 
     with tempfile.TemporaryDirectory(prefix="keras_attention_tflite_", ignore_cleanup_errors=True) as workdir:
         if saved_model is None:
