@@ -129,6 +129,65 @@ def set_global_dtype_policy(name):
     keras.mixed_precision.set_global_policy(name)
 
 
+def is_mixed_precision(model):
+    """True when any layer of `model` computes in float16 or bfloat16."""
+    for layer in [model] + all_layers(model):
+        compute = getattr(layer, "compute_dtype", None)
+        if compute in ("float16", "bfloat16"):
+            return True
+    return False
+
+
+def _float32_config(config):
+    """`config` with every mixed-precision dtype policy replaced by float32."""
+    if isinstance(config, dict):
+        return {k: "float32" if k == "dtype" and _is_mixed_policy(v) else _float32_config(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(v) for v in config]
+    return config
+
+
+def _is_mixed_policy(value):
+    if isinstance(value, str):
+        return value.startswith("mixed_") or value in ("float16", "bfloat16")
+    if isinstance(value, dict) and "Policy" in str(value.get("class_name", "")):
+        name = (value.get("config") or {}).get("name", "")
+        return str(name).startswith("mixed_") or name in ("float16", "bfloat16")
+    return False
+
+
+def float32_copy(model, caller="keras_attention.backend.float32_copy", error=RuntimeError):
+    """A float32 copy of a mixed-precision model, with the same weights and layer names.
+
+    Each layer is rebuilt from its config with every mixed policy replaced by
+    float32 (under a float32 global policy), then the weights are copied. The
+    variables of a mixed-precision model are float32 already, so nothing is
+    lost. Used by TFLite conversion, QAT and ONNX/OpenVINO export, each naming
+    itself as `caller`; a model that cannot be rebuilt raises `error` (their
+    own error class) with the way out.
+    """
+    previous = global_dtype_policy_name()
+
+    def clone_layer(layer):
+        return layer.__class__.from_config(_float32_config(layer.get_config()))
+
+    set_global_dtype_policy("float32")
+    try:
+        try:
+            clone = keras.models.clone_model(model, clone_function=clone_layer)
+        except Exception as failure:  # noqa: BLE001 - re-raised with advice
+            raise error(
+                f"{caller}: could not rebuild the mixed-precision model {model.name!r} in float32 "
+                f"({type(failure).__name__}: {failure}). Rebuild it yourself under "
+                "keras.mixed_precision.set_global_policy('float32'), copy the weights with "
+                "set_weights(), and pass that model."
+            ) from failure
+    finally:
+        set_global_dtype_policy(previous)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def accumulation_dtype(layer):
     """The dtype of a layer's pools, gates and their small convolutions: float32 at least.
 

@@ -48,7 +48,7 @@ import numpy as np
 from keras_attention import _compat, _io
 from keras_attention._checks import check_int
 from keras_attention._optional import first_line, require
-from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras, plain_graph
+from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, float32_copy, is_mixed_precision, keras, plain_graph
 from keras_attention.tflite.export import _load_model_path
 from keras_attention.tflite.interpreter import _samples_from_arrays, median_call_ms
 from keras_attention.tflite.verification import ReportAccess, _keras_outputs, output_agreement
@@ -70,10 +70,8 @@ def _exportable(model, caller, batch_size):
     if not isinstance(model, keras.Model):
         raise TypeError(f"{caller}: expected a keras.Model; got {type(model).__name__}.")
     check_int(caller, "batch_size", batch_size, note=" (a fixed batch size) or None", allow_none=True)
-    from keras_attention.tflite.mixed_precision import float32_copy, is_mixed_precision
-
     if is_mixed_precision(model):
-        model = float32_copy(model)
+        model = float32_copy(model, caller)
     if not _compat.has_been_called(model):
         shapes = [tuple(t.shape) for t in model.inputs]
         if any(None in shape[1:] for shape in shapes):

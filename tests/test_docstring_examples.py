@@ -24,12 +24,12 @@ MODULES = [
     "keras_attention.layers.centermask",
     "keras_attention.layers.channel",
     "keras_attention.layers.factory",
+    "keras_attention.layers.quantizers",
     "keras_attention.layers.roi_align",
     "keras_attention.layers.spatial",
     "keras_attention.layers.thundernet",
     "keras_attention.models.resnet",
     "keras_attention.quantization.layers",
-    "keras_attention.quantization.quantizers",
 ]
 
 

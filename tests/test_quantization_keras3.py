@@ -69,7 +69,7 @@ def test_fixed_ranges_are_tflites():
 
 
 def test_kernels_are_symmetric_per_output_channel():
-    from keras_attention.quantization.quantizers import quantize_kernel
+    from keras_attention.layers.quantizers import quantize_kernel
 
     rng = np.random.default_rng(1)
     kernel = rng.normal(size=(3, 3, 4, 5)).astype("float32") * np.array([0.01, 0.1, 1, 10, 100], "float32")

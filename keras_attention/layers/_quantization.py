@@ -13,6 +13,13 @@ layer's one forward pass, and the int8 file computes what QAT trained.
 
 from keras_attention.backend import IS_LEGACY, build_sublayer
 from keras_attention.layers._validation import apply_gate, check_layer_kwargs
+from keras_attention.layers.quantizers import (
+    ActivationQuantizer,
+    fixed_range,
+    folded_parameters,
+    quantize_kernel,
+    quantized_call,
+)
 
 QUANTIZATIONS = (None, "int8")
 
@@ -48,8 +55,6 @@ class QuantizationPoints:
         """Creates one quantizer per point; call at the end of `build()`."""
         if not self.quantization:
             return
-        from keras_attention.quantization.quantizers import ActivationQuantizer
-
         for name in self.quantization_points():
             if name not in self._quantizers:
                 quantizer = ActivationQuantizer(name=f"quant_{name}")
@@ -72,8 +77,6 @@ class QuantizationPoints:
         """`x` at TFLite's fixed int8 output range of `kind` ("sigmoid"): the identity in float."""
         if not self.quantization:
             return x
-        from keras_attention.quantization.quantizers import fixed_range
-
         return fixed_range(x, kind)
 
     def conv_parameters(self, conv, bn=None):
@@ -85,16 +88,12 @@ class QuantizationPoints:
         """
         if not self.quantization:
             return conv.kernel, (conv.bias if conv.use_bias else None)
-        from keras_attention.quantization.quantizers import folded_parameters
-
         return folded_parameters(conv, bn, quantize=False)
 
     def kernel_quantizer(self):
         """Per-tensor symmetric int8 fake quantization of a kernel under QAT; the identity in float."""
         if not self.quantization:
             return lambda kernel: kernel
-        from keras_attention.quantization.quantizers import quantize_kernel
-
         return lambda kernel: quantize_kernel(kernel, axis=None)
 
     def convolve(self, conv, x, bn=None, training=None):
@@ -102,8 +101,6 @@ class QuantizationPoints:
         if not self.quantization:
             y = conv(x)
             return y if bn is None else bn(y, training=training)
-        from keras_attention.quantization.quantizers import quantized_call
-
         return quantized_call(conv, x, bn)
 
     def gate_points(self, prefix="gate"):

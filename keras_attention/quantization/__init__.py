@@ -35,6 +35,7 @@ from keras_attention.quantization.tfmot import (  # noqa: F401 - the tf_keras AP
 if not backend.IS_LEGACY:
     # Imported here so `import keras_attention` registers the QAT layers: a QAT .keras file then
     # reloads with safe_mode=True.
+    from keras_attention.layers.quantizers import ActivationQuantizer  # noqa: F401
     from keras_attention.quantization import keras3 as _keras3
     from keras_attention.quantization.keras3 import calibrate, is_qat_model, uncalibrated  # noqa: F401
     from keras_attention.quantization.layers import (  # noqa: F401
@@ -44,7 +45,6 @@ if not backend.IS_LEGACY:
         QuantizedNormalization,
         QuantizedRescaling,
     )
-    from keras_attention.quantization.quantizers import ActivationQuantizer  # noqa: F401
 else:
 
     def is_qat_model(model):  # noqa: D103 - tf_keras QAT models are tfmot's

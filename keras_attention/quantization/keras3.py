@@ -31,6 +31,7 @@ from keras_attention import _compat, backend
 from keras_attention._inputs import warn_on_mismatched_range
 from keras_attention.backend import keras
 from keras_attention.layers._quantization import QuantizationPoints
+from keras_attention.layers.quantizers import ActivationQuantizer, is_qat_model, quantizers, uncalibrated  # noqa: F401
 from keras_attention.quantization.layers import (
     ACTIVATION_POINTS,
     FUSABLE_ACTIVATIONS,
@@ -41,7 +42,6 @@ from keras_attention.quantization.layers import (
     QuantizedRescaling,
     activation_name,
 )
-from keras_attention.quantization.quantizers import ActivationQuantizer
 from keras_attention.quantization.tfmot import UnsupportedLayerError
 
 _CONVS = (
@@ -350,15 +350,13 @@ def quantize_model(model, leave_float=()):
             "Flatten, Permute, Dropout, keras.ops arithmetic and every keras_attention layer. Pass "
             "leave_float=[names] to keep those layers in float."
         )
-    from keras_attention.tflite import float32_copy, is_mixed_precision
-
-    if is_mixed_precision(model):
+    if backend.is_mixed_precision(model):
         warnings.warn(
             f"quantize_model: {model.name!r} uses a mixed-precision policy; its QAT copy computes in float32 "
             "(fake quantization is float32, and so is every float op of the int8 file).",
             stacklevel=2,
         )
-        model = float32_copy(model)
+        model = backend.float32_copy(model, "keras_attention.quantization.quantize_model")
     rewriter = _Rewriter(leave_float)
     inputs = [keras.Input(batch_shape=tuple(t.shape), dtype=t.dtype, name=t.name) for t in model.inputs]
     quantized_inputs = [
@@ -373,23 +371,6 @@ def quantize_model(model, leave_float=()):
             stacklevel=2,
         )
     return qat
-
-
-def quantizers(model):
-    """Every ActivationQuantizer with a learned range in `model` (nested ones included)."""
-    return [
-        layer for layer in backend.all_layers(model) if isinstance(layer, ActivationQuantizer) and layer.fixed is None
-    ]
-
-
-def is_qat_model(model):
-    """True when `model` holds Keras 3 QAT quantizers (the output of `quantize_model`)."""
-    return not backend.IS_LEGACY and bool(quantizers(model))
-
-
-def uncalibrated(model):
-    """Paths of the quantizers that have not seen a training batch (their range is still empty)."""
-    return [q.path for q in quantizers(model) if float(np.asarray(keras.ops.convert_to_numpy(q.initialized))) < 0.5]
 
 
 def calibrate(model, data, batch_size=32, steps=None):

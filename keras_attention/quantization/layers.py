@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_attention.backend import build_sublayer, keras, ops, register
 from keras_attention.layers._quantization import QuantizationPoints
-from keras_attention.quantization.quantizers import (
+from keras_attention.layers.quantizers import (
     batch_norm_factors,
     bias_add,
     fold_batch_norm,

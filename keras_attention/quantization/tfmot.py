@@ -57,9 +57,8 @@ import zipfile
 
 from keras_attention import backend
 from keras_attention._io import atomic_path
-from keras_attention.backend import keras
+from keras_attention.backend import is_mixed_precision, keras
 from keras_attention.layers._validation import from_channels_last, to_channels_last
-from keras_attention.tflite import float32_copy, is_mixed_precision
 
 _FEATURE = "keras_attention.quantization"
 _NUM_BITS = 8
@@ -834,14 +833,14 @@ def quantize_scope(*extra):
 def float32_model(model):
     """A float32 copy of a mixed-precision model (same layer names and weights).
 
-    tfmot's QAT fails under mixed_float16; this is `tflite.float32_copy`
+    tfmot's QAT fails under mixed_float16; this is `backend.float32_copy`
     (each layer rebuilt from its config in float32, weights copied). A model
     that is float32 already is returned as it is.
     """
     _require_tf_keras("float32_model")
     if not is_mixed_precision(model):
         return model
-    return float32_copy(model)
+    return backend.float32_copy(model, "keras_attention.quantization.float32_model")
 
 
 # --------------------------------------------------------------------------
@@ -1035,7 +1034,6 @@ def load_qat_model(path, compile=True):  # noqa: A002 - Keras' argument name
     path = os.fspath(path)
     if _is_keras_v3_path(path):
         raise ValueError(_KERAS_V3_ERROR.format(feature=f"{_FEATURE}.load_qat_model", path=path))
-    import keras_attention  # noqa: F401 - registers the layers
 
     with quantize_scope():
         model = keras.models.load_model(path, compile=compile)

@@ -10,6 +10,7 @@ import numpy as np
 from keras_attention import backend
 from keras_attention._inputs import warn_on_mismatched_range
 from keras_attention._io import check_destination, write_bytes
+from keras_attention.layers.quantizers import is_qat_model, uncalibrated
 from keras_attention.tflite._common import (
     QUANTIZATIONS,
     FlexOpError,
@@ -240,13 +241,8 @@ def _convert_builtins_only(make_converter, model, quantization, quantizer, sampl
 
 def _is_convertible_qat_model(model, quantization):
     """True for a Keras 3 QAT model, which converts to int8 only and only once its ranges are set (else an error)."""
-    # Imported here: keras_attention.quantization imports this module.
-    from keras_attention.quantization import is_qat_model
-
     if not is_qat_model(model):  # always False under tf_keras, whose QAT models are tfmot's
         return False
-    from keras_attention.quantization import uncalibrated
-
     if quantization != "int8":
         raise ValueError(
             f"keras_attention.tflite.convert: {model.name!r} is a QAT model (it holds fake-quantization "

@@ -78,7 +78,6 @@ def _load_model_path(path):
             "or a SavedModel directory."
         )
     _check_model_file(path)
-    import keras_attention  # noqa: F401 - registers the layers for safe loading
 
     return keras.models.load_model(path), None
 
