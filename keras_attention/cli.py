@@ -144,9 +144,9 @@ def _calibration(args, model, saved_model):
         if model is not None:
             shape = tuple(model.inputs[0].shape)
         else:
-            from keras_attention.tflite.export import _saved_model_specs
+            from keras_attention.tflite.saved_model import saved_model_input_specs
 
-            shape = tuple(_saved_model_specs(saved_model)[0].shape)
+            shape = tuple(saved_model_input_specs(saved_model)[0].shape)
         if args.input_shape:
             shape = (None, *args.input_shape)
         return calibration.load_image_folder(
@@ -166,11 +166,11 @@ def _calibration(args, model, saved_model):
 
 def _convert(args):
     from keras_attention import tflite
-    from keras_attention.tflite.export import _load_model_path
+    from keras_attention._deploy import load_model_path
 
     _check_output(args.output)
     args.preprocess = _preprocess_function(args.preprocess)
-    model, saved_model = _load_model_path(args.model)
+    model, saved_model = load_model_path(args.model)
     samples = _calibration(args, model, saved_model)
     if args.output.lower().endswith((".onnx", ".xml")):
         return _export(args, model, samples)

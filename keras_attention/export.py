@@ -47,11 +47,16 @@ import numpy as np
 
 from keras_attention import _compat, _io
 from keras_attention._checks import check_int
+from keras_attention._deploy import (
+    ReportAccess,
+    keras_outputs,
+    load_model_path,
+    median_call_ms,
+    output_agreement,
+    samples_from_arrays,
+)
 from keras_attention._optional import first_line, require
 from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, float32_copy, is_mixed_precision, keras, plain_graph
-from keras_attention.tflite.export import _load_model_path
-from keras_attention.tflite.interpreter import _samples_from_arrays, median_call_ms
-from keras_attention.tflite.verification import ReportAccess, _keras_outputs, output_agreement
 
 FORMATS = {".onnx": "onnx", ".xml": "openvino"}
 
@@ -413,15 +418,15 @@ def verify(model, exported, data, latency_runs=20, threads=(1, 2)):
     if not os.path.isfile(exported):
         raise FileNotFoundError(f"{caller}: no file at {exported!r}.")
     if isinstance(model, (str, os.PathLike)):
-        model, saved_model = _load_model_path(model)  # the clear errors of tflite.verify's model paths
+        model, saved_model = load_model_path(model, caller)
         if model is None:
             raise ValueError(f"{caller}: needs the Keras model (.keras/.h5); got the SavedModel {saved_model!r}.")
     if fmt == "onnx":
         _check_onnx(exported, caller)  # once: the runtime is opened again per thread count to time it
     runtime = _RUNTIMES[fmt](exported)
-    samples = _samples_from_arrays(data, len(runtime.input_names))
+    samples = samples_from_arrays(data, len(runtime.input_names), caller)
     arrays = [np.concatenate([s[i] for s in samples]) for i in range(len(samples[0]))]
-    expected = _keras_outputs(model, arrays)
+    expected = keras_outputs(model, arrays)
     actual = _run_all(runtime, arrays, caller)
     if len(actual) != len(expected):
         raise ValueError(

@@ -28,6 +28,7 @@ RANKS = {
     "distribute": 3,
     "visualize": 3,
     "quantization": 4,
+    "_deploy": 4,
     "tflite": 5,
     "export": 6,
     "demo": 7,

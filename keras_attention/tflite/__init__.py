@@ -28,8 +28,8 @@ compatibility from TensorFlow Lite's analyzer, file size and median latency on
 1 and 2 threads.
 
 Where each part lives: `conversion` (`convert`, Flex-op reporting),
-`calibration` (representative data), `export` (SavedModel export, models
-given as paths), `mixed_precision` (float32 copies), `inspection` (the
+`calibration` (representative data), `saved_model` (the SavedModel
+exporter), `mixed_precision` (float32 copies), `inspection` (the
 flatbuffer: op inventory, int8 coverage, degenerate scales, GPU delegate),
 `interpreter` (`run`, `measure_latency`, the crash probe) and `verification`
 (`verify` and its report). Import from `keras_attention.tflite`.
@@ -43,7 +43,6 @@ from keras_attention.tflite._common import (
     TFLiteConversionError,
 )
 from keras_attention.tflite.conversion import convert
-from keras_attention.tflite.export import export_saved_model
 from keras_attention.tflite.inspection import (
     DEGENERATE_SCALE,
     GPU_DELEGATE_OPS,
@@ -59,6 +58,7 @@ from keras_attention.tflite.inspection import (
 )
 from keras_attention.tflite.interpreter import _Runner, measure_latency, run
 from keras_attention.tflite.mixed_precision import float32_copy, is_mixed_precision
+from keras_attention.tflite.saved_model import export_saved_model
 from keras_attention.tflite.verification import VerificationReport, verify
 
 __all__ = [

@@ -2,9 +2,8 @@
 
 import re
 
-import numpy as np
-
 from keras_attention import _compat
+from keras_attention._deploy import to_numpy as _to_numpy  # noqa: F401 - the tflite modules' name
 from keras_attention.backend import all_layers
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
@@ -45,14 +44,6 @@ def _tf():
     import tensorflow as tf
 
     return tf
-
-
-def _to_numpy(t):
-    if hasattr(t, "detach"):  # a torch tensor (Keras 3 on PyTorch): .numpy() refuses one that needs grad
-        t = t.detach().cpu()
-    if hasattr(t, "numpy"):
-        return np.asarray(t.numpy())
-    return np.asarray(t)
 
 
 def _model_inputs(model):

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 from keras_attention import backend
+from keras_attention._deploy import keras_outputs, load_model_path
 from keras_attention._inputs import warn_on_mismatched_range
 from keras_attention._io import check_destination, write_bytes
 from keras_attention.layers.quantizers import is_qat_model, uncalibrated
@@ -22,11 +23,10 @@ from keras_attention.tflite._common import (
     _tf,
 )
 from keras_attention.tflite.calibration import _as_sample_lists, check_folder_calibration
-from keras_attention.tflite.export import _input_specs, _load_model_path, _saved_model_specs, export_saved_model
 from keras_attention.tflite.inspection import degenerate_activations, is_int8_end_to_end, op_inventory
 from keras_attention.tflite.interpreter import _refuse_if_it_crashes, run
 from keras_attention.tflite.mixed_precision import float32_copy, is_mixed_precision
-from keras_attention.tflite.verification import _keras_outputs
+from keras_attention.tflite.saved_model import _input_specs, export_saved_model, saved_model_input_specs
 
 
 def convert(
@@ -113,7 +113,7 @@ def convert(
         )
     saved_model = None
     if isinstance(model, (str, os.PathLike)):
-        model, saved_model = _load_model_path(model)
+        model, saved_model = load_model_path(model, "keras_attention.tflite.convert")
     qat = saved_model is None and _is_convertible_qat_model(model, quantization)
     if not qat and quantization == "int8" and representative_data is None:
         raise ValueError(
@@ -125,7 +125,7 @@ def convert(
         )
     if saved_model is None and is_mixed_precision(model):
         model = float32_copy(model)
-    specs = _saved_model_specs(saved_model) if saved_model is not None else _input_specs(model, batch_size)
+    specs = saved_model_input_specs(saved_model) if saved_model is not None else _input_specs(model, batch_size)
     samples = None
     if quantization == "int8" and not qat:
         if isinstance(representative_data, (str, os.PathLike)):
@@ -278,7 +278,7 @@ def _closer_of_two_quantizers(mlir_model, make_converter, saved_model, samples, 
         return candidates[0] if candidates else mlir_model
     subset = samples[:count]
     arrays = [np.concatenate([sample[i] for sample in subset], axis=0) for i in range(len(subset[0]))]
-    expected = _keras_outputs(_SavedModelCallable(saved_model), arrays, batch_size=1)
+    expected = keras_outputs(_SavedModelCallable(saved_model), arrays, batch_size=1)
     outputs = [run(m, arrays) for m in candidates]
     if any([a.shape for a in actual] != [e.shape for e in expected] for actual in outputs):
         return mlir_model

@@ -1,21 +1,19 @@
 """Running a `.tflite` in the LiteRT interpreter: `run`, `measure_latency`, and the crash probe."""
 
 import os
-import statistics
 import tempfile
-import time
 import warnings
 
 import numpy as np
 
 from keras_attention import _compat
+from keras_attention._deploy import median_call_ms, samples_from_arrays
 from keras_attention.tflite._common import (
     InvalidTFLiteModelError,
     _first_lines,
     _layer_for_scope,
     _natural_key,
     _scope_of,
-    _to_numpy,
 )
 from keras_attention.tflite.inspection import DEGENERATE_SCALE, degenerate_activations, load_flatbuffer, op_inventory
 
@@ -183,30 +181,9 @@ def run(tflite_model, data):
     flatbuffer = load_flatbuffer(tflite_model)
     _refuse_if_it_crashes(flatbuffer, InvalidTFLiteModelError)
     runner = _Runner(flatbuffer)
-    samples = _samples_from_arrays(data, len(runner.input_details))
+    samples = samples_from_arrays(data, len(runner.input_details), "keras_attention.tflite.run")
     per_sample = [runner(sample) for sample in samples]
     return [np.concatenate([outputs[i] for outputs in per_sample], axis=0) for i in range(len(per_sample[0]))]
-
-
-def _samples_from_arrays(data, n_inputs):
-    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
-    arrays = [
-        np.asarray(_to_numpy(a), dtype="float32")
-        if np.issubdtype(np.asarray(_to_numpy(a)).dtype, np.floating)
-        else np.asarray(_to_numpy(a))
-        for a in arrays
-    ]
-    if len(arrays) != n_inputs:
-        raise ValueError(f"keras_attention.tflite: got {len(arrays)} input arrays; the model has {n_inputs} inputs.")
-    counts = {a.shape[0] if a.ndim else 0 for a in arrays}
-    if counts == {0}:
-        raise ValueError("keras_attention.tflite: got no samples (an empty array); expected (N, ...) with N >= 1.")
-    if len(counts) > 1:
-        raise ValueError(
-            f"keras_attention.tflite: the input arrays hold different numbers of samples "
-            f"({[a.shape[0] for a in arrays]}); expected the same N for every input."
-        )
-    return [[a[i : i + 1] for a in arrays] for i in range(arrays[0].shape[0])]
 
 
 def measure_latency(tflite_model, threads=(1, 2), runs=30, warmup=3, sample=None, seed=0):
@@ -239,15 +216,3 @@ def measure_latency(tflite_model, threads=(1, 2), runs=30, warmup=3, sample=None
         runner.set_inputs(sample)
         results[n] = median_call_ms(runner.interpreter.invoke, runs, warmup)
     return results
-
-
-def median_call_ms(call, runs, warmup):
-    """The median time of `call()` in milliseconds over `runs` calls, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)

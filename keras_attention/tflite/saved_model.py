@@ -1,0 +1,73 @@
+"""SavedModel export of Keras 3 models, and models given as a file or directory path."""
+
+from keras_attention.backend import IS_LEGACY, keras
+from keras_attention.tflite._common import (
+    _dtype_name,
+    _model_inputs,
+    _natural_key,
+    _pack_inputs,
+    _saved_model_signature,
+    _tf,
+)
+
+
+def _input_specs(model, batch_size):
+    tf = _tf()
+    specs = []
+    for i, tensor in enumerate(_model_inputs(model)):
+        shape = list(tensor.shape)
+        shape[0] = batch_size
+        specs.append(tf.TensorSpec(shape, _dtype_name(tensor.dtype), name=f"input_{i}"))
+    return specs
+
+
+def _serving_function(model):
+    tf = _tf()
+
+    def serve(*args):
+        outputs = model(_pack_inputs(model, args), training=False)
+        return {
+            f"output_{i}": tf.cast(o, "float32") if _dtype_name(o.dtype) in ("float16", "bfloat16") else o
+            for i, o in enumerate(tf.nest.flatten(outputs))
+        }
+
+    return serve
+
+
+def export_saved_model(model, directory, batch_size=1):
+    """Writes `model` as a SavedModel with one `serving_default` signature.
+
+    Inputs are named `input_0, input_1, ...` (in `model.inputs` order) with the
+    batch fixed to `batch_size` (None keeps it free); outputs are
+    `output_0, output_1, ...` in flattened output order. Keras 3 goes through
+    `keras.export.ExportArchive`; tf_keras through `tf.saved_model.save` of a
+    module that tracks the model's variables.
+    """
+    tf = _tf()
+    specs = _input_specs(model, batch_size)
+    serve = _serving_function(model)
+    if IS_LEGACY:
+        module = tf.Module()
+        module.model_variables = list(model.variables)
+        function = tf.function(serve, input_signature=specs)
+        tf.saved_model.save(module, directory, signatures={"serving_default": function.get_concrete_function()})
+    else:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", serve, input_signature=specs)
+        archive.write_out(directory, verbose=False)
+    return directory
+
+
+def saved_model_input_specs(directory):
+    """The serving signature's input specs, ordered by name (input_0, input_1, ...)."""
+    _, signature = _saved_model_signature(directory)
+    specs = signature.structured_input_signature[1]
+    return [
+        specs[name] if specs[name].name == name else _renamed(specs[name], name)
+        for name in sorted(specs, key=_natural_key)
+    ]
+
+
+def _renamed(spec, name):
+    return _tf().TensorSpec(spec.shape, spec.dtype, name=name)
