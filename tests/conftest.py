@@ -12,8 +12,31 @@ from keras_attention.backend import BACKEND, IS_LEGACY  # noqa: E402
 
 MODE = "tf_keras" if IS_LEGACY else f"keras3-{BACKEND}"
 
+# The mode markers, one name for each mode restriction: a test marked `@pytest.mark.run_once` (or a
+# module with `pytestmark = pytest.mark.run_once`) runs in the modes listed for the marker here and is
+# skipped in the others; `@pytest.mark.run_once(reason="...")` adds the test's own reason to the skip
+# message. Registered in setup.cfg ([tool:pytest] markers); applied in pytest_collection_modifyitems.
+KERAS3_TF = ("keras3-tensorflow",)
+MODE_MARKERS = {
+    "keras3_tensorflow": (KERAS3_TF, "Keras 3 on TensorFlow only"),
+    "run_once": (KERAS3_TF, "the same in every mode: run once, on Keras 3 + TensorFlow"),
+    "tensorflow_backends": (("keras3-tensorflow", "tf_keras"), "TensorFlow only (Keras 3 or tf_keras)"),
+    "keras3": (("keras3-tensorflow", "keras3-jax", "keras3-torch"), "Keras 3 only, not tf_keras"),
+    "no_jax": (("keras3-tensorflow", "keras3-torch", "tf_keras"), "not on the JAX backend"),
+    "tf_keras_only": (("tf_keras",), "tf_keras only"),
+    "jax_only": (("keras3-jax",), "Keras 3 on JAX only"),
+    "torch_only": (("keras3-torch",), "Keras 3 on PyTorch only"),
+}
+
 settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True)
 settings.load_profile("ci")
+
+
+def pytest_configure(config):
+    registered = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
+    missing = sorted(set(MODE_MARKERS) - registered)
+    if missing:
+        raise pytest.UsageError(f"tests/conftest.py: register the mode markers {missing} in setup.cfg")
 
 
 def pytest_report_header(config):
@@ -30,6 +53,12 @@ def _seed():
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name, (modes, why) in MODE_MARKERS.items():
+            marker = item.get_closest_marker(name)
+            if marker is not None and MODE not in modes:
+                reason = marker.kwargs.get("reason")
+                item.add_marker(pytest.mark.skip(reason=f"{why}: {reason}" if reason else why))
     # Slow tests first: pytest-xdist hands tests out in this order, so a minute-long test
     # started last would run alone while the other worker idles.
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

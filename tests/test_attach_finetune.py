@@ -8,7 +8,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backbones import attention_layers
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import keras
 from tests.test_backbones import images, user_cnn
 
 L = keras.layers
@@ -99,10 +99,10 @@ def load_example():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    BACKEND == "jax" or IS_LEGACY,
-    reason="run once, on Keras 3 + TensorFlow (XLA-compiling MobileNetV2's training step on CPU takes minutes "
-    "under JAX); attach() and the freeze helpers are tested in every mode above",
+@pytest.mark.keras3  # and so, out of the PyTorch mode's files, run once: on Keras 3 + TensorFlow
+@pytest.mark.no_jax(
+    reason="XLA-compiling MobileNetV2's training step on CPU takes minutes under JAX; "
+    "attach() and the freeze helpers are tested in every mode above"
 )
 def test_finetune_mobilenetv2_on_digits(tmp_path):
     """The example's recipe (--fast): MobileNetV2 (alpha 0.35, 96x96, weights=None) + CBAM on digits."""

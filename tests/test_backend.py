@@ -26,7 +26,7 @@ def _run(code, legacy):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(backend.IS_LEGACY or backend.BACKEND != "tensorflow", reason="sets its own modes; run once")
+@pytest.mark.run_once(reason="sets its own modes")
 @pytest.mark.parametrize("legacy", [False, True])
 def test_import_order_does_not_matter(legacy):
     expected = f"MODE {legacy} {'tf_keras' if legacy else 'keras'}"

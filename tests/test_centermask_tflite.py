@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.backend import BACKEND, keras
+from keras_attention.backend import keras
 
-pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="TFLite conversion needs TensorFlow")
+pytestmark = pytest.mark.tensorflow_backends(reason="TFLite conversion")
 
 HEAD_OPS = {
     "CONV_2D",

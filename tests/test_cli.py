@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import keras
 
 
 def _cli(*args):
@@ -22,7 +22,7 @@ def _cli(*args):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="converts Keras 3 .keras files on TensorFlow")
+@pytest.mark.keras3_tensorflow(reason="converts Keras 3 .keras files")
 def test_convert_int8_from_a_keras_file(tmp_path):
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
@@ -49,7 +49,7 @@ def test_convert_int8_from_a_keras_file(tmp_path):
     assert interpreter.get_output_details()[0]["shape"].tolist() == [1, 3]
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="converts on TensorFlow")
+@pytest.mark.tensorflow_backends(reason="converts to TFLite")
 def test_convert_without_representative_data_fails_clearly(tmp_path, capsys):
     from keras_attention.cli import main
 
@@ -85,7 +85,7 @@ def _bad_cli_case(tmp_path, case):
     raise AssertionError(case)
 
 
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="converts Keras 3 .keras files on TensorFlow")
+@pytest.mark.keras3_tensorflow(reason="converts Keras 3 .keras files")
 @pytest.mark.parametrize(
     "case",
     ["missing model", "empty .keras", "random bytes .keras", "missing .npy", "corrupt .npy", "output under a file"],
@@ -102,7 +102,7 @@ def test_convert_failures_are_one_line_with_status_2(tmp_path, capsys, case):
     assert not (tmp_path / "m.tflite").exists()
 
 
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="converts Keras 3 .keras files on TensorFlow")
+@pytest.mark.keras3_tensorflow(reason="converts Keras 3 .keras files")
 def test_the_command_fails_in_one_line_and_shows_the_traceback_with_debug(tmp_path):
     args, message = _bad_cli_case(tmp_path, "missing model")
     result = _cli("convert", *args)
@@ -113,7 +113,7 @@ def test_the_command_fails_in_one_line_and_shows_the_traceback_with_debug(tmp_pa
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="the same in every mode: run once")
+@pytest.mark.run_once
 def test_the_command_prints_no_native_log_lines_unless_verbose():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")  # TensorFlow's most talkative setting
     run = lambda *args: subprocess.run(  # noqa: E731
@@ -126,7 +126,7 @@ def test_the_command_prints_no_native_log_lines_unless_verbose():
     assert "I0000" in verbose.stderr or "absl::InitializeLog" in verbose.stderr  # control: there were some
 
 
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="exports Keras 3 .keras files on TensorFlow")
+@pytest.mark.keras3_tensorflow(reason="exports Keras 3 .keras files")
 def test_convert_writes_onnx_and_openvino_and_verifies_them(tmp_path, capsys):
     import onnxruntime
 
@@ -158,11 +158,6 @@ def test_convert_writes_onnx_and_openvino_and_verifies_them(tmp_path, capsys):
     assert "applies to .tflite" in capsys.readouterr().err
 
 
-KERAS3_TF = pytest.mark.skipif(
-    IS_LEGACY or BACKEND != "tensorflow", reason="converts Keras 3 .keras files on TensorFlow"
-)
-
-
 def _readme_model(path):
     """The README's first model: unknown spatial sizes, saved and never called."""
     inputs = keras.Input((None, None, 3))
@@ -186,7 +181,7 @@ def _image_folder(root, classes=2, per_class=3, size=12):
     return root
 
 
-@KERAS3_TF
+@pytest.mark.keras3_tensorflow(reason="converts Keras 3 .keras files")
 def test_convert_exports_a_model_of_unknown_size_to_onnx(tmp_path, capsys):
     """Issue 29.3: the README's model to ONNX from the command line, called on --input-shape or the data."""
     import onnxruntime
@@ -209,7 +204,7 @@ def test_convert_exports_a_model_of_unknown_size_to_onnx(tmp_path, capsys):
         np.testing.assert_allclose(got, np.asarray(model(data)), rtol=1e-4, atol=1e-5)
 
 
-@KERAS3_TF
+@pytest.mark.keras3_tensorflow(reason="converts Keras 3 .keras files")
 def test_convert_refuses_an_unknown_extension_and_writes_nothing(tmp_path, capsys):
     from keras_attention.cli import main
 
@@ -224,7 +219,7 @@ def test_convert_refuses_an_unknown_extension_and_writes_nothing(tmp_path, capsy
     assert "creating the folder" in capsys.readouterr().out and (tmp_path / "new" / "m.tflite").exists()
 
 
-@KERAS3_TF
+@pytest.mark.keras3_tensorflow(reason="converts Keras 3 .keras files")
 def test_convert_int8_from_a_class_folder_needs_the_preprocessing(tmp_path, capsys):
     """Issue 29.2: class sub-folders are read; raw pixels for a model without Rescaling are refused."""
     from keras_attention.cli import main

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import keras
 
 MODULES = [
     "keras_attention.backbones",
@@ -33,7 +33,7 @@ MODULES = [
 ]
 
 
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="written for Keras 3; run once")
+@pytest.mark.run_once(reason="written for Keras 3")
 @pytest.mark.parametrize("module_name", MODULES)
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(module_name)

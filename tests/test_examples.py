@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from keras_attention.backend import BACKEND, IS_LEGACY
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,10 +24,9 @@ def run_example(name, *args, timeout=600):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    IS_LEGACY or BACKEND != "tensorflow",
-    reason="run on Keras 3 + TensorFlow (CI time); JAX: test_jax_backend runs the quickstart's model; tf_keras: "
-    "test_quantization.py::test_example_fast runs an example end to end, test_serialization its saving",
+@pytest.mark.keras3_tensorflow(
+    reason="CI time; JAX: test_jax_backend runs the quickstart's model; tf_keras: "
+    "test_quantization.py::test_example_fast runs an example end to end, test_serialization its saving"
 )
 def test_quickstart(tmp_path):
     out = run_example("quickstart.py", "--out", str(tmp_path))
@@ -38,10 +35,7 @@ def test_quickstart(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    IS_LEGACY or BACKEND != "tensorflow",
-    reason="run once, on Keras 3 + TensorFlow (the converter's backend); test_tflite covers tf_keras",
-)
+@pytest.mark.run_once(reason="the converter's backend; test_tflite covers tf_keras")
 def test_export_tflite(tmp_path):
     out = run_example("export_tflite.py", "--out", str(tmp_path))
     report = json.loads((tmp_path / "export.json").read_text())
@@ -57,7 +51,7 @@ def test_export_tflite(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "jax", reason="runs in the Keras 3 on JAX mode")
+@pytest.mark.jax_only
 def test_jax_backend(tmp_path):
     out = run_example("jax_backend.py", "--out", str(tmp_path))
     assert "identical predictions: True" in out
@@ -66,10 +60,7 @@ def test_jax_backend(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    IS_LEGACY or BACKEND != "tensorflow",
-    reason="run once, on Keras 3 + TensorFlow; test_distribute covers every engine",
-)
+@pytest.mark.run_once(reason="test_distribute covers every engine")
 def test_distributed_finetune(tmp_path):
     out = run_example("distributed_finetune.py", "--cpu-devices", "2", "--out", str(tmp_path))
     assert "2 replica(s)" in out, out[-2000:]
@@ -79,7 +70,7 @@ def test_distributed_finetune(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="Keras 3 QAT to int8 on TensorFlow: run once")
+@pytest.mark.run_once(reason="Keras 3 QAT to int8 on TensorFlow")
 def test_pretrained_resnet50_cbam(tmp_path):
     """The published-checkpoint path end to end, with a file in the official release's format (random weights)."""
     torch = pytest.importorskip("torch")

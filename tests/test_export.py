@@ -23,7 +23,6 @@ from keras_attention.backend import BACKEND, IS_LEGACY, keras
 from tests.test_serialization import every_layer_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-on_tf = pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="exports on Keras 3 + TensorFlow (once)")
 TOLERANCE = 1e-4  # relative to the largest output, as `max_rel_error` measures
 
 
@@ -82,7 +81,7 @@ def _export_and_verify(model, data, directory, name):
 # ----------------------------------------------------------------------------- TensorFlow
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 def test_every_attention_layer_in_both_formats(tmp_path):
     model = every_layer_model()
     reports = _export_and_verify(model, _inputs(model), str(tmp_path), "layers")
@@ -90,7 +89,7 @@ def test_every_attention_layer_in_both_formats(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["layers.bin", "layers.onnx", "layers.xml"]  # no temporary files left
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 def test_thundernet_and_centermask_blocks_with_their_boxes(tmp_path):
     model = detection_model()
     reports = _export_and_verify(model, detection_data(), str(tmp_path), "detection")
@@ -106,7 +105,7 @@ def test_thundernet_and_centermask_blocks_with_their_boxes(tmp_path):
     assert not np.allclose(session.run(None, feed)[1], session.run(None, changed)[1])
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 @pytest.mark.slow
 def test_mobilenetv2_with_cbam_in_every_format(tmp_path):
     """ONNX, OpenVINO, and Keras' own LiteRT exporter, each file run in its own runtime."""
@@ -121,7 +120,7 @@ def test_mobilenetv2_with_cbam_in_every_format(tmp_path):
     assert report.all_builtin and report.max_rel_error < TOLERANCE, report
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 def test_keras_litert_exporter_writes_flex_ops_that_verify_names(tmp_path):
     """Keras' exporter allows Flex ops; our report names them, where the interpreter alone would not run."""
     from keras_attention import tflite
@@ -137,7 +136,7 @@ def test_keras_litert_exporter_writes_flex_ops_that_verify_names(tmp_path):
         tflite.verify(model, path, data, latency_runs=0)
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 def test_a_mixed_precision_model_exports_as_float32(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -150,7 +149,7 @@ def test_a_mixed_precision_model_exports_as_float32(tmp_path):
     assert report.max_rel_error < 1e-2  # the Keras side computes in float16
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 def test_a_model_never_called_is_called_once_and_exports(tmp_path):
     inputs = keras.Input((8, 8, 16))
     model = keras.Model(inputs, ka.EfficientChannelAttention()(inputs))
@@ -158,7 +157,7 @@ def test_a_model_never_called_is_called_once_and_exports(tmp_path):
     assert export.verify(model, path, _inputs(model), latency_runs=0).max_rel_error < TOLERANCE
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 @pytest.mark.slow
 def test_the_pytorch_backend_exports_both_formats(tmp_path):
     """Keras 3 on PyTorch (torch.onnx; OpenVINO from torch): every layer and the detection blocks."""
@@ -268,7 +267,7 @@ def test_jax_command_line_writes_a_fixed_batch_onnx_and_verifies_it(tmp_path, ca
 # ----------------------------------------------------------------------------- bad input
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 def test_broken_files_and_wrong_paths_get_clear_errors(tmp_path):
     model = every_layer_model()
     data = _inputs(model, n=1)
@@ -313,7 +312,7 @@ def test_broken_files_and_wrong_paths_get_clear_errors(tmp_path):
     assert export.verify(model, path, data, latency_runs=0).max_rel_error < TOLERANCE
 
 
-@on_tf
+@pytest.mark.keras3_tensorflow
 def test_a_missing_exporter_names_the_extra(monkeypatch, tmp_path):
     inputs = keras.Input((8, 8, 4))
     model = keras.Model(inputs, ka.SqueezeExcitation(reduction=2)(inputs))
@@ -326,7 +325,8 @@ def test_a_missing_exporter_names_the_extra(monkeypatch, tmp_path):
         export.export_openvino(model, str(tmp_path / "se.xml"))
 
 
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "jax" or JAX2ONNX, reason="the JAX backend's own errors")
+@pytest.mark.jax_only(reason="the JAX backend's own errors")
+@pytest.mark.skipif(JAX2ONNX, reason="jax2onnx is installed: the errors without it are tested in .venv")
 def test_jax_names_the_way_out(tmp_path, monkeypatch):
     inputs = keras.Input((8, 8, 4))
     model = keras.Model(inputs, ka.CBAM(reduction=2)(inputs))
@@ -342,7 +342,7 @@ def test_jax_names_the_way_out(tmp_path, monkeypatch):
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.skipif(IS_LEGACY or BACKEND != "jax", reason="how the JAX exporters trace RoIAlign's batch size")
+@pytest.mark.jax_only(reason="how the JAX exporters trace RoIAlign's batch size")
 def test_roi_align_itself_refuses_jax2onnx_free_batch_trace():
     """Keras' own model.export(format="onnx") skips export_onnx's check: RoIAlign gives its message itself
     when the traced batch size is jax2onnx's sentinel (not an int, not a JAX symbolic dimension); a
@@ -373,7 +373,7 @@ def test_roi_align_itself_refuses_jax2onnx_free_batch_trace():
     roi_align._check_traced_batch("rois", 3)  # a fixed batch size is fine
 
 
-@pytest.mark.skipif(not IS_LEGACY, reason="tf_keras's error")
+@pytest.mark.tf_keras_only(reason="tf_keras's error")
 def test_tf_keras_names_the_way_out(tmp_path):
     inputs = keras.Input((8, 8, 4))
     model = keras.Model(inputs, ka.CBAM(reduction=2)(inputs))

@@ -13,9 +13,8 @@ import sys
 import pytest
 
 from keras_attention._io import atomic_path, write_bytes, write_json
-from keras_attention.backend import BACKEND, IS_LEGACY
 
-pytestmark = pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="mode-independent: run once")
+pytestmark = pytest.mark.run_once
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import BACKEND, keras
 
-pytestmark = pytest.mark.skipif(IS_LEGACY, reason="Keras 3 QAT; tf_keras takes the tfmot path (test_quantization.py)")
-tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TFLite conversion needs the TensorFlow backend")
+pytestmark = pytest.mark.keras3(reason="Keras 3 QAT; tf_keras takes the tfmot path (test_quantization.py)")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -230,7 +229,7 @@ ATTENTION_CASES = {
 }
 
 
-@tensorflow_only
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
 @pytest.mark.parametrize("case", sorted(ATTENTION_CASES))
 def test_attention_layers_int8_file_computes_what_qat_computes(case):
     from keras_attention import quantization, tflite
@@ -258,7 +257,7 @@ def _thundernet_model(gate="sigmoid", per_channel=True):
     return keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Concatenate()(pooled)))
 
 
-@tensorflow_only
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
 @pytest.mark.parametrize("gate, per_channel", [("sigmoid", True), ("hard_sigmoid", False)])
 def test_thundernet_layers_int8_file_computes_what_qat_computes(gate, per_channel):
     from keras_attention import quantization, tflite
@@ -274,7 +273,7 @@ def test_thundernet_layers_int8_file_computes_what_qat_computes(gate, per_channe
     assert ("ADD", "int8") in tflite.op_counts(flatbuffer)  # the CEM sum is int8 as well
 
 
-@tensorflow_only
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
 def test_sag_mask_head_int8_file_computes_what_qat_computes():
     from keras_attention import quantization, tflite
 
@@ -336,7 +335,7 @@ def _every_standard_layer_model():
     return keras.Model(inputs, layers.Softmax()(layers.Dense(5)(x)))
 
 
-@tensorflow_only
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
 def test_every_standard_layer_quantizes_to_an_int8_file():
     from keras_attention import quantization, tflite
 
@@ -348,7 +347,7 @@ def test_every_standard_layer_quantizes_to_an_int8_file():
     assert {"HARD_SWISH", "DEPTHWISE_CONV_2D", "SOFTMAX", "TANH", "MAX_POOL_2D", "AVERAGE_POOL_2D"} <= ops, ops
 
 
-@tensorflow_only
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_qat_trained_on_another_backend_converts_on_tensorflow(tmp_path, backend):
@@ -375,7 +374,7 @@ print(keras.backend.backend())
     _check_int8_file(qat, x)
 
 
-@tensorflow_only
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
 @pytest.mark.slow
 def test_example_fast_keras3(tmp_path):
     """examples/qat_mobilenetv2_cbam.py under Keras 3: MobileNetV2 + 10 CBAM, QAT int8 end to end."""
@@ -402,7 +401,7 @@ def test_example_fast_keras3(tmp_path):
 BACKBONES = {"MobileNetV3Small": 32}
 
 
-@tensorflow_only
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(BACKBONES))
 def test_backbone_with_cbam_qat_int8_end_to_end(family):
@@ -513,7 +512,7 @@ def test_already_quantized_model_is_refused():
         quantization.quantize_model(qat)
 
 
-@tensorflow_only
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
 def test_convert_refuses_other_modes_and_unset_ranges_of_a_qat_model():
     from keras_attention import quantization, tflite
 
@@ -527,7 +526,7 @@ def test_convert_refuses_other_modes_and_unset_ranges_of_a_qat_model():
     assert tflite.is_int8_end_to_end(tflite.convert(qat, "int8"))
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="backend-independent: run once")
+@pytest.mark.run_once(reason="backend-independent")
 def test_calibrate_warns_when_the_data_contradict_the_models_input():
     """quantization.calibrate checks its data as tflite.convert does (issue 29: raw pixels vs preprocessing)."""
     import warnings

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.backend import BACKEND, IS_LEGACY, keras, set_global_dtype_policy
+from keras_attention.backend import BACKEND, keras, set_global_dtype_policy
 from keras_attention.layers.roi_align import assign_levels_by_ratio
 from tests import reference_centermask as ref
 from tests.harness import dtype_name, to_numpy
@@ -210,7 +210,7 @@ def test_config_round_trip_and_keras_file(tmp_path):
     np.testing.assert_array_equal(to_numpy(reloaded(inputs)), to_numpy(model(inputs)))
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow" or IS_LEGACY, reason="Keras 3 model.export on TensorFlow")
+@pytest.mark.keras3_tensorflow(reason="Keras 3 model.export")
 def test_saved_model_export(tmp_path):
     import tensorflow as tf
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import keras
 from tests import reference_centermask as ref
 from tests.harness import build_model, run_layer_test, to_numpy
 
@@ -175,7 +175,7 @@ def test_attention_map_is_the_gate():
         plain.attention_map(x)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow" or IS_LEGACY, reason="Keras 3 model.export on TensorFlow")
+@pytest.mark.keras3_tensorflow(reason="Keras 3 model.export")
 def test_saved_model_export(tmp_path):
     import tensorflow as tf
 
@@ -187,7 +187,7 @@ def test_saved_model_export(tmp_path):
     np.testing.assert_allclose(np.asarray(served), to_numpy(model(x)), atol=1e-6)
 
 
-@pytest.mark.skipif(not IS_LEGACY, reason="tf_keras saves SavedModel directories and .h5 itself")
+@pytest.mark.tf_keras_only(reason="tf_keras saves SavedModel directories and .h5 itself")
 @pytest.mark.parametrize("fmt", ["savedmodel", "h5"])
 def test_tf_keras_saved_model_and_h5(fmt, tmp_path):
     model = build_model(ka.SAGMaskHead(3, filters=8, num_convs=2), [(None, 4, 14, 14, 6)])
@@ -213,7 +213,7 @@ def test_bad_arguments():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(BACKEND == "jax", reason="a training run, done in the TensorFlow modes; JAX runs the layer tests")
+@pytest.mark.no_jax(reason="a training run, done in the TensorFlow modes; JAX runs the layer tests")
 def test_small_sag_mask_learns_masks():
     """examples/sag_mask.py, small: held-out mask IoU well above the all-foreground baseline."""
     import importlib.util

@@ -220,7 +220,7 @@ def _run_page(page, mode, tmp_path, monkeypatch):
     return ran
 
 
-@pytest.mark.skipif(MODE is None, reason="the blocks do not depend on the backend: Keras 3 on TensorFlow and tf_keras")
+@pytest.mark.tensorflow_backends(reason="the blocks do not depend on the backend")
 @pytest.mark.parametrize(
     "page", [p for p in PAGES if any((d == "tf_keras") == (MODE == "tf_keras") for d, _ in blocks(p))]
 )

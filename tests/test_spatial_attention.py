@@ -87,7 +87,7 @@ def test_bad_gate_and_pooling():
         ka.SpatialAttention(pooling=("min",))
 
 
-@pytest.mark.skipif(ka.backend.BACKEND != "tensorflow", reason="TensorFlow graphs only")
+@pytest.mark.tensorflow_backends(reason="TensorFlow graphs")
 @pytest.mark.parametrize(
     "kernel_size, channels, block", [(7, 2, 4), (7, 2, 2), (3, 2, 2), (3, 1, 4), (5, 1, 4), (1, 2, 2)]
 )
@@ -103,7 +103,7 @@ def test_space_to_depth_convolution_equals_the_plain_convolution(kernel_size, ch
     np.testing.assert_allclose(out, conv2d_same(maps, kernel) + 0.5, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(ka.backend.BACKEND != "tensorflow", reason="TFLite conversion needs TensorFlow")
+@pytest.mark.tensorflow_backends(reason="TFLite conversion")
 def test_tflite_file_has_the_block_grid_convolution_with_a_folded_kernel():
     from keras_attention import tflite
     from keras_attention.backend import keras

@@ -8,11 +8,10 @@ backends only (Keras 3 on TensorFlow, tf_keras).
 import numpy as np
 import pytest
 
-from keras_attention.backend import BACKEND
 from tests.layer_reference import randomize_weights
 from tests.reference_thundernet import thundernet_graph
 
-pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="TFLite conversion needs TensorFlow")
+pytestmark = pytest.mark.tensorflow_backends(reason="TFLite conversion")
 
 # The converted graph: seven 1x1/depthwise convolutions (BatchNorm folded into them), the global
 # MEAN, nearest x2 upsampling as RESHAPE + TILE (+ STRIDED_SLICE cropping odd sizes), the two

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.backend import BACKEND, IS_LEGACY, keras, ops
+from keras_attention.backend import keras, ops
 
-pytestmark = pytest.mark.skipif(IS_LEGACY or BACKEND != "torch", reason="torch.compile: the PyTorch backend")
+pytestmark = pytest.mark.torch_only(reason="torch.compile")
 
 LAYERS = {
     "cbam": lambda: ka.CBAM(reduction=4),

@@ -52,7 +52,7 @@ def test_attention_maps_need_a_spatial_gate():
         visualize.attention_maps(model, np.zeros((1, 8, 8, 4), "float32"))
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="grad_cam uses tf.GradientTape")
+@pytest.mark.tensorflow_backends(reason="grad_cam uses tf.GradientTape")
 def test_grad_cam_matches_its_definition_on_a_linear_head():
     """For logits = W . GAP(A), dy_c/dA^k = W[k, c] / (h w): Grad-CAM is ReLU(sum_k W[k,c] A^k) up to scale."""
     inputs = keras.Input((6, 6, 3))
