@@ -19,13 +19,13 @@ demo: $(STAMP)
 	$(VENV)/bin/keras-attention demo $(DEMO_ARGS)
 
 # Keras 3 on TensorFlow, Keras 3 on JAX, tf_keras (TF_USE_LEGACY_KERAS=1), then Keras 3 on PyTorch
-# (the files whose behaviour depends on the backend; docs/testing.md); two pytest-xdist workers each
+# (the tests marked torch_mode: tests/conftest.py, TORCH_MODE_FILES); two pytest-xdist workers each
 # (CI has 2 cores; much of a test is single-threaded graph building).
 test: $(STAMP) lint
 	KERAS_BACKEND=tensorflow $(PYTEST) tests
 	KERAS_BACKEND=jax $(PYTEST) tests
 	TF_USE_LEGACY_KERAS=1 $(PYTEST) tests
-	KERAS_BACKEND=torch $(PYTEST) -m "not slow" $(TORCH_TESTS)
+	KERAS_BACKEND=torch $(PYTEST) -m "torch_mode and not slow" tests
 	$(MAKE) test-jax-onnx
 
 # ruff (configured in pyproject.toml): lint, and the format check (`ruff format .` applies it).
@@ -48,13 +48,9 @@ test-legacy: $(STAMP)
 
 # Keras 3 on PyTorch (the CPU wheel of the test extra): the layer harness files, attach, the
 # pretrained models, distribution's refusal; not the slow tests (make test's 35 minutes on 2 cores).
-TORCH_TESTS := tests/test_cbam.py tests/test_channel_attention.py tests/test_spatial_attention.py \
-	tests/test_squeeze_excitation.py tests/test_efficient_channel_attention.py tests/test_context_enhancement.py \
-	tests/test_light_rpn_head.py tests/test_rpn_guided_spatial_attention.py tests/test_roi_align.py \
-	tests/test_sag_mask_head.py tests/test_backbones.py tests/test_models.py tests/test_distribute.py \
-	tests/test_torch_compile.py
+# Which files: the `torch_mode` marker, given by tests/conftest.py (TORCH_MODE_FILES), not a list here.
 test-torch: $(STAMP)
-	KERAS_BACKEND=torch $(PYTEST) -m "not slow" $(TORCH_TESTS) $(ARGS)
+	KERAS_BACKEND=torch $(PYTEST) -m "torch_mode and not slow" tests $(ARGS)
 
 # ONNX from the JAX backend: jax2onnx cannot share .venv with tfmot (absl-py 2 against 1.x), so it
 # has its own environment; KA_TEST_JAX2ONNX=1 makes the tests fail, not skip, if jax2onnx is missing.

@@ -28,6 +28,26 @@ MODE_MARKERS = {
     "torch_only": (("keras3-torch",), "Keras 3 on PyTorch only"),
 }
 
+# The files whose behaviour depends on the backend, run in the fourth mode of `make test`
+# (Keras 3 on PyTorch, `-m "torch_mode and not slow"`): their tests get the `torch_mode` marker here.
+# The list lives here, not in the Makefile, so that one place says which tests the PyTorch mode runs.
+TORCH_MODE_FILES = {
+    "test_backbones.py",
+    "test_cbam.py",
+    "test_channel_attention.py",
+    "test_context_enhancement.py",
+    "test_distribute.py",
+    "test_efficient_channel_attention.py",
+    "test_light_rpn_head.py",
+    "test_models.py",
+    "test_roi_align.py",
+    "test_rpn_guided_spatial_attention.py",
+    "test_sag_mask_head.py",
+    "test_spatial_attention.py",
+    "test_squeeze_excitation.py",
+    "test_torch_compile.py",
+}
+
 settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True)
 settings.load_profile("ci")
 
@@ -37,6 +57,9 @@ def pytest_configure(config):
     missing = sorted(set(MODE_MARKERS) - registered)
     if missing:
         raise pytest.UsageError(f"tests/conftest.py: register the mode markers {missing} in setup.cfg")
+    gone = sorted(TORCH_MODE_FILES - set(os.listdir(os.path.dirname(os.path.abspath(__file__)))))
+    if gone:
+        raise pytest.UsageError(f"tests/conftest.py: TORCH_MODE_FILES names files that do not exist: {gone}")
 
 
 def pytest_report_header(config):
@@ -52,8 +75,11 @@ def _seed():
     yield
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects: it reads `torch_mode`
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if item.path.name in TORCH_MODE_FILES:
+            item.add_marker(pytest.mark.torch_mode)
         for name, (modes, why) in MODE_MARKERS.items():
             marker = item.get_closest_marker(name)
             if marker is not None and MODE not in modes:
