@@ -33,3 +33,36 @@ def with_byte_flipped(flatbuffer, position):
     data = bytearray(flatbuffer)
     data[position] ^= 0xFF
     return bytes(data)
+
+
+def output_steps(flatbuffer):
+    """The int8 step (scale) of each model output, read where the int8 value leaves the graph: the
+    input of its DEQUANTIZE (float outputs) or the output tensor itself (int8 outputs)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from keras_attention import _compat
+
+    interpreter = Interpreter(model_content=flatbuffer)
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    dequantized_from = {
+        op["outputs"][0]: op["inputs"][0]
+        for op in _compat.interpreter_ops(interpreter)
+        if op["op_name"] == "DEQUANTIZE"
+    }
+    steps = []
+    for output in interpreter.get_output_details():
+        source = details[dequantized_from.get(output["index"], output["index"])]
+        scales = source["quantization_parameters"]["scales"]
+        assert len(scales) == 1, f"output {output['name']} is not per-tensor int8: {scales}"
+        steps.append(float(scales[0]))
+    return steps
+
+
+def assert_within_int8_steps(report, flatbuffer, steps):
+    """The LiteRT outputs are within `steps` int8 steps of Keras' everywhere (cosine ignores scale: a wrong
+    output scale or zero point keeps the cosine and fails this)."""
+    step = max(output_steps(flatbuffer))
+    assert report.max_abs_error <= steps * step, (
+        f"max |tflite - keras| {report.max_abs_error:.4g} is {report.max_abs_error / step:.1f} int8 steps "
+        f"({step:.4g}); expected at most {steps}\n{report}"
+    )

@@ -15,6 +15,11 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import IS_LEGACY, keras
+from tests.flatbuffer_edits import assert_within_int8_steps
+
+# A QAT file computes what its QAT model computes: the outputs within this many int8 steps (rounding
+# differences inside the graph can carry a step or two to the output).
+QAT_STEPS = 3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -307,6 +312,7 @@ def test_qat_models_train_convert_and_are_int8_end_to_end(family):
     assert table[("DEQUANTIZE", "int8->float32")] == len(_as_list(model.outputs))
     # The fake-quant simulation is what LiteRT computes (a rounding step at most).
     assert report.min_cosine_similarity > 0.99, str(report)
+    assert_within_int8_steps(report, flatbuffer, QAT_STEPS)
 
 
 # --------------------------------------------------------------------- saving and loading

@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -16,10 +17,19 @@ import pytest
 import keras_attention as ka
 from keras_attention import tflite
 from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras, set_global_dtype_policy
-from tests.flatbuffer_edits import with_byte_flipped, with_last_activation_scale, with_tensor_name_not_utf8
+from tests.flatbuffer_edits import (
+    assert_within_int8_steps,
+    with_byte_flipped,
+    with_last_activation_scale,
+    with_tensor_name_not_utf8,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_TF = BACKEND == "tensorflow"
+# Post-training int8 of the small trained CNN: its outputs within this many int8 steps of Keras' (6.0
+# measured on Keras 3, 19.2 on tf_keras's differently trained weights: rounding in every layer adds up);
+# a wrong output scale or zero point adds far more.
+PTQ_STEPS = 32
 tf_only = pytest.mark.skipif(not ON_TF, reason="TFLite conversion needs the TensorFlow backend")
 import ai_edge_litert  # noqa: E402,F401 - in the test extra: a missing interpreter must fail CI, not skip it
 
@@ -196,6 +206,7 @@ def test_int8_cbam_is_int8_end_to_end_with_builtin_ops(trained_cnn_cbam, trained
         assert table[(op, "int8")] >= 1, (op, table)
     assert table[("QUANTIZE", "float32->int8")] == 1 and table[("DEQUANTIZE", "int8->float32")] == 1
     assert report.cosine_similarity >= 0.99 and report.min_cosine_similarity >= 0.95, str(report)
+    assert_within_int8_steps(report, trained_tflite["int8"], PTQ_STEPS)
     assert report.size_bytes < 0.7 * len(trained_tflite["float32"])
 
 
@@ -208,6 +219,26 @@ def test_int8_io_has_no_float_tensor_at_all(trained_cnn_cbam, digits16):
     assert all("float" not in op["dtype"] for op in inventory)
     report = tflite.verify(trained_cnn_cbam, flatbuffer, x_test[:64], latency_runs=0, analyze_gpu=False)
     assert report.int8_end_to_end and report.cosine_similarity >= 0.99, str(report)
+    assert_within_int8_steps(report, flatbuffer, PTQ_STEPS)
+
+
+@tf_only
+def test_the_int8_step_check_catches_a_wrong_output_scale_that_cosine_misses(
+    trained_cnn_cbam, trained_tflite, digits16
+):
+    """Control for assert_within_int8_steps: LiteRT's outputs 50 % too large (a wrong output scale) keep the
+    cosine exactly and fail the step check."""
+    from keras_attention.tflite.verification import output_agreement
+
+    _, (x_test, _) = digits16
+    flatbuffer = trained_tflite["int8"]
+    report = tflite.verify(trained_cnn_cbam, flatbuffer, x_test[:64], latency_runs=0, analyze_gpu=False)
+    actual = [np.asarray(a) for a in tflite.run(flatbuffer, x_test[:64])]
+    expected = [np.asarray(trained_cnn_cbam(x_test[:64]))]
+    wrong_scale = output_agreement([a * 1.5 for a in actual], expected)
+    assert wrong_scale["cosine_similarity"] == pytest.approx(report.cosine_similarity, abs=1e-6)
+    with pytest.raises(AssertionError, match="int8 steps"):
+        assert_within_int8_steps(types.SimpleNamespace(**wrong_scale), flatbuffer, PTQ_STEPS)
 
 
 @tf_only
@@ -224,6 +255,7 @@ def test_representative_data_from_a_dataset_and_an_image_directory(trained_cnn_c
         flatbuffer = tflite.convert(trained_cnn_cbam, "int8", representative_data=data)
         report = tflite.verify(trained_cnn_cbam, flatbuffer, x_test[:64], latency_runs=0, analyze_gpu=False)
         assert report.int8_end_to_end and report.cosine_similarity >= 0.98, str(report)
+        assert_within_int8_steps(report, flatbuffer, PTQ_STEPS)
 
 
 @pytest.fixture(scope="module")
