@@ -8,9 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_attention.backend import BACKEND, IS_LEGACY
-
-pytestmark = pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="the demo runs on Keras 3 + TensorFlow")
+pytestmark = pytest.mark.keras3_tensorflow(reason="the demo runs on Keras 3 + TensorFlow")
 
 
 def _image_folder(root, classes, per_class=12, size=20):

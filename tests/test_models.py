@@ -13,11 +13,10 @@ import pytest
 import torch  # in the test extra: a broken install fails here, it does not skip the pretrained suite
 
 from keras_attention import models
-from keras_attention.backend import BACKEND, IS_LEGACY, keras
+from keras_attention.backend import IS_LEGACY, keras
 from tests import reference_resnet
 from tests.harness import save_and_reload, to_numpy
 
-ONCE = pytest.mark.skipif(IS_LEGACY or BACKEND != "tensorflow", reason="the same in every mode: run once")
 # Published parameter counts (millions): the official CBAM README / paper, timm's results-imagenet.csv.
 PUBLISHED_PARAMS = {"resnet50_cbam": 28.09, "seresnet50": 28.09, "ecaresnet50d": 25.58, "ecaresnet101d": 44.57}
 
@@ -58,7 +57,7 @@ def test_ported_checkpoint_gives_pytorch_logits(name, tmp_path):
     assert _relative_error(to_numpy(fresh(images, training=False)), expected) > 0.1
 
 
-@ONCE  # the same layer types as the 50-layer variants, which every mode compares
+@pytest.mark.run_once  # the same layer types as the 50-layer variants, which every mode compares
 def test_deeper_variants_match_their_sources_in_size_and_names(tmp_path):
     """ResNet-101 + CBAM (official code, no published weights) and ECA-ResNet-101-D (timm)."""
     for name in ("resnet101_cbam", "ecaresnet101d"):
@@ -72,7 +71,7 @@ def test_deeper_variants_match_their_sources_in_size_and_names(tmp_path):
     assert round(_trainable_count(model) / 1e6, 2) == PUBLISHED_PARAMS["ecaresnet101d"]
 
 
-@pytest.mark.skipif(IS_LEGACY, reason="TensorFlow's CPU kernels have no NCHW pooling: channels_first runs on Keras 3")
+@pytest.mark.keras3(reason="TensorFlow's CPU kernels have no NCHW pooling: channels_first runs on Keras 3")
 def test_channels_first_model_takes_the_same_checkpoint(tmp_path):
     source = reference_resnet.randomised("ecaresnet50d")
     path = _save("ecaresnet50d", source, tmp_path / "model.safetensors")
@@ -109,7 +108,7 @@ def _assert_untouched(model, before):
         np.testing.assert_array_equal(old, new)
 
 
-@ONCE
+@pytest.mark.run_once
 def test_checkpoints_that_do_not_fit_are_refused_whole(tmp_path):
     source = reference_resnet.randomised("seresnet50")
     state = {k: v.clone() for k, v in source.state_dict().items()}
@@ -146,7 +145,7 @@ def test_checkpoints_that_do_not_fit_are_refused_whole(tmp_path):
     assert unchanged == []  # the reference randomises every BatchNorm (gammas, betas, statistics) too
 
 
-@ONCE
+@pytest.mark.run_once
 def test_damaged_files_give_clear_errors(tmp_path):
     model = models.seresnet50(input_shape=(32, 32, 3))
     good = _save("seresnet50", reference_resnet.randomised("seresnet50"), tmp_path / "model.safetensors")
@@ -175,7 +174,7 @@ def test_damaged_files_give_clear_errors(tmp_path):
         models.load_torch_checkpoint(model, tmp_path / "notdict.pth")
 
 
-@ONCE
+@pytest.mark.run_once
 def test_unreadable_files_name_the_format_tried_and_never_suggest_an_unsafe_load(tmp_path):
     model = models.seresnet50(include_top=False, input_shape=(32, 32, 3))
     noise = np.random.default_rng(0).bytes(256)
@@ -203,7 +202,7 @@ def test_unreadable_files_name_the_format_tried_and_never_suggest_an_unsafe_load
         models.load_checkpoint(model, damaged)
 
 
-@ONCE
+@pytest.mark.run_once
 def test_builders_say_nothing_is_downloaded_and_where_the_file_is(tmp_path):
     with pytest.raises(
         ValueError,
@@ -223,7 +222,7 @@ def test_builders_say_nothing_is_downloaded_and_where_the_file_is(tmp_path):
         models.ecaresnet50d(weights=True)
 
 
-@ONCE
+@pytest.mark.run_once
 @pytest.mark.parametrize("module, extra", [("torch", "torch"), ("safetensors.numpy", "weights")])
 def test_missing_reader_names_the_extra(module, extra, monkeypatch, tmp_path):
     (tmp_path / "x.bin").write_bytes(b"\x00" * 16)
@@ -233,7 +232,7 @@ def test_missing_reader_names_the_extra(module, extra, monkeypatch, tmp_path):
         getattr(models, loader)(None, tmp_path / "x.bin")
 
 
-@ONCE
+@pytest.mark.run_once
 def test_builder_arguments_are_checked():
     with pytest.raises(ValueError, match="resnet50_cbam: `pooling` must be one of"):
         models.resnet50_cbam(include_top=False, pooling="mean")
@@ -248,7 +247,7 @@ def test_builder_arguments_are_checked():
         models.assign(mobilenet, {}, "arrays")
 
 
-@ONCE
+@pytest.mark.run_once
 def test_loaded_backbone_works_with_the_backbone_tools(tmp_path):
     """The backbone tools see the source's attention: freeze_backbone leaves exactly the 16 SE blocks (and the
     head) trainable; attach refuses clearly, since a second block per branch would stack on the first."""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from keras_attention.backend import IS_LEGACY, keras
+from keras_attention.backend import keras
 from tests.flatbuffer_edits import assert_within_int8_steps
 
 # A QAT file computes what its QAT model computes: the outputs within this many int8 steps (rounding
@@ -23,17 +23,11 @@ QAT_STEPS = 3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-legacy_only = pytest.mark.skipif(
-    not IS_LEGACY,
-    reason="QAT needs tf_keras (TF_USE_LEGACY_KERAS=1): tfmot 0.8.1 does not support Keras 3; "
-    "under Keras 3 only the clear error is tested",
-)
-
 
 # ----------------------------------------------------------------- Keras 3: the clear error
 
 
-@pytest.mark.skipif(IS_LEGACY, reason="the Keras 3 error path; tf_keras is active")
+@pytest.mark.keras3(reason="the Keras 3 error path")
 def test_keras3_gives_the_clear_error_for_the_tfmot_only_helpers():
     """quantize_model itself runs on Keras 3 (test_quantization_keras3.py); tfmot's helpers need tf_keras."""
     from keras_attention import quantization
@@ -70,7 +64,7 @@ print("ok", keras.__version__)
 """
 
 
-@pytest.mark.skipif(IS_LEGACY, reason="checks that Keras 3 stays active; tf_keras is active")
+@pytest.mark.keras3(reason="checks that Keras 3 stays active")
 def test_importing_quantization_does_not_import_tfmot():
     """tfmot's import sets TF_USE_LEGACY_KERAS=1 as a side effect; ours must not (fresh process)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
@@ -168,7 +162,7 @@ FORWARD_CASES = {
 }
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 @pytest.mark.parametrize("case", sorted(FORWARD_CASES))
 def test_qat_forward_computes_the_layer(case):
     """The QAT forward pass (our TF re-expression of each layer, which the
@@ -189,7 +183,7 @@ def test_qat_forward_computes_the_layer(case):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 def test_every_public_layer_has_a_quantize_config():
     from keras_attention import layers, quantization
 
@@ -281,7 +275,7 @@ def _train_a_little(model, x, steps=2, seed=0):
     return history.history["loss"][-1]
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_qat_models_train_convert_and_are_int8_end_to_end(family):
     """Every public layer (and its variants): a QAT model trains a step and
@@ -318,7 +312,7 @@ def test_qat_models_train_convert_and_are_int8_end_to_end(family):
 # --------------------------------------------------------------------- saving and loading
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 def test_save_formats(tmp_path):
     from keras_attention import quantization, tflite
 
@@ -361,7 +355,7 @@ def test_save_formats(tmp_path):
     np.testing.assert_array_equal(reloaded.predict(x, verbose=0), expected)
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 def test_tfmot_keras_format_really_does_not_reload(tmp_path):
     """The reason for the guard: tfmot's own .keras round trip fails."""
     from keras_attention import quantization
@@ -377,7 +371,7 @@ def test_tfmot_keras_format_really_does_not_reload(tmp_path):
 # ------------------------------------------------------------------ mixed precision, errors
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 def test_mixed_precision_model_is_cast_to_float32():
     from keras_attention import quantization
 
@@ -413,7 +407,7 @@ def test_mixed_precision_model_is_cast_to_float32():
     assert np.isfinite(_train_a_little(qat, np.concatenate([x, x])))
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 def test_unsupported_models_give_clear_errors():
     from keras_attention import quantization
 
@@ -446,7 +440,7 @@ def test_unsupported_models_give_clear_errors():
         quantization.quantize_model(Subclassed())
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 def test_quantize_annotate_part_of_a_model():
     """quantize_annotate style: only the annotated layers are quantized."""
     from keras_attention import quantization
@@ -505,7 +499,7 @@ print("keras", keras.__version__)
 )
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 @pytest.mark.slow
 def test_a_keras3_model_reaches_qat(tmp_path):
     """The documented path: Keras 3 saves `.keras`; under tf_keras the same code
@@ -594,7 +588,7 @@ def _ptq_accuracy(model, calibration, x_test, y_test):
     return float(np.mean(np.asarray(predictions) == y_test)), "reference kernels"
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 @pytest.mark.slow
 def test_digits_qat_int8_matches_float_and_beats_ptq():
     """Trained weights (digits, 16x16): QAT int8 within 0.5 point of float and
@@ -639,7 +633,7 @@ def test_digits_qat_int8_matches_float_and_beats_ptq():
 # ------------------------------------------------------------------------------ example
 
 
-@legacy_only
+@pytest.mark.tf_keras_only(reason="tfmot 0.8.1 supports only tf_keras; under Keras 3 only the clear error is tested")
 @pytest.mark.slow
 def test_example_fast(tmp_path):
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONPATH=ROOT)

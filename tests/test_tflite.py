@@ -30,7 +30,6 @@ ON_TF = BACKEND == "tensorflow"
 # measured on Keras 3, 19.2 on tf_keras's differently trained weights: rounding in every layer adds up);
 # a wrong output scale or zero point adds far more.
 PTQ_STEPS = 32
-tf_only = pytest.mark.skipif(not ON_TF, reason="TFLite conversion needs the TensorFlow backend")
 import ai_edge_litert  # noqa: E402,F401 - in the test extra: a missing interpreter must fail CI, not skip it
 
 
@@ -118,7 +117,7 @@ def _public_layer_cases():
     return [pytest.param(factory, shapes, id=name) for name, factory, shapes in cases]
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 @pytest.mark.parametrize("factory, shapes", _public_layer_cases())
 def test_every_public_layer_float32_matches_keras(request, factory, shapes):
     name = request.node.callspec.id.split("-")[0]
@@ -140,7 +139,7 @@ def test_every_public_layer_float32_matches_keras(request, factory, shapes):
 # ------------------------------------------------------- quantization modes
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 @pytest.mark.parametrize(
     "quantization, max_rel, min_cos",
     [("float32", 1e-5, 0.999999), ("float16", 5e-3, 0.9999), ("dynamic", 5e-2, 0.999), ("int8", 0.15, 0.99)],
@@ -168,7 +167,7 @@ def test_each_quantization_mode_agrees_with_keras_on_held_out_digits(
         assert report.int8_end_to_end, report.float_ops
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_auto_quantizer_keeps_the_int8_model_closer_to_keras_on_a_signed_map():
     """CBAM on a linear conv's output (signed, like a residual branch): TF 2.21's MLIR
     quantizer clips REDUCE_MAX's input to the max's range; "auto" must keep the legacy file."""
@@ -187,7 +186,7 @@ def test_auto_quantizer_keeps_the_int8_model_closer_to_keras_on_a_signed_map():
     assert files["auto"] == files["legacy"], errors
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_int8_cbam_is_int8_end_to_end_with_builtin_ops(trained_cnn_cbam, trained_tflite, digits16):
     """Full-integer CBAM: every op between the input QUANTIZE and the output DEQUANTIZE is int8."""
     _, (x_test, _) = digits16
@@ -210,7 +209,7 @@ def test_int8_cbam_is_int8_end_to_end_with_builtin_ops(trained_cnn_cbam, trained
     assert report.size_bytes < 0.7 * len(trained_tflite["float32"])
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_int8_io_has_no_float_tensor_at_all(trained_cnn_cbam, digits16):
     (x_train, _), (x_test, _) = digits16
     flatbuffer = tflite.convert(trained_cnn_cbam, "int8", representative_data=x_train[:100], int8_io=True)
@@ -222,7 +221,7 @@ def test_int8_io_has_no_float_tensor_at_all(trained_cnn_cbam, digits16):
     assert_within_int8_steps(report, flatbuffer, PTQ_STEPS)
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_the_int8_step_check_catches_a_wrong_output_scale_that_cosine_misses(
     trained_cnn_cbam, trained_tflite, digits16
 ):
@@ -241,7 +240,7 @@ def test_the_int8_step_check_catches_a_wrong_output_scale_that_cosine_misses(
         assert_within_int8_steps(types.SimpleNamespace(**wrong_scale), flatbuffer, PTQ_STEPS)
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_representative_data_from_a_dataset_and_an_image_directory(trained_cnn_cbam, digits16, tmp_path):
     import tensorflow as tf
 
@@ -278,7 +277,7 @@ def _digit_folder(root, images, labels):
     return root
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_a_class_folder_calibrates_only_with_the_preprocessing_the_model_needs(
     scaled_input_cnn, trained_cnn_cbam, digits16, tmp_path
 ):
@@ -305,7 +304,7 @@ def test_a_class_folder_calibrates_only_with_the_preprocessing_the_model_needs(
     assert report.cosine_similarity >= 0.98, str(report)
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_calibration_arrays_whose_range_contradicts_the_model_warn(scaled_input_cnn, trained_cnn_cbam, digits16):
     import warnings
 
@@ -323,7 +322,7 @@ def test_calibration_arrays_whose_range_contradicts_the_model_warn(scaled_input_
 # ------------------------------------------------------------ the report
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_report_has_sizes_latency_and_writes_a_file(trained_cnn_cbam, digits16, tmp_path):
     import json
 
@@ -346,7 +345,7 @@ def test_report_has_sizes_latency_and_writes_a_file(trained_cnn_cbam, digits16, 
     assert "int8 end to end" in str(report) and "CONV_2D" in str(report)
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_mixed_precision_model_is_converted_in_float32(tmp_path):
     keras.utils.set_random_seed(2)
     set_global_dtype_policy("mixed_float16")
@@ -374,7 +373,7 @@ def test_mixed_precision_model_is_converted_in_float32(tmp_path):
     assert vs_mixed.max_rel_error <= 1e-2, str(vs_mixed)  # Keras ran in float16
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_saved_keras_file_and_saved_model_directory_convert(tmp_path):
     keras.utils.set_random_seed(3)
     model = _model(lambda x: ka.CBAM(reduction=2)(keras.layers.Conv2D(8, 3)(x)), (10, 10, 3))
@@ -405,7 +404,7 @@ def _flex_model():
     return keras.Model(inputs, ka.CBAM(reduction=2)(x))
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_flex_op_is_refused_with_the_op_and_the_layer_named():
     model = _flex_model()
     with pytest.raises(tflite.FlexOpError) as caught:
@@ -416,7 +415,7 @@ def test_flex_op_is_refused_with_the_op_and_the_layer_named():
     assert caught.value.ops == [("MatrixDeterminant", "'determinant_gate' (Determinant)")]
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_int8_without_representative_data_and_other_bad_arguments():
     model = _model(lambda x: ka.CBAM(reduction=2)(x), (8, 8, 8))
     with pytest.raises(ValueError, match="needs representative_data"):
@@ -429,7 +428,7 @@ def test_int8_without_representative_data_and_other_bad_arguments():
         tflite.convert(model, "int8", representative_data=np.zeros((8, 8), "float32"))
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_corrupt_tflite_files_get_a_clear_error(tmp_path):
     model = _model(lambda x: ka.CBAM(reduction=2)(x), (8, 8, 8))
     flatbuffer = tflite.convert(model)
@@ -446,7 +445,7 @@ def test_corrupt_tflite_files_get_a_clear_error(tmp_path):
         tflite.verify(model, str(tmp_path / "missing.tflite"), data)
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_tampered_flatbuffer_structure_gets_the_clear_error():
     """Was UnicodeDecodeError (a name that is not UTF-8), struct.error, TypeError or ValueError from inside the
     readers: load_flatbuffer now runs every reader once, so a damaged file is InvalidTFLiteModelError."""
@@ -467,7 +466,7 @@ def test_tampered_flatbuffer_structure_gets_the_clear_error():
                 pass  # anything else fails the test
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_python_conversion_leaves_stderr_to_the_caller_as_documented(capfd):
     """The converter's C++ lines reach the caller's descriptor 2 (hiding them would take the process's stderr
     from every thread); docs/tflite.md and convert's docstring say so and name the ways to filter them."""
@@ -483,7 +482,7 @@ def test_python_conversion_leaves_stderr_to_the_caller_as_documented(capfd):
     assert "keras-attention convert" in tflite.convert.__doc__ and "docs/tflite.md" in tflite.convert.__doc__
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_identity_initialised_attention_that_crashes_xnnpack_in_int8_is_refused():
     """Untrained `start_as_identity` channel attention has logits exactly 0: a collapsed int8 range."""
     model = _model(lambda x: ka.ChannelAttention(reduction=2, start_as_identity=True, name="ca")(x), (8, 8, 8))
@@ -492,7 +491,7 @@ def test_identity_initialised_attention_that_crashes_xnnpack_in_int8_is_refused(
         tflite.convert(model, "int8", representative_data=data)
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 @pytest.mark.parametrize("scale", [float("nan"), 0.0])
 def test_nan_or_zero_activation_scales_are_refused_not_crashed_on(scale, tmp_path):
     """A hand-edited or broken int8 file: run, verify and measure_latency refuse it when it crashes LiteRT
@@ -537,7 +536,7 @@ def _crashes_litert(flatbuffer, data, tmp_path):
     return run.returncode != 0
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_run_refuses_empty_or_mismatched_data():
     model = _model(lambda x: keras.layers.Dense(2)(x), (3,))
     flatbuffer = tflite.convert(model)
@@ -552,7 +551,7 @@ def test_run_refuses_empty_or_mismatched_data():
 # ------------------------------------------------- GPU delegate (analyzer)
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_spatial_attention_avg_pooling_for_mobile_gpus():
     """pooling=("avg",) drops REDUCE_MAX (rejected by older mobile GPU delegates).
 
@@ -574,7 +573,7 @@ def test_spatial_attention_avg_pooling_for_mobile_gpus():
     assert reports[("avg", "max")][:2] == (True, []), "the TF 2.21 analyzer accepts REDUCE_MAX"
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 def test_gpu_delegate_gaps_are_reported_even_where_the_analyzer_passes_them():
     """TOPK_V2 has no GPU-delegate kernel. The TF 2.21 analyzer still prints "looks compatible"
     (its check passes every model we tried); `verify` reports the op from the delegate's op list."""
@@ -605,7 +604,7 @@ def _reference_models():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not IS_LEGACY, reason="Keras 3 runs the same checks in test_kit_script_writes_the_table_in_ci_size")
+@pytest.mark.tf_keras_only(reason="Keras 3 runs the same checks in test_kit_script_writes_the_table_in_ci_size")
 def test_mobilenetv2_cbam_float32_and_trained_int8():
     refs = _reference_models()
     (x_train, y_train), (x_test, _) = refs.digits_rgb(32)
@@ -620,7 +619,7 @@ def test_mobilenetv2_cbam_float32_and_trained_int8():
     assert report.cosine_similarity >= 0.99, str(report)
 
 
-@tf_only
+@pytest.mark.tensorflow_backends
 @pytest.mark.slow
 def test_kit_script_writes_the_table_in_ci_size(tmp_path):
     if IS_LEGACY:

@@ -142,7 +142,7 @@ def test_cbam_xla_gradient_splits_ties_like_autodiff(channels):
     assert plain_calls == 0
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused CBAM is TensorFlow's XLA path only")
+@pytest.mark.tensorflow_backends(reason="the fused CBAM is TensorFlow's XLA path only")
 def test_cbam_takes_the_fused_path_under_xla_only(monkeypatch):
     from keras_attention.layers import _kernels
 
