@@ -128,7 +128,7 @@ def convert(
     specs = saved_model_input_specs(saved_model) if saved_model is not None else _input_specs(model, batch_size)
     samples = None
     if quantization == "int8" and not qat:
-        if isinstance(representative_data, (str, os.PathLike)):
+        if isinstance(representative_data, (str, os.PathLike)) and os.path.isdir(representative_data):
             check_folder_calibration(model, os.fspath(representative_data), preprocess)
         samples = _as_sample_lists(representative_data, specs, calibration_steps, "representative_data", preprocess)
         if not isinstance(representative_data, (str, os.PathLike)) and len(samples[0]) == 1:
