@@ -40,11 +40,19 @@ def _plain_layers():
         yield
 
 
-def _compiled_forward_and_grad(layer, x, g):
+def _compiled_forward_and_grad(layer, x, g, fused_calls=None):
     """Forward output and d(sum(out * g))/d(x, weights) under XLA, the plain-graph gradient, and how
-    many shifted-sum convolutions each traced (the control that the two took different paths)."""
+    many shifted-sum convolutions each traced (the control that the two took different paths);
+    `fused_calls` (a list) counts the compiled pass's fused CBAM calls."""
+    from keras_attention.layers import _kernels
+
     compiled_calls, plain_calls = [], []
-    with _counting_shifted_sums(compiled_calls):
+    fused_calls = [] if fused_calls is None else fused_calls
+    original = _kernels.fused_cbam
+    with (
+        _counting_shifted_sums(compiled_calls),
+        mock.patch.object(_kernels, "fused_cbam", lambda *a: fused_calls.append(1) or original(*a)),
+    ):
         out, grads = _forward_and_grad(layer, x, g, jit=True)
     with _counting_shifted_sums(plain_calls), _plain_layers():
         _, plain = _forward_and_grad(layer, x, g, jit=False)
@@ -97,13 +105,15 @@ def test_xla_forward_matches_reference_and_gradients_match_plain_graph(make_laye
     rng = np.random.default_rng(0)
     x = rng.normal(size=shape).astype("float32")
     g = rng.normal(size=shape).astype("float32")
-    out, grads, plain, (compiled_calls, plain_calls) = _compiled_forward_and_grad(layer, x, g)
+    fused = []
+    out, grads, plain, (compiled_calls, plain_calls) = _compiled_forward_and_grad(layer, x, g, fused)
     np.testing.assert_allclose(out, reference_output(layer, x), rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, plain):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     assert plain_calls == 0  # the reference gradient came from the plain layers
-    if isinstance(layer, ka.SpatialAttention):
-        assert compiled_calls > 0  # and the compiled one from the shifted sums
+    assert compiled_calls > 0  # and the compiled one from the XLA convolution (CBAM's spatial gate too)
+    if BACKEND == "tensorflow" and isinstance(layer, ka.CBAM) and layer.arrangement == "channel_first":
+        assert fused  # TensorFlow's XLA took the fused CBAM: not plain layers compared with plain layers
 
 
 def test_xla_path_under_mixed_precision():
@@ -135,11 +145,13 @@ def test_cbam_xla_gradient_splits_ties_like_autodiff(channels):
     x[..., :3] = 0.0
     x[..., 5] = 1.0
     g = rng.normal(size=shape).astype("float32")
-    out, grads, plain, (_, plain_calls) = _compiled_forward_and_grad(layer, x, g)
+    fused = []
+    out, grads, plain, (compiled_calls, plain_calls) = _compiled_forward_and_grad(layer, x, g, fused)
     np.testing.assert_allclose(out, reference_output(layer, x), rtol=1e-5, atol=1e-5)
     for a, b in zip(grads, plain):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    assert plain_calls == 0
+    assert plain_calls == 0 and compiled_calls > 0
+    assert bool(fused) == (BACKEND == "tensorflow")  # the fused gradient's tie handling is what is tested
 
 
 @pytest.mark.tensorflow_backends(reason="the fused CBAM is TensorFlow's XLA path only")
@@ -151,7 +163,7 @@ def test_cbam_takes_the_fused_path_under_xla_only(monkeypatch):
     monkeypatch.setattr(_kernels, "fused_cbam", lambda *a: calls.append(1) or original(*a))
     layer = ka.CBAM(reduction=4)
     layer.build((2, 8, 8, 16))
-    x = np.zeros((2, 8, 8, 16), "float32")
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 16)).astype("float32")
     layer(x)
     _compiled_forward_and_grad(layer, x, x)
     assert len(calls) == 1  # traced once under XLA; not in eager or the plain graph
