@@ -39,7 +39,9 @@ PATHS = {
 
 def time_steps(size, batch, steps):
     """{"float": s, "qat": s} median step seconds in this process's Keras mode."""
-    from examples.qat_mobilenetv2_cbam import build_model
+    sys.path.insert(0, os.path.join(ROOT, "examples"))  # as when the example runs: it imports examples/_shared.py
+    from qat_mobilenetv2_cbam import build_model
+
     from keras_attention import quantization
     from keras_attention.backend import BACKEND, IS_LEGACY, keras
 

@@ -17,14 +17,10 @@ TensorFlow backend only (the TFLite converter is TensorFlow's).
 import argparse
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from quickstart import build_model, compile_for_digits  # noqa: E402
+from _shared import build_model, compile_model  # noqa: E402
 
 from keras_attention import tflite  # noqa: E402
 from keras_attention.backend import BACKEND, IS_LEGACY, keras  # noqa: E402
@@ -37,7 +33,7 @@ MIN_COSINE = {"float32": 0.99999, "float16": 0.999, "dynamic": 0.99, "int8": 0.9
 
 def trained_model(x_train, y_train, epochs):
     keras.utils.set_random_seed(0)
-    model = compile_for_digits(build_model(), jit_compile=False)
+    model = compile_model(build_model(), 2e-3, jit_compile=False)
     model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=2)
     return model
 

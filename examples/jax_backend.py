@@ -17,14 +17,10 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from quickstart import build_model, compile_for_digits, digits_for, parse_arguments, save_and_reload  # noqa: E402
+from _shared import build_model, compile_model, digits_for, parse_arguments, save_and_reload  # noqa: E402
 
 import keras_attention as ka  # noqa: E402
 from keras_attention.backend import BACKEND, IS_LEGACY, keras  # noqa: E402
@@ -65,7 +61,7 @@ def main(argv=None):
 
     (x_train, y_train), (x_test, y_test), epochs = digits_for(args)
     keras.utils.set_random_seed(0)
-    model = compile_for_digits(build_model())
+    model = compile_model(build_model(), 2e-3, jit_compile=True)
     print(f"Keras {keras.__version__} on JAX {jax.__version__}, devices {jax.devices()}")
     start = time.time()
     model.fit(x_train, y_train, batch_size=32, epochs=epochs, verbose=2)

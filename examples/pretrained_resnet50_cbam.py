@@ -22,13 +22,10 @@ int8 converter's backend).
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from qat_mobilenetv2_cbam import compile_model, tflite_accuracy  # noqa: E402 - the same steps as that example
+from _shared import compile_model, tflite_accuracy  # noqa: E402 - the same steps as the QAT example
 
 from keras_attention import models, quantization, tflite  # noqa: E402
 from keras_attention.backend import IS_LEGACY, keras  # noqa: E402

@@ -34,6 +34,7 @@ import tempfile
 import time
 
 import numpy as np
+from _shared import compile_model, tflite_accuracy
 
 from keras_attention import quantization, tflite
 from keras_attention.backbones import attach, attention_layers
@@ -59,11 +60,6 @@ def preprocess(images):
     """[0, 255] -> [-1, 1], MobileNetV2's input range (done outside the model:
     tfmot cannot quantize a Rescaling layer)."""
     return images / 127.5 - 1.0
-
-
-def tflite_accuracy(flatbuffer, x, y):
-    logits = tflite.run(flatbuffer, x)[0]
-    return float(np.mean(logits.argmax(axis=1) == y))
 
 
 def post_training_int8(model, calibration, x_test, y_test, path):
@@ -150,16 +146,6 @@ def load_float_weights(model, path):
             if len(weights) != len(layer.get_weights()):
                 raise SystemExit(f"--float-weights {path}: no weights for layer {layer.name!r} of this model.")
             layer.set_weights(weights)
-
-
-def compile_model(model, learning_rate, eager=False):
-    # eager (--fast): for a few steps, tracing MobileNetV2's training graph costs more than the steps.
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        run_eagerly=eager,
-    )
 
 
 def main(argv=None):
