@@ -48,7 +48,7 @@ def reference_weights(channels):
 
 
 def numpy_reference(layer, x, w):
-    from tests import reference as ref
+    from tests.kit import reference as ref
 
     x = x.astype("float64")
     channel = lambda t: t * ref.channel_gate(t, w["w1"], w["b1"], w["w2"], w["b2"])  # noqa: E731

@@ -28,7 +28,7 @@ import pytest
 import keras_attention as ka
 from keras_attention.backbones import attention_layers
 from keras_attention.backend import BACKEND, IS_LEGACY, keras, ops
-from tests.harness import gradients, to_numpy
+from tests.kit.harness import gradients, to_numpy
 
 L = keras.layers
 KERAS3_TF = not IS_LEGACY and BACKEND == "tensorflow"

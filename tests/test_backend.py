@@ -47,7 +47,7 @@ def test_legacy_ops_shim_matches_keras_ops():
     """The tf_keras shim must compute what keras.ops computes (checked against NumPy)."""
     import numpy as np
 
-    from tests import reference as ref
+    from tests.kit import reference as ref
 
     x = np.linspace(-5, 5, 11).astype("float32")
     np.testing.assert_allclose(np.asarray(backend.ops.hard_sigmoid(x)), ref.hard_sigmoid(x), atol=1e-6)

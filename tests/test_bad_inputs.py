@@ -144,7 +144,7 @@ def test_mask_loss_on_tensors_makes_a_class_out_of_range_loud():
     """Tensor classes are not read back to the host (a sync per step); a class >= K gives NaN, not a zero logit."""
     from keras_attention.backend import ops
     from keras_attention.losses import mask_loss
-    from tests.harness import to_numpy
+    from tests.kit.harness import to_numpy
 
     targets, logits, classes = _mask_inputs()
     bad = ops.convert_to_tensor(np.where(classes == 1, 2, classes))

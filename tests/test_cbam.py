@@ -3,8 +3,8 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import keras
-from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
-from tests.layer_reference import reference_output
+from tests.kit.harness import build_model, random_inputs, run_layer_test, to_numpy
+from tests.kit.layer_reference import reference_output
 
 
 @pytest.mark.parametrize("arrangement", ["channel_first", "spatial_first", "parallel"])

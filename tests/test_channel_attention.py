@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
-from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
-from tests.layer_reference import reference_output
+from tests.kit.harness import build_model, random_inputs, run_layer_test, to_numpy
+from tests.kit.layer_reference import reference_output
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])

@@ -3,9 +3,9 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import keras
-from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
-from tests.layer_reference import randomize_weights
-from tests.reference_thundernet import cem_output, nearest_up2_to
+from tests.kit.harness import build_model, random_inputs, run_layer_test, to_numpy
+from tests.kit.layer_reference import randomize_weights
+from tests.kit.reference_thundernet import cem_output, nearest_up2_to
 
 
 def _shapes(data_format, h4, w4, c4=8, c5=12, batch=2):

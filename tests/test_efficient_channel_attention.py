@@ -1,9 +1,9 @@
 import pytest
 
 import keras_attention as ka
-from tests import reference as ref
-from tests.harness import run_layer_test
-from tests.layer_reference import reference_output
+from tests.kit import reference as ref
+from tests.kit.harness import run_layer_test
+from tests.kit.layer_reference import reference_output
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])

@@ -74,7 +74,7 @@ def test_distributed_finetune(tmp_path):
 def test_pretrained_resnet50_cbam(tmp_path):
     """The published-checkpoint path end to end, with a file in the official release's format (random weights)."""
     torch = pytest.importorskip("torch")
-    from tests import reference_resnet
+    from tests.kit import reference_resnet
 
     source = reference_resnet.randomised("resnet50_cbam")
     checkpoint = tmp_path / "RESNET50_CBAM_new_name_wrap.pth"

@@ -3,8 +3,8 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import keras
-from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
-from tests.reference_thundernet import rpn_output
+from tests.kit.harness import build_model, random_inputs, run_layer_test, to_numpy
+from tests.kit.reference_thundernet import rpn_output
 
 
 def _out_shapes(data_format, batch, h, w, filters, anchors):

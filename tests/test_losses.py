@@ -5,8 +5,8 @@ import pytest
 
 from keras_attention import data, losses
 from keras_attention.backend import keras
-from tests import reference_centermask as ref
-from tests.harness import to_numpy
+from tests.kit import reference_centermask as ref
+from tests.kit.harness import to_numpy
 
 
 def _bce(logits, targets):

@@ -1,4 +1,4 @@
-"""keras_attention.models against PyTorch models of the published architectures (tests/reference_resnet.py).
+"""keras_attention.models against PyTorch models of the published architectures (tests/kit/reference_resnet.py).
 
 Each source model gets random weights and non-trivial BatchNorm statistics, is
 saved the way its publisher saves it (the official CBAM release: torch.save of
@@ -14,8 +14,8 @@ import torch  # in the test extra: a broken install fails here, it does not skip
 
 from keras_attention import models
 from keras_attention.backend import IS_LEGACY, keras
-from tests import reference_resnet
-from tests.harness import save_and_reload, to_numpy
+from tests.kit import reference_resnet
+from tests.kit.harness import save_and_reload, to_numpy
 
 # Published parameter counts (millions): the official CBAM README / paper, timm's results-imagenet.csv.
 PUBLISHED_PARAMS = {"resnet50_cbam": 28.09, "seresnet50": 28.09, "ecaresnet50d": 25.58, "ecaresnet101d": 44.57}

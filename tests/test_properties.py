@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import keras_attention as ka
-from tests.harness import to_numpy
-from tests.layer_reference import randomize_weights, reference_output
+from tests.kit.harness import to_numpy
+from tests.kit.layer_reference import randomize_weights, reference_output
 
 shapes = st.tuples(st.integers(1, 4), st.integers(1, 40), st.integers(1, 40), st.integers(1, 64))
 data_formats = st.sampled_from(["channels_last", "channels_first"])

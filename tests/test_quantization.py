@@ -15,7 +15,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import keras
-from tests.flatbuffer_edits import assert_within_int8_steps
+from tests.kit.flatbuffer_edits import assert_within_int8_steps
 
 # A QAT file computes what its QAT model computes: the outputs within this many int8 steps (rounding
 # differences inside the graph can carry a step or two to the output).

@@ -6,8 +6,8 @@ import pytest
 import keras_attention as ka
 from keras_attention.backend import BACKEND, keras, set_global_dtype_policy
 from keras_attention.layers.roi_align import assign_levels_by_ratio
-from tests import reference_centermask as ref
-from tests.harness import dtype_name, to_numpy
+from tests.kit import reference_centermask as ref
+from tests.kit.harness import dtype_name, to_numpy
 
 
 def _random_boxes(rng, batch, num, image_h, image_w, outside=8.0, max_size=None):

@@ -13,9 +13,9 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import BACKEND, IS_LEGACY, keras, ops
-from tests.harness import build_model, gradients, random_inputs, run_layer_test, to_numpy
-from tests.layer_reference import randomize_weights
-from tests.reference_thundernet import sam_gate_output, sam_output, thundernet_graph
+from tests.kit.harness import build_model, gradients, random_inputs, run_layer_test, to_numpy
+from tests.kit.layer_reference import randomize_weights
+from tests.kit.reference_thundernet import sam_gate_output, sam_output, thundernet_graph
 
 
 def _shapes(data_format, batch=2, h=7, w=9, cem=6, rpn=10):

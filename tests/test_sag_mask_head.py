@@ -5,8 +5,8 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import keras
-from tests import reference_centermask as ref
-from tests.harness import build_model, run_layer_test, to_numpy
+from tests.kit import reference_centermask as ref
+from tests.kit.harness import build_model, run_layer_test, to_numpy
 
 
 def _np(variable):

@@ -14,8 +14,8 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
-from tests.harness import to_numpy
-from tests.layer_reference import randomize_weights
+from tests.kit.harness import to_numpy
+from tests.kit.layer_reference import randomize_weights
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -60,7 +60,7 @@ def reload_elsewhere(*fmt_path_expected):
     root = os.path.dirname(HERE)
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "_reload_in_fresh_process.py"), *map(str, fmt_path_expected)],
+        [sys.executable, os.path.join(HERE, "kit", "_reload_in_fresh_process.py"), *map(str, fmt_path_expected)],
         capture_output=True,
         text=True,
         env=env,

@@ -74,7 +74,7 @@ def _classifier_data():
 
 
 def _pretrained_files(*names):
-    from tests import reference_resnet
+    from tests.kit import reference_resnet
 
     files = {
         "resnet50_cbam": "RESNET50_CBAM_new_name_wrap.pth",

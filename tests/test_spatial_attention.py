@@ -3,8 +3,8 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import keras
-from tests.harness import build_model, random_inputs, run_layer_test, to_numpy
-from tests.layer_reference import reference_output
+from tests.kit.harness import build_model, random_inputs, run_layer_test, to_numpy
+from tests.kit.layer_reference import reference_output
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
@@ -94,7 +94,7 @@ def test_bad_gate_and_pooling():
 def test_space_to_depth_convolution_equals_the_plain_convolution(kernel_size, channels, block):
     """The block-grid form SpatialAttention uses on TensorFlow (12x faster in LiteRT), against NumPy."""
     from keras_attention.layers._kernels import same_conv_to_one_channel
-    from tests.reference import conv2d_same
+    from tests.kit.reference import conv2d_same
 
     rng = np.random.default_rng(kernel_size * 10 + block)
     maps = rng.normal(size=(2, 8, 12, channels)).astype("float32")

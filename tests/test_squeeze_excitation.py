@@ -1,8 +1,8 @@
 import pytest
 
 import keras_attention as ka
-from tests import reference as ref
-from tests.harness import run_layer_test
+from tests.kit import reference as ref
+from tests.kit.harness import run_layer_test
 
 
 def se_reference(layer, x):

@@ -17,7 +17,7 @@ import pytest
 import keras_attention as ka
 from keras_attention import tflite
 from keras_attention.backend import BACKEND, IS_LEGACY, all_layers, keras, set_global_dtype_policy
-from tests.flatbuffer_edits import (
+from tests.kit.flatbuffer_edits import (
     assert_within_int8_steps,
     with_byte_flipped,
     with_last_activation_scale,

@@ -8,8 +8,8 @@ backends only (Keras 3 on TensorFlow, tf_keras).
 import numpy as np
 import pytest
 
-from tests.layer_reference import randomize_weights
-from tests.reference_thundernet import thundernet_graph
+from tests.kit.layer_reference import randomize_weights
+from tests.kit.reference_thundernet import thundernet_graph
 
 pytestmark = pytest.mark.tensorflow_backends(reason="TFLite conversion")
 

@@ -4,8 +4,8 @@ import pytest
 import keras_attention as ka
 from keras_attention import visualize
 from keras_attention.backend import BACKEND, keras
-from tests import reference as ref
-from tests.layer_reference import randomize_weights
+from tests.kit import reference as ref
+from tests.kit.layer_reference import randomize_weights
 
 
 def _model():

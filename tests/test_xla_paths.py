@@ -18,7 +18,7 @@ import pytest
 
 import keras_attention as ka
 from keras_attention.backend import BACKEND
-from tests.layer_reference import randomize_weights, reference_output
+from tests.kit.layer_reference import randomize_weights, reference_output
 
 
 @contextlib.contextmanager

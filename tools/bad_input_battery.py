@@ -492,7 +492,7 @@ def _int8_with_scale(scale):
     """A one-convolution int8 model, data, and its `.tflite` with one activation scale set to `scale`."""
     from keras_attention import tflite
     from keras_attention.backend import keras
-    from tests.flatbuffer_edits import with_last_activation_scale  # the children run with ROOT on PYTHONPATH
+    from tests.kit.flatbuffer_edits import with_last_activation_scale  # the children run with ROOT on PYTHONPATH
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))

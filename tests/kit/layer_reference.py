@@ -3,7 +3,7 @@
 import numpy as np
 
 import keras_attention as ka
-from tests import reference as ref
+from tests.kit import reference as ref
 
 
 def _np(variable):

@@ -134,7 +134,7 @@ def check_keras_file(model, input_shapes, tmp_path):
 
 
 def check_reference(layer, model, input_shapes, reference_fn, seed=3, atol=1e-5):
-    from tests.layer_reference import randomize_weights
+    from tests.kit.layer_reference import randomize_weights
 
     randomize_weights(layer, seed)
     inputs = random_inputs(input_shapes, seed=seed)
@@ -144,7 +144,7 @@ def check_reference(layer, model, input_shapes, reference_fn, seed=3, atol=1e-5)
 
 
 def check_jit_training_step(layer, model, input_shapes, frozen_ok=()):
-    from tests.layer_reference import randomize_weights
+    from tests.kit.layer_reference import randomize_weights
 
     randomize_weights(layer, seed=4)
     inputs = random_inputs(input_shapes, seed=5)

@@ -6,7 +6,7 @@ adapters read a built layer's weights and handle channels_first by transposing.
 
 import numpy as np
 
-from tests import reference as ref
+from tests.kit import reference as ref
 
 
 def _np(variable):
