@@ -251,3 +251,27 @@ def test_version_and_the_extras_in_info(capsys):
     out = capsys.readouterr().out
     assert "[qat] installed" in out and "[onnx] installed" in out, out  # the test extra installs both
     assert "[jax-onnx] missing jax2onnx" in out or "[jax-onnx] installed" in out, out
+
+
+@pytest.mark.run_once
+def test_the_preprocess_names_compute_their_formulas():
+    """--preprocess NAME against the formulas written out in NumPy (ImageNet mean/std as published)."""
+    from keras_attention.cli import _preprocess_function, main
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    expected = {
+        "raw": x,
+        "unit": x / 255,
+        "signed": x / 127.5 - 1,
+        "torch": (x / 255 - mean) / std,
+        "caffe": x[..., ::-1] - np.array([103.939, 116.779, 123.68]),
+        "numpy:sqrt": np.sqrt(x),
+    }
+    for name, want in expected.items():
+        np.testing.assert_allclose(np.asarray(_preprocess_function(name)(x)), want, rtol=1e-5, atol=1e-4)
+    with pytest.raises(SystemExit):  # argparse: an unusable --input-shape
+        main(["convert", "m.keras", "m.tflite", "--input-shape", "0,96,3"])
+    for bad in ("imagenet", "numpy:no_such_function", "keras_attention:__version__"):
+        with pytest.raises(ValueError, match="--preprocess"):
+            _preprocess_function(bad)
