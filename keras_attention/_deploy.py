@@ -139,12 +139,8 @@ def samples_from_arrays(data, n_inputs, caller="keras_attention"):
     """Per-sample input lists `[[(1, ...) array per input], ...]` from one array (N, ...) per input,
     float data as float32; the counts checked against the model's inputs and each other."""
     arrays = list(data) if isinstance(data, (list, tuple)) else [data]
-    arrays = [
-        np.asarray(to_numpy(a), dtype="float32")
-        if np.issubdtype(np.asarray(to_numpy(a)).dtype, np.floating)
-        else np.asarray(to_numpy(a))
-        for a in arrays
-    ]
+    arrays = [to_numpy(a) for a in arrays]
+    arrays = [a.astype("float32", copy=False) if np.issubdtype(a.dtype, np.floating) else a for a in arrays]
     if len(arrays) != n_inputs:
         raise ValueError(f"{caller}: got {len(arrays)} input arrays; the model has {n_inputs} inputs.")
     counts = {a.shape[0] if a.ndim else 0 for a in arrays}

@@ -59,13 +59,13 @@ def _gate_inputs(model, inputs):
     """`[(layer, its input value)]` for every spatial-gate layer in `model` given `inputs`, in model order,
     looking inside nested models (each is probed on the value its outer call receives)."""
     top = [layer for layer in model.layers if _is_gate(layer) or _holds_gates(layer)]
-    tensors = [t for layer in top for t in _outer_tensors(layer, model, 0, "attention_maps")]
-    probe = keras.Model(_single_or_list(model.inputs), tensors)
+    layer_inputs = [_outer_tensors(layer, model, 0, "attention_maps") for layer in top]
+    probe = keras.Model(_single_or_list(model.inputs), [t for tensors in layer_inputs for t in tensors])
     values = probe(inputs, training=False)
     values = list(values) if isinstance(values, (list, tuple)) else [values]
     found, start = [], 0
-    for layer in top:
-        count = len(_outer_tensors(layer, model, 0, "attention_maps"))
+    for layer, tensors in zip(top, layer_inputs):
+        count = len(tensors)
         value = values[start : start + count]
         start += count
         if _is_gate(layer):
@@ -88,7 +88,7 @@ def attention_maps(model, images):
         A list of `(layer_name, maps)` in model order; `maps` has shape
         `(batch, h, w)` at the layer's resolution, values in the gate's range.
     """
-    if not (_holds_gates(model)):
+    if not _holds_gates(model):
         raise ValueError(
             f"attention_maps: model {model.name!r} holds no layer with a spatial gate (CBAM or SpatialAttention), "
             "nested models included."

@@ -3,7 +3,6 @@
 import re
 
 from keras_attention import _compat
-from keras_attention._deploy import to_numpy as _to_numpy  # noqa: F401 - the tflite modules' name
 from keras_attention.backend import all_layers
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")

@@ -12,8 +12,9 @@ import os
 
 import numpy as np
 
+from keras_attention._deploy import to_numpy
 from keras_attention._inputs import rescales_pixels
-from keras_attention.tflite._common import IMAGE_EXTENSIONS, _tf, _to_numpy
+from keras_attention.tflite._common import IMAGE_EXTENSIONS, _tf
 
 
 def image_files(directory, what="representative_data"):
@@ -76,7 +77,7 @@ def load_image_folder(directory, shape, limit=None, preprocess=None, what="repre
     batch = np.stack(images)
     if preprocess is None:
         return batch
-    out = np.asarray(_to_numpy(preprocess(batch)))
+    out = np.asarray(to_numpy(preprocess(batch)))
     if out.shape[0] != batch.shape[0]:
         raise ValueError(
             f"keras_attention.tflite: preprocess returned {out.shape} for {batch.shape} images; expected one "
@@ -103,7 +104,7 @@ def _checked_samples(arrays, specs, what):
     """Per-sample input lists from one array per model input, each checked against its input spec."""
     n_inputs = len(specs)
     ranks = [len(s.shape) for s in specs]
-    arrays = [np.asarray(_to_numpy(a)) for a in arrays]
+    arrays = [np.asarray(to_numpy(a)) for a in arrays]
     if len(arrays) != n_inputs:
         raise ValueError(
             f"keras_attention.tflite: {what} has {len(arrays)} input arrays; the model has {n_inputs} inputs."

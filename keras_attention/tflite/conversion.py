@@ -128,10 +128,11 @@ def convert(
     specs = saved_model_input_specs(saved_model) if saved_model is not None else _input_specs(model, batch_size)
     samples = None
     if quantization == "int8" and not qat:
-        if isinstance(representative_data, (str, os.PathLike)) and os.path.isdir(representative_data):
+        is_path = isinstance(representative_data, (str, os.PathLike))
+        if is_path and os.path.isdir(representative_data):
             check_folder_calibration(model, os.fspath(representative_data), preprocess)
         samples = _as_sample_lists(representative_data, specs, calibration_steps, "representative_data", preprocess)
-        if not isinstance(representative_data, (str, os.PathLike)) and len(samples[0]) == 1:
+        if not is_path and len(samples[0]) == 1:
             batch = np.concatenate([sample[0] for sample in samples[:32]])
             warn_on_mismatched_range(model, batch, "keras_attention.tflite.convert")
 
