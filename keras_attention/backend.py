@@ -26,6 +26,9 @@ if IS_LEGACY:
     import tensorflow as _tf
     import tf_keras as keras
 
+    def _pair(value):
+        return (value, value) if isinstance(value, int) else tuple(value)
+
     class _LegacyOps:
         """The subset of `keras.ops` the layers use, on TensorFlow, for tf_keras."""
 
@@ -75,6 +78,27 @@ if IS_LEGACY:
         repeat = staticmethod(lambda x, repeats, axis=None: _tf.repeat(x, repeats, axis=axis))
         flip = staticmethod(lambda x, axis=None: _tf.reverse(x, [axis]))
         conv = staticmethod(lambda x, kernel, padding="valid": _tf.nn.conv2d(x, kernel, 1, padding.upper()))
+        stop_gradient = staticmethod(_tf.stop_gradient)
+
+        @staticmethod
+        def depthwise_conv(x, kernel, strides=1, padding="valid", data_format=None, dilation_rate=1):
+            # channels_last only: the convolutions inside our layers are channels_last.
+            strides = _pair(strides)
+            return _tf.nn.depthwise_conv2d(x, kernel, (1, *strides, 1), padding.upper(), dilations=_pair(dilation_rate))
+
+        @staticmethod
+        def conv_transpose(x, kernel, strides, padding="valid", output_padding=None, data_format=None, dilation_rate=1):
+            # channels_last, no output_padding: what SAGMaskHead's deconvolution uses.
+            strides, (kh, kw) = _pair(strides), kernel.shape[:2]
+
+            def size(n, k, s):
+                return n * s if padding == "same" else (n - 1) * s + k
+
+            shape = _tf.shape(x)
+            out = _tf.stack([shape[0], size(shape[1], kh, strides[0]), size(shape[2], kw, strides[1]), kernel.shape[2]])
+            y = _tf.nn.conv2d_transpose(x, kernel, out, strides=strides, padding=padding.upper())
+            static = [None if n is None else size(n, k, s) for n, k, s in zip(x.shape[1:3], (kh, kw), strides)]
+            return _tf.ensure_shape(y, (x.shape[0], *static, kernel.shape[2]))
 
         @staticmethod
         def hard_sigmoid(x):

@@ -98,6 +98,37 @@ def count_add_layers(model):
     return sum(isinstance(layer, L.Add) for layer in model.layers)
 
 
+def count_operator_adds(model):
+    """tf_keras' `x + y` between Keras tensors: a TFOpLambda layer of the `__operators__.add` symbol."""
+    return sum(getattr(layer, "symbol", None) == "__operators__.add" for layer in model.layers)
+
+
+def count_dense_new_features(model):
+    """Inputs of a Concatenate computed from another of its inputs (the new features of a dense merge).
+
+    Walks Keras' own graph (each tensor's producing layer and its inbound nodes), not ours.
+    """
+
+    def ancestors(layer):
+        seen, stack = set(), [layer]
+        while stack:
+            for node in stack.pop()._inbound_nodes:
+                inputs = node.input_tensors
+                for t in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+                    producer = t._keras_history[0]
+                    if id(producer) not in seen:
+                        seen.add(id(producer))
+                        stack.append(producer)
+        return seen
+
+    count = 0
+    for layer in model.layers:
+        if isinstance(layer, L.Concatenate):
+            sources = [t._keras_history[0] for t in layer.input]
+            count += sum(any(s is not t and id(s) in ancestors(t) for s in sources) for t in sources)
+    return count
+
+
 def count_class(name):
     return lambda model: sum(type(layer).__name__ == name for layer in model.layers)
 
@@ -153,7 +184,13 @@ DEPTHS = {"B0": 1.0, "B1": 1.1, "B2": 1.2, "B3": 1.4, "B4": 1.8, "B5": 2.2, "B6"
 
 SPECS = [
     Spec("user_cnn", count=lambda m: len(USER_CNN_RESIDUAL), known=3, anchors=[n + "_cbam" for n in USER_CNN_RESIDUAL]),
-    Spec("user_cnn", where="stages", count=lambda m: 3, known=3, anchors=[n + "_cbam" for n in USER_CNN_STAGES]),
+    Spec(
+        "user_cnn",
+        where="stages",
+        count=count_conv_resolutions,
+        known=3,
+        anchors=[n + "_cbam" for n in USER_CNN_STAGES],
+    ),
     Spec("ResNet50", known=16, anchors=RESNET_V1),
     Spec(
         "ResNet50",
@@ -231,17 +268,17 @@ SPECS = [
         anchors=r"^block(35|17|8)_\d+_conv_cbam$",
     ),
     # No residual blocks: each cell sums pairs of branches (80 Adds: the deeper input of each) and
-    # concatenates those sums with its input (52 new features), counted from Keras 3.15's graph.
+    # concatenates those sums with its input (52 new features, counted in Keras' own graph).
     Spec(
         "NASNetMobile",
-        count=lambda m: count_add_layers(m) + 52,
+        count=lambda m: count_add_layers(m) + count_dense_new_features(m),
         known=132,
         anchors=r"^(separable_conv_\d_bn_|add_|normal_add_|normal_(left|right)|reduction_left).*cbam$",
     ),
     # tf_keras only (Keras 3 dropped them). RegNetX-200MF's depths (1, 1, 4, 7); the sum is `x + skip`.
     Spec(
         "RegNetX002",
-        count=lambda m: 1 + 1 + 4 + 7,
+        count=count_operator_adds,
         known=13,
         anchors=r"^regnetx002_Stage_\d_XBlock_\d_conv_1x1_2_bn_cbam$",
     ),
@@ -369,7 +406,7 @@ def test_every_applications_family_is_covered():
     assert all(name in families[family] for name, family in NO_RESIDUAL.items())
 
 
-@pytest.mark.skipif(not KERAS3_TF, reason="graph analysis, the same in every mode: run once")
+@pytest.mark.run_once(reason="graph analysis")
 @pytest.mark.parametrize("name", sorted(NO_RESIDUAL))
 def test_families_without_residual_blocks_are_refused_with_a_pointer(name):
     size = 75 if name == "InceptionV3" else 32
@@ -391,7 +428,7 @@ def test_any_input_size(size):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(BACKEND == "jax", reason="the stage probe is backend-independent; slow on JAX")
+@pytest.mark.no_jax(reason="the stage probe is backend-independent; slow on JAX")
 def test_unknown_size_backbone():
     original = keras.applications.MobileNetV2(weights=None, include_top=False, alpha=0.35, input_shape=(None, None, 3))
     stages = attention_layers(ka.attach(original, "cbam", where="stages"))
@@ -546,9 +583,7 @@ def test_every_attention_weight_gets_gradient_user_cnn():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    BACKEND == "jax", reason="XLA-compiling these gradients takes minutes on CPU; the user CNN covers JAX"
-)
+@pytest.mark.no_jax(reason="XLA-compiling these gradients takes minutes on CPU; the user CNN covers JAX")
 @pytest.mark.parametrize("name", ["ResNet50", "MobileNetV2", "EfficientNetB0", "ConvNeXtTiny"])
 def test_every_attention_weight_gets_gradient_backbone(name):
     spec = next(s for s in SPECS if s.name == name and s.where == "residual")
@@ -569,7 +604,7 @@ def cbam_parameters(channels, reduction=16, min_channels=8, kernel_size=7):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(BACKEND == "jax", reason="parameter counts are the same Keras 3 Applications as on TensorFlow")
+@pytest.mark.no_jax(reason="parameter counts are the same Keras 3 Applications as on TensorFlow")
 def test_resnet50_cbam_parameters_match_the_paper():
     original = keras.applications.ResNet50(weights=None, include_top=True, input_shape=(32, 32, 3))
     model = ka.attach(original, "cbam", reduction=16)
@@ -582,7 +617,7 @@ def test_resnet50_cbam_parameters_match_the_paper():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(BACKEND == "jax", reason="parameter counts are the same Keras 3 Applications as on TensorFlow")
+@pytest.mark.no_jax(reason="parameter counts are the same Keras 3 Applications as on TensorFlow")
 def test_mobilenetv2_cbam_parameters():
     original = keras.applications.MobileNetV2(weights=None, include_top=True, input_shape=(224, 224, 3))
     model = ka.attach(original, "cbam", reduction=16)

@@ -29,7 +29,9 @@ calibrated on the data, as a pretrained backbone's would be), attention layers
 and a new head trained, in float64 (in float32 the replicas' rounding can flip a
 ReLU6 of the backbone, machine-dependently). Models trained on 2 replicas are saved as `.keras` and
 reloaded on one device. Each run also records a noise floor: the one-device
-run repeated with the examples of each batch reordered (only rounding changes).
+run repeated with the examples of each batch reordered (only rounding changes);
+the attention CNN's replicas must agree within 10x of it. On every engine a
+planted fault (the replicas' learning rate 5 % larger) must fail the comparison.
 """
 
 import json
@@ -136,7 +138,7 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
         order = np.concatenate([rng.permutation(GLOBAL_BATCH) + GLOBAL_BATCH * i for i in range(STEPS)])
         return inputs(size)[order], labels[order]
 
-    def train(build, initial, size, lr, engine=None, sync=False, recipe=False, model=None):
+    def train(build, initial, size, lr, engine=None, sync=False, recipe=False, model=None, lr_scale=1.0):
         """Trains `model` (default: a new `build()` in the engine's scope) from `initial`."""
         scope = engine.scope() if engine is not None else contextlib.nullcontext()
         x, y = inputs(size), labels
@@ -147,7 +149,7 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
                 freeze_backbone(model, keep_trainable=["head"])
             switched = distribute.synchronize_batchnorm(model) if sync else 0
             model.compile(
-                optimizer=keras.optimizers.SGD(lr),
+                optimizer=keras.optimizers.SGD(lr * lr_scale),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             )
             start = time.time()
@@ -267,7 +269,8 @@ def _worker(out_path):  # pragma: no cover - runs in a subprocess
     if BACKEND != "jax":  # JAX's DataParallel needs (and accepts) no synchronisation
         bn_variants.append(("replicas_sync", {"sync": True}))
     entries = {
-        "cnn": compare(cnn, 16, 0.5, [("replicas", {})]),
+        # "planted_fault": the replicas with a 5 % larger learning rate, which the comparison must catch.
+        "cnn": compare(cnn, 16, 0.5, [("replicas", {}), ("planted_fault", {"lr_scale": 1.05})]),
         "bn": compare(bn_model, 16, 0.1, bn_variants),
         # The fine-tuning recipe's first stage (backbone and its BatchNorm frozen,
         # attention layers and head trained). Training the whole random-initialised
@@ -372,7 +375,20 @@ def _assert_agrees(entry):
 
 @pytest.mark.slow
 def test_attention_cnn_two_replicas_equal_one_device(measured):
-    _assert_agrees(measured["cnn"]["replicas"])
+    entry = measured["cnn"]
+    _assert_agrees(entry["replicas"])
+    # At the noise floor: within 10x of what reordering each batch on one device changes.
+    floor = entry["one_device_permuted_max_abs_diff"]
+    assert entry["replicas"]["max_abs_diff"] <= 10 * floor + 1e-7, entry
+
+
+@pytest.mark.slow
+def test_the_comparison_catches_a_planted_fault(measured):
+    """The control on every engine: replicas trained with a 5 % larger learning rate fail the check."""
+    entry = measured["cnn"]["planted_fault"]
+    with pytest.raises(AssertionError):
+        _assert_agrees(entry)
+    assert entry["max_abs_diff"] > 1e-2 * entry["max_abs_update"], entry
 
 
 @pytest.mark.slow

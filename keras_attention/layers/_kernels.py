@@ -58,7 +58,7 @@ def spatial_conv_path(descriptors):
 
 def takes_fused_cbam(block, inputs):
     """Whether `block(inputs)` runs as `fused_cbam`: traced for XLA, not quantized, `can_fuse_cbam`."""
-    return not block.quantization and xla_compiling(inputs) and can_fuse_cbam(block, inputs)
+    return not block.quantizing and xla_compiling(inputs) and can_fuse_cbam(block, inputs)
 
 
 def shifted_sum_conv(maps, kernel, bias=None):

@@ -9,6 +9,11 @@ created in `build()` from `quantization_points()`, fake-quantizes its kernels pe
 output channel and folds an inner BatchNormalization into the convolution before
 it, with frozen statistics, the way the TFLite converter will. So QAT runs the
 layer's one forward pass, and the int8 file computes what QAT trained.
+
+tfmot's QAT (tf_keras) runs the same forward pass: its QuantizeConfig hands the
+layer one tfmot quantizer per point with `use_quantizers()`, and the kernels
+are folded and fake-quantized here, as under Keras 3. A point is named once,
+in the layer that computes it, for both engines.
 """
 
 from keras_attention.backend import IS_LEGACY, build_sublayer
@@ -17,6 +22,7 @@ from keras_attention.layers.quantizers import (
     ActivationQuantizer,
     fixed_range,
     folded_parameters,
+    kernel_of,
     quantize_kernel,
     quantized_call,
 )
@@ -42,6 +48,22 @@ class QuantizationPoints:
         self._quantizers = {}
         return check_layer_kwargs(self, kwargs)
 
+    @property
+    def quantizing(self):
+        """True while the layer runs fake-quantized: Keras 3 QAT, or tfmot's quantizers in use."""
+        return bool(self.quantization) or "_tfmot_quantizers" in self.__dict__
+
+    def use_quantizers(self, quantizers):
+        """Runs the layer's points through `quantizers` ({point: callable}): tfmot's QAT engine.
+
+        Set outside Keras' attribute tracking: the quantizers belong to tfmot's
+        wrapper, which owns (and saves) their range variables.
+        """
+        missing = sorted(set(self.quantization_points()) - set(quantizers))
+        if missing:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: no quantizer for the points {missing}.")
+        self.__dict__["_tfmot_quantizers"] = dict(quantizers)
+
     def quantization_points(self):
         """Names of the int8 tensors inside the layer (subclasses list theirs)."""
         return ()
@@ -63,19 +85,20 @@ class QuantizationPoints:
 
     def at_point(self, name, x):
         """`x` at the int8 point `name`: the identity in float."""
-        if not self.quantization:
+        if not self.quantizing:
             return x
+        quantizers = self.__dict__.get("_tfmot_quantizers", self._quantizers)
         try:
-            return self._quantizers[name](x)
+            return quantizers[name](x)
         except KeyError:
             raise RuntimeError(
                 f"{type(self).__name__}: quantization point {name!r} is not among "
-                f"{list(self._quantizers)}; quantization_points() must list it."
+                f"{list(quantizers)}; quantization_points() must list it."
             ) from None
 
     def at_fixed_range(self, x, kind):
         """`x` at TFLite's fixed int8 output range of `kind` ("sigmoid"): the identity in float."""
-        if not self.quantization:
+        if not self.quantizing:
             return x
         return fixed_range(x, kind)
 
@@ -86,19 +109,19 @@ class QuantizationPoints:
         after any rearrangement (a kernel with one output channel is quantized
         per tensor, so quantizing a rearranged copy with zeros gives the same grid).
         """
-        if not self.quantization:
-            return conv.kernel, (conv.bias if conv.use_bias else None)
+        if not self.quantizing:
+            return kernel_of(conv), (conv.bias if conv.use_bias else None)
         return folded_parameters(conv, bn, quantize=False)
 
     def kernel_quantizer(self):
         """Per-tensor symmetric int8 fake quantization of a kernel under QAT; the identity in float."""
-        if not self.quantization:
+        if not self.quantizing:
             return lambda kernel: kernel
         return lambda kernel: quantize_kernel(kernel, axis=None)
 
     def convolve(self, conv, x, bn=None, training=None):
         """`bn(conv(x))` (bn optional); under QAT with the quantized, BN-folded kernel."""
-        if not self.quantization:
+        if not self.quantizing:
             y = conv(x)
             return y if bn is None else bn(y, training=training)
         return quantized_call(conv, x, bn)
@@ -130,3 +153,15 @@ class QuantizationPoints:
     def quantization_config(self):
         """The config entry (only when quantized, so float configs stay as they were)."""
         return {"quantization": self.quantization} if self.quantization else {}
+
+
+def point_layers(layer, prefix=""):
+    """[(prefix, layer)] for `layer` and each QuantizationPoints layer inside it, outermost first.
+
+    The prefixes ("channel_attention_" for CBAM's channel gate) make the point
+    names of a composite layer unique, for engines that hold them in one list.
+    """
+    found = [(prefix, layer)] if isinstance(layer, QuantizationPoints) else []
+    for sublayer in layer._flatten_layers(include_self=False, recursive=False):
+        found += point_layers(sublayer, f"{prefix}{sublayer.name}_")
+    return found

@@ -205,7 +205,7 @@ class ChannelAttention(_ChannelGateBase):
         if len(pooled) == 1:
             hidden = self.at_point("hidden", self.convolve(self.mlp_reduce, pooled[0]))
             return self.at_point("logits", self.convolve(self.mlp_expand, hidden))
-        if self.quantization:
+        if self.quantizing:
             # No CONCATENATION under QAT: TF 2.21's converter rejects one whose two input scales are
             # nearly (not exactly) equal ("same scale constraint"). One reduce per descriptor, summed.
             hidden = [

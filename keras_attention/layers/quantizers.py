@@ -12,9 +12,12 @@
 All of it is `keras.quantizers.fake_quant_with_min_max_vars`, which TensorFlow
 lowers to its FakeQuant ops (read by the TFLite converter as QAT ranges, so no
 representative data is needed) and JAX/PyTorch run as a custom-gradient op with
-the same rounding. Keras 3 only. It lives beside the layers, which run its
-quantizers at their named points under QAT; `keras_attention.quantization`
-builds QAT models from it (and re-exports it as `quantization.quantizers`).
+the same rounding; under tf_keras, TensorFlow's FakeQuant ops themselves. It
+lives beside the layers, which run its quantizers at their named points under
+QAT. Both QAT engines use it: Keras 3's `ActivationQuantizer` layers and
+tfmot's (`keras_attention.quantization.tfmot`), whose range variables follow
+the same `updated_range`. `keras_attention.quantization` re-exports it as
+`quantization.quantizers`.
 """
 
 import numpy as np
@@ -36,9 +39,42 @@ FIXED_RANGES = {
 
 
 def _fake_quant(x, low, high, narrow_range=False, axis=None):
+    if IS_LEGACY:  # tf_keras has no keras.quantizers; Keras 3 lowers to these ops on TensorFlow too
+        import tensorflow as tf
+
+        if axis is None:
+            return tf.quantization.fake_quant_with_min_max_vars(
+                x, low, high, num_bits=NUM_BITS, narrow_range=narrow_range
+            )
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            x, low, high, num_bits=NUM_BITS, narrow_range=narrow_range
+        )
     return keras.quantizers.fake_quant_with_min_max_vars(
         x, low, high, num_bits=NUM_BITS, narrow_range=narrow_range, axis=axis
     )
+
+
+def updated_range(x, low, high, started, decay=RANGE_DECAY):
+    """(low, high) after a training batch `x`: the batch's own range (with 0) first, then an EMA.
+
+    `started` is 1.0 once the range has seen a batch, else 0.0. The width is
+    kept at least `MIN_RANGE` when the range is used (`usable_range`).
+    """
+    batch_low = ops.minimum(ops.min(ops.stop_gradient(x)), 0.0)
+    batch_high = ops.maximum(ops.max(ops.stop_gradient(x)), 0.0)
+    keep = ops.cast(started > 0.5, "float32") * decay
+    return keep * low + (1.0 - keep) * batch_low, keep * high + (1.0 - keep) * batch_high
+
+
+def usable_range(low, high):
+    """(low, high) widened to at least `MIN_RANGE`, so the int8 scale never collapses (XNNPACK refuses it)."""
+    return low, ops.maximum(high, low + MIN_RANGE)
+
+
+def fake_quant_activation(x, low, high):
+    """`x` (any float dtype) fake-quantized to int8 in [low, high] (float32 arithmetic)."""
+    low, high = usable_range(ops.stop_gradient(low), ops.stop_gradient(high))
+    return ops.cast(_fake_quant(ops.cast(x, "float32"), low, high), x.dtype)
 
 
 def fixed_range(x, kind):
@@ -133,30 +169,20 @@ class ActivationQuantizer(keras.layers.Layer):
         """(min, max) the quantizer uses outside training."""
         if self.fixed is not None:
             return ops.convert_to_tensor(FIXED_RANGES[self.fixed])
-        low, high = self._bounds(ops.convert_to_tensor(self.range_min), ops.convert_to_tensor(self.range_max))
+        low, high = usable_range(ops.convert_to_tensor(self.range_min), ops.convert_to_tensor(self.range_max))
         return ops.stack([ops.cast(low, "float32"), ops.cast(high, "float32")])
-
-    @staticmethod
-    def _bounds(low, high):
-        return low, ops.maximum(high, low + MIN_RANGE)
 
     def call(self, inputs, training=None):
         if self.fixed is not None:
             return fixed_range(inputs, self.fixed)
-        x = ops.cast(inputs, "float32")
         low, high = ops.convert_to_tensor(self.range_min), ops.convert_to_tensor(self.range_max)
         if training:
-            batch_low = ops.minimum(ops.min(ops.stop_gradient(x)), 0.0)
-            batch_high = ops.maximum(ops.max(ops.stop_gradient(x)), 0.0)
-            started = ops.cast(ops.convert_to_tensor(self.initialized) > 0.5, "float32")
-            keep = started * self.decay
-            low = keep * low + (1.0 - keep) * batch_low
-            high = keep * high + (1.0 - keep) * batch_high
+            started = ops.convert_to_tensor(self.initialized)
+            low, high = updated_range(ops.cast(inputs, "float32"), low, high, started, self.decay)
             self.range_min.assign(low)
             self.range_max.assign(high)
             self.initialized.assign(1.0)
-        low, high = self._bounds(ops.stop_gradient(low), ops.stop_gradient(high))
-        return ops.cast(_fake_quant(x, low, high), inputs.dtype)
+        return fake_quant_activation(inputs, low, high)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -219,9 +245,14 @@ def fold_batch_norm(kernel, bias, bn, axis=-1):
     return kernel, (shift if bias is None else bias * scale + shift)
 
 
+def kernel_of(layer):
+    """The kernel variable of a convolution or Dense (tf_keras names a depthwise one `depthwise_kernel`)."""
+    return layer.depthwise_kernel if IS_LEGACY and _is_depthwise(layer) else layer.kernel
+
+
 def folded_parameters(layer, bn=None, quantize=True):
     """(fake-quantized kernel, bias or None) of a convolution or Dense, `bn` folded in (`fold_batch_norm`)."""
-    kernel, bias = fold_batch_norm(layer.kernel, layer.bias if layer.use_bias else None, bn, _output_axis(layer))
+    kernel, bias = fold_batch_norm(kernel_of(layer), layer.bias if layer.use_bias else None, bn, _output_axis(layer))
     return (quantize_kernel(kernel, _kernel_axis(layer)) if quantize else kernel), bias
 
 
@@ -292,7 +323,11 @@ __all__ = [
     "MIN_RANGE",
     "FIXED_RANGES",
     "fixed_range",
+    "updated_range",
+    "usable_range",
+    "fake_quant_activation",
     "quantize_kernel",
+    "kernel_of",
     "ActivationQuantizer",
     "batch_norm_factors",
     "fold_batch_norm",

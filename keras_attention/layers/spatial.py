@@ -125,7 +125,7 @@ class SpatialAttention(GatedAttention):
             logits = _kernels.shifted_sum_conv(descriptors, quantize(kernel), bias)
         else:
             logits = _kernels.same_conv_to_one_channel(descriptors, kernel, bias, path[1], quantize)
-        return logits if bn is None or self.quantization else self.bn(logits, training=training)
+        return logits if bn is None or self.quantizing else self.bn(logits, training=training)
 
     def compute_gate(self, inputs, training=None):
         """The spatial gate in `accumulation_dtype`, `(batch, H, W, 1)` or `(batch, 1, H, W)`."""

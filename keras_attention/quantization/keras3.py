@@ -42,7 +42,7 @@ from keras_attention.quantization.layers import (
     QuantizedRescaling,
     activation_name,
 )
-from keras_attention.quantization.tfmot import UnsupportedLayerError
+from keras_attention.quantization.tfmot_configs import UnsupportedLayerError
 
 _CONVS = (
     keras.layers.Conv1D,
