@@ -143,6 +143,18 @@ def count_conv_resolutions(model):
     return len({tuple(layer.output.shape[1:3]) for layer in model.layers if isinstance(layer, convs)})
 
 
+def count_feature_map_resolutions(model):
+    """Stages of a CNN with a squeeze-excitation branch: conv resolutions, convs on pooled 1x1 maps left out."""
+    convs = (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D)
+    return len(
+        {
+            tuple(layer.output.shape[1:3])
+            for layer in model.layers
+            if isinstance(layer, convs) and tuple(layer.input.shape[1:3]) != (1, 1)
+        }
+    )
+
+
 def efficientnet_adds(depth_coefficient):
     """EfficientNet's residual blocks: every repeat but the first of each stage (Tan & Le, Table 1)."""
     return sum(math.ceil(depth_coefficient * r) - 1 for r in (1, 2, 2, 3, 3, 4, 1))
@@ -187,7 +199,7 @@ SPECS = [
     Spec(
         "user_cnn",
         where="stages",
-        count=count_conv_resolutions,
+        count=count_feature_map_resolutions,
         known=3,
         anchors=[n + "_cbam" for n in USER_CNN_STAGES],
     ),
