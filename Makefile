@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: demo test lint docs test-tf test-jax test-legacy test-torch test-jax-onnx battery clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
@@ -56,7 +56,7 @@ test-torch: $(STAMP)
 # has its own environment; KA_TEST_JAX2ONNX=1 makes the tests fail, not skip, if jax2onnx is missing.
 JAX_ONNX_VENV := .venv-jax-onnx
 JAX_ONNX_STAMP := $(JAX_ONNX_VENV)/.installed-stamp
-$(JAX_ONNX_STAMP): setup.cfg pyproject.toml
+$(JAX_ONNX_STAMP): pyproject.toml
 	test -x $(JAX_ONNX_VENV)/bin/python || $(PYTHON) -m venv $(JAX_ONNX_VENV)
 	$(JAX_ONNX_VENV)/bin/python -m pip install -q --upgrade pip
 	$(JAX_ONNX_VENV)/bin/python -m pip install -q -e ".[test-jax-onnx]"

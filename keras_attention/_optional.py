@@ -2,7 +2,7 @@
 
 import importlib
 
-# module -> the extra of keras-vision-attention that installs it (setup.cfg)
+# module -> the extra of keras-vision-attention that installs it (pyproject.toml)
 EXTRAS = {
     "onnx": "onnx",
     "onnxruntime": "onnx",

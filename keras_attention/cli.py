@@ -17,7 +17,7 @@ PREPROCESSING = {
     "caffe": "RGB to BGR, minus the ImageNet mean (keras.applications ResNet50, VGG)",
 }
 
-# The extras of keras-vision-attention (setup.cfg) and the distributions that make each one.
+# The extras of keras-vision-attention (pyproject.toml) and the distributions that make each one.
 EXTRAS = {
     "qat": ("tf_keras", "tensorflow-model-optimization"),
     "litert": ("ai-edge-litert",),

@@ -15,7 +15,7 @@ MODE = "tf_keras" if IS_LEGACY else f"keras3-{BACKEND}"
 # The mode markers, one name for each mode restriction: a test marked `@pytest.mark.run_once` (or a
 # module with `pytestmark = pytest.mark.run_once`) runs in the modes listed for the marker here and is
 # skipped in the others; `@pytest.mark.run_once(reason="...")` adds the test's own reason to the skip
-# message. Registered in setup.cfg ([tool:pytest] markers); applied in pytest_collection_modifyitems.
+# message. Registered in pyproject.toml ([tool.pytest.ini_options] markers); applied in pytest_collection_modifyitems.
 KERAS3_TF = ("keras3-tensorflow",)
 MODE_MARKERS = {
     "keras3_tensorflow": (KERAS3_TF, "Keras 3 on TensorFlow only"),
@@ -56,7 +56,7 @@ def pytest_configure(config):
     registered = {line.split(":")[0].split("(")[0].strip() for line in config.getini("markers")}
     missing = sorted(set(MODE_MARKERS) - registered)
     if missing:
-        raise pytest.UsageError(f"tests/conftest.py: register the mode markers {missing} in setup.cfg")
+        raise pytest.UsageError(f"tests/conftest.py: register the mode markers {missing} in pyproject.toml")
     gone = sorted(TORCH_MODE_FILES - set(os.listdir(os.path.dirname(os.path.abspath(__file__)))))
     if gone:
         raise pytest.UsageError(f"tests/conftest.py: TORCH_MODE_FILES names files that do not exist: {gone}")
