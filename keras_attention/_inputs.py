@@ -8,6 +8,7 @@ weights) takes raw pixels; one that does not most likely takes preprocessed
 ones. Used by `tflite.convert` and `quantization.calibrate`.
 """
 
+import os
 import warnings
 
 import numpy as np
@@ -60,3 +61,18 @@ def warn_on_mismatched_range(model, batch, caller):
             "preprocessed images, calibrate on the same preprocessing (int8 ranges from raw pixels ruin the file).",
             stacklevel=3,
         )
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+def images_by_folder(directory):
+    """{folder name: sorted image paths} of `directory` ("") and each sub-folder (a class), empty ones left out."""
+    folders = [""] + sorted(n for n in os.listdir(directory) if os.path.isdir(os.path.join(directory, n)))
+    found = {}
+    for name in folders:
+        folder = os.path.join(directory, name)
+        paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if paths:
+            found[name] = paths
+    return found

@@ -23,10 +23,9 @@ import time
 import numpy as np
 
 from keras_attention._checks import check_int
+from keras_attention._inputs import IMAGE_EXTENSIONS, images_by_folder
 from keras_attention._io import check_folder, write_bytes, write_json
 from keras_attention.backend import BACKEND, IS_LEGACY, describe, keras
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 class ImageSplit:
@@ -103,25 +102,19 @@ def load_image_folder(directory, size, validation_split=0.2, seed=0):
 
     if not os.path.isdir(directory):
         raise ValueError(f"demo --data: {directory!r} is not a folder.")
-    classes = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
-    files = {
-        c: sorted(f for f in os.listdir(os.path.join(directory, c)) if f.lower().endswith(IMAGE_SUFFIXES))
-        for c in classes
-    }
-    files = {c: f for c, f in files.items() if f}
+    files = {c: paths for c, paths in images_by_folder(directory).items() if c}  # class sub-folders only
     if not files:
         raise ValueError(
             f"demo --data: no images in {directory!r}; expected one sub-folder per class holding "
-            f"{', '.join(IMAGE_SUFFIXES)} files."
+            f"{', '.join(IMAGE_EXTENSIONS)} files."
         )
     if len(files) < 2:
         raise ValueError(
             f"demo --data: found one class ({list(files)[0]!r}) in {directory!r}; a classifier needs at least two."
         )
     paths, labels = [], []
-    for label, (name, names) in enumerate(sorted(files.items())):
-        for filename in names:
-            path = os.path.join(directory, name, filename)
+    for label, (_, names) in enumerate(sorted(files.items())):
+        for path in names:
             try:
                 with Image.open(path) as image:
                     image.verify()

@@ -9,7 +9,7 @@ import pytest
 import keras_attention as ka
 from keras_attention.backbones import attention_layers
 from keras_attention.backend import keras
-from tests.test_backbones import images, user_cnn
+from tests.kit.models import images, user_cnn
 
 L = keras.layers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -29,6 +29,7 @@ import keras_attention as ka
 from keras_attention.backbones import attention_layers
 from keras_attention.backend import BACKEND, IS_LEGACY, keras, ops
 from tests.kit.harness import gradients, to_numpy
+from tests.kit.models import USER_CNN_RESIDUAL, USER_CNN_STAGES, images, user_cnn
 
 L = keras.layers
 KERAS3_TF = not IS_LEGACY and BACKEND == "tensorflow"
@@ -39,59 +40,6 @@ LEGACY_ONLY = {"RegNetX002", "ResNetRS50"}  # families tf_keras has and Keras 3 
 # ----------------------------------------------------------------------------
 # Models and independent counts
 # ----------------------------------------------------------------------------
-
-
-def user_cnn(input_shape=(32, 32, 3), classes=10):
-    """A hand-written functional CNN: 3 residual blocks, 3 resolutions, an SE side branch.
-
-    Block a: identity shortcut given second, Dropout between the last BN and
-    the add. Block b: strided, projection shortcut given first, followed by a
-    squeeze-excitation (Multiply, not a residual). Block c: the add written as
-    `x + y` (a Keras 3 operation / a tf_keras TFOpLambda, not an Add layer).
-    """
-    inputs = keras.Input(input_shape, name="image")
-    x = L.Conv2D(16, 3, padding="same", name="stem_conv")(inputs)
-    x = L.BatchNormalization(name="stem_bn")(x)
-    x = L.ReLU(name="stem_relu")(x)
-
-    y = L.Conv2D(16, 3, padding="same", name="a_conv1")(x)
-    y = L.BatchNormalization(name="a_bn1")(y)
-    y = L.ReLU(name="a_relu1")(y)
-    y = L.Conv2D(16, 3, padding="same", name="a_conv2")(y)
-    y = L.BatchNormalization(name="a_bn2")(y)
-    y = L.Dropout(0.1, name="a_drop")(y)
-    x = L.Add(name="a_add")([y, x])
-    x = L.ReLU(name="a_out")(x)
-
-    y = L.Conv2D(32, 3, strides=2, padding="same", name="b_conv1")(x)
-    y = L.BatchNormalization(name="b_bn1")(y)
-    y = L.ReLU(name="b_relu1")(y)
-    y = L.Conv2D(32, 3, padding="same", name="b_conv2")(y)
-    y = L.BatchNormalization(name="b_bn2")(y)
-    s = L.Conv2D(32, 1, strides=2, name="b_proj")(x)
-    s = L.BatchNormalization(name="b_proj_bn")(s)
-    x = L.Add(name="b_add")([s, y])
-    x = L.ReLU(name="b_out")(x)
-    se = L.GlobalAveragePooling2D(keepdims=True, name="se_pool")(x)
-    se = L.Conv2D(8, 1, activation="relu", name="se_reduce")(se)
-    se = L.Conv2D(32, 1, activation="sigmoid", name="se_expand")(se)
-    x = L.Multiply(name="se_scale")([x, se])
-
-    x = L.Conv2D(64, 3, strides=2, padding="same", name="c_conv1")(x)
-    x = L.BatchNormalization(name="c_bn1")(x)
-    x = L.ReLU(name="c_relu1")(x)
-    y = L.Conv2D(64, 3, padding="same", name="c_conv2")(x)
-    y = L.BatchNormalization(name="c_bn2")(y)
-    x = x + y
-    x = L.ReLU(name="c_out")(x)
-
-    x = L.GlobalAveragePooling2D(name="pool")(x)
-    outputs = L.Dense(classes, name="logits")(x)
-    return keras.Model(inputs, outputs, name="user_cnn")
-
-
-USER_CNN_RESIDUAL = ["a_bn2", "b_bn2", "c_bn2"]  # by construction
-USER_CNN_STAGES = ["a_out", "se_scale", "c_out"]  # last layer at 32x32, 16x16, 8x8
 
 
 def count_add_layers(model):
@@ -332,10 +280,6 @@ def spec_params():
 # ----------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------
-
-
-def images(n, size, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, size=(n, size, size, 3)).astype("float32")
 
 
 def assert_same_function(new, original, x):

@@ -117,6 +117,11 @@ def test_demo_on_an_image_folder_writes_checked_artefacts(tmp_path):
     }
     assert {k: v for k, v in second.items() if k not in timing} == {k: v for k, v in report.items() if k not in timing}
     assert (tmp_path / "again" / "model_int8.tflite").read_bytes() == (out / "model_int8.tflite").read_bytes()
+    # Control: another seed (data order, initial weights) gives another int8 file, so the equality above
+    # is the seed's doing and not a comparison that cannot fail.
+    other = _demo("--fast", "--size", "32", "--data", str(data), "--out", str(tmp_path / "other"), "--seed", "1")
+    assert other.returncode == 0, other.stdout[-3000:] + other.stderr[-3000:]
+    assert (tmp_path / "other" / "model_int8.tflite").read_bytes() != (out / "model_int8.tflite").read_bytes()
 
     png = (out / "attention.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

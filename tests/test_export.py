@@ -20,7 +20,7 @@ import pytest
 import keras_attention as ka
 from keras_attention import export
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
-from tests.test_serialization import every_layer_model
+from tests.kit.models import every_layer_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4  # relative to the largest output, as `max_rel_error` measures
@@ -124,9 +124,9 @@ def test_mobilenetv2_with_cbam_in_every_format(tmp_path):
 def test_keras_litert_exporter_writes_flex_ops_that_verify_names(tmp_path):
     """Keras' exporter allows Flex ops; our report names them, where the interpreter alone would not run."""
     from keras_attention import tflite
-    from tests.test_tflite import _flex_model
+    from tests.kit.models import flex_op_model
 
-    model = _flex_model()
+    model = flex_op_model()
     data = _inputs(model, n=2)[0]
     model(data)
     path = str(tmp_path / "flex.tflite")
@@ -163,7 +163,8 @@ def test_the_pytorch_backend_exports_both_formats(tmp_path):
     """Keras 3 on PyTorch (torch.onnx; OpenVINO from torch): every layer and the detection blocks."""
     script = f"""
 import json, keras
-from tests.test_export import _export_and_verify, _inputs, detection_data, detection_model, every_layer_model
+from tests.kit.models import every_layer_model
+from tests.test_export import _export_and_verify, _inputs, detection_data, detection_model
 assert keras.backend.backend() == "torch"
 layers = every_layer_model()
 out = {{"layers": _export_and_verify(layers, _inputs(layers), {str(tmp_path)!r}, "layers"),

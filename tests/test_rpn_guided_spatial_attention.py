@@ -266,7 +266,7 @@ def test_savedmodel_round_trip(tmp_path):
 @pytest.mark.slow
 def test_keras_file_reloads_in_a_fresh_process(tmp_path):
     """`import keras_attention` is all a fresh process needs: safe_mode, no custom_objects, both data formats."""
-    from tests.test_serialization import reload_elsewhere, save_expected
+    from tests.kit.reload import reload_elsewhere, save_expected
 
     args = []
     for data_format in ("channels_last", "channels_first"):

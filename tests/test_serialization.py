@@ -6,8 +6,6 @@ SavedModel on TensorFlow); tf_keras `.keras`, SavedModel directory and `.h5`.
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,58 +14,10 @@ import keras_attention as ka
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
 from tests.kit.harness import to_numpy
 from tests.kit.layer_reference import randomize_weights
+from tests.kit.models import every_layer_model
+from tests.kit.reload import reload_elsewhere, save_expected
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def every_layer_model():
-    """One model holding every public attention layer and their main options, both data formats."""
-    inputs = keras.Input((12, 10, 32))
-    channels_first = keras.layers.Permute((3, 1, 2))(inputs)
-    branches = [
-        ka.CBAM(reduction=8)(inputs),
-        ka.CBAM(reduction=8, arrangement="parallel", use_batchnorm=True, gate="hard_sigmoid")(inputs),
-        ka.CBAM(reduction=8, arrangement="spatial_first", start_as_identity=True)(inputs),
-        ka.ChannelAttention(reduction=4, pooling="max", use_bias=False)(inputs),
-        ka.SpatialAttention(kernel_size=3, use_batchnorm=True, pooling=("avg",))(inputs),
-        ka.SqueezeExcitation(reduction=4)(inputs),
-        ka.EfficientChannelAttention()(inputs),
-        ka.CBAM(reduction=8, data_format="channels_first")(channels_first),
-        ka.EfficientChannelAttention(kernel_size=5, data_format="channels_first")(channels_first),
-    ]
-    model = keras.Model(inputs, branches)
-    for layer in model.layers:
-        if layer.weights:
-            randomize_weights(layer, seed=len(layer.name))
-    return model
-
-
-def save_expected(path, inputs, outputs, **extra):
-    """The npz `_reload_in_fresh_process.py` reads: inputs `in00`..., outputs `out00`..., extras."""
-    inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    np.savez(
-        path,
-        **{f"in{i:02d}": x for i, x in enumerate(inputs)},
-        **{f"out{i:02d}": to_numpy(o).astype("float32") for i, o in enumerate(outputs)},
-        **extra,
-    )
-    return path
-
-
-def reload_elsewhere(*fmt_path_expected):
-    """Runs `_reload_in_fresh_process.py` on (format, path, expected.npz) triples; returns its stdout."""
-    root = os.path.dirname(HERE)
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "kit", "_reload_in_fresh_process.py"), *map(str, fmt_path_expected)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0 and "RELOAD_OK" in result.stdout, result.stdout + result.stderr[-3000:]
-    return result.stdout
 
 
 def _formats():

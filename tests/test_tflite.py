@@ -23,6 +23,7 @@ from tests.kit.flatbuffer_edits import (
     with_last_activation_scale,
     with_tensor_name_not_utf8,
 )
+from tests.kit.models import flex_op_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ON_TF = BACKEND == "tensorflow"
@@ -388,25 +389,9 @@ def test_saved_keras_file_and_saved_model_directory_convert(tmp_path):
 # ------------------------------------------------------------- errors
 
 
-def _flex_model():
-    import tensorflow as tf
-
-    class Determinant(keras.layers.Layer):
-        """Scales the map by the determinant of its top-left 4x4 block: MatrixDeterminant has no builtin."""
-
-        def call(self, x):
-            block = tf.reshape(x[:, :4, :4, 0], (-1, 4, 4))
-            return x * tf.reshape(tf.linalg.det(block), (-1, 1, 1, 1))
-
-    inputs = keras.Input((8, 8, 4))
-    x = keras.layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
-    x = Determinant(name="determinant_gate")(x)
-    return keras.Model(inputs, ka.CBAM(reduction=2)(x))
-
-
 @pytest.mark.tensorflow_backends
 def test_flex_op_is_refused_with_the_op_and_the_layer_named():
-    model = _flex_model()
+    model = flex_op_model()
     with pytest.raises(tflite.FlexOpError) as caught:
         tflite.convert(model)
     message = str(caught.value)

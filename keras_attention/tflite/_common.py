@@ -3,12 +3,10 @@
 import re
 
 from keras_attention import _compat
+from keras_attention._inputs import IMAGE_EXTENSIONS  # noqa: F401 - public as tflite.IMAGE_EXTENSIONS
 from keras_attention.backend import all_layers
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
-
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
 
 _FLOAT_TYPES = ("float32", "float16", "float64", "bfloat16")

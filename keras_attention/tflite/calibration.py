@@ -13,8 +13,8 @@ import os
 import numpy as np
 
 from keras_attention._deploy import to_numpy
-from keras_attention._inputs import rescales_pixels
-from keras_attention.tflite._common import IMAGE_EXTENSIONS, _tf
+from keras_attention._inputs import IMAGE_EXTENSIONS, images_by_folder, rescales_pixels
+from keras_attention.tflite._common import _tf
 
 
 def image_files(directory, what="representative_data"):
@@ -23,13 +23,7 @@ def image_files(directory, what="representative_data"):
     Interleaved (the first file of every folder, then the second, ...), so the
     first `n` files of a class-per-folder layout cover every class.
     """
-    groups = []
-    for folder in [directory] + sorted(
-        os.path.join(directory, n) for n in os.listdir(directory) if os.path.isdir(os.path.join(directory, n))
-    ):
-        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-        if names:
-            groups.append([os.path.join(folder, n) for n in names])
+    groups = list(images_by_folder(directory).values())
     if not groups:
         raise ValueError(
             f"keras_attention.tflite: {what} folder {directory!r} holds no images, neither directly nor in "
