@@ -23,11 +23,13 @@ MODULES = [
     "keras_attention.layers.cbam",
     "keras_attention.layers.centermask",
     "keras_attention.layers.channel",
+    "keras_attention.layers.coord",
     "keras_attention.layers.factory",
     "keras_attention.layers.quantizers",
     "keras_attention.layers.roi_align",
     "keras_attention.layers.spatial",
     "keras_attention.layers.thundernet",
+    "keras_attention.models.mobilenet",
     "keras_attention.models.resnet",
     "keras_attention.quantization.layers",
 ]

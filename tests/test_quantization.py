@@ -134,6 +134,13 @@ FORWARD_CASES = {
     "cem_odd": (lambda: ka.ContextEnhancement(filters=10), CEM_ODD),
     "rpn_head": (lambda: ka.LightRPNHead(num_anchors=3, filters=8), SINGLE),
     "rpn_head_cf": (lambda: ka.LightRPNHead(num_anchors=2, filters=8, kernel_size=3, data_format=CF), SINGLE_CF),
+    "coord": (lambda: ka.CoordinateAttention(), SINGLE),
+    "coord_cf_timm_identity": (
+        lambda: ka.CoordinateAttention(
+            reduction=24, divisor=8, use_bias=False, start_as_identity=True, activation="swish", data_format=CF
+        ),
+        SINGLE_CF,
+    ),
     "sam": (lambda: ka.RPNGuidedSpatialAttention(), PAIR),
     "sag_mask_head": (lambda: ka.SAGMaskHead(num_classes=3, filters=8, num_convs=2), [(2, 3, 6, 6, 5)]),
     "sag_mask_head_flat_cf": (
@@ -257,6 +264,7 @@ def _channel_family(size=12):
     x = ka.SqueezeExcitation(reduction=4, gate="hard_sigmoid")(x)
     x = ka.EfficientChannelAttention(start_as_identity=True)(x)
     x = ka.ChannelAttention(reduction=4, pooling="max", start_as_identity=True)(x)
+    x = ka.CoordinateAttention(residual=True)(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(10)(x), name="channel_family")
 
@@ -291,7 +299,11 @@ def _centermask_family(size=8):
 
 FAMILIES = {
     # family: (builder, input size, ops that must be int8 in the .tflite)
-    "channel": (_channel_family, 12, {"MEAN", "REDUCE_MAX", "LOGISTIC", "MUL", "ADD", "CONV_2D", "RESHAPE"}),
+    "channel": (
+        _channel_family,
+        12,
+        {"MEAN", "REDUCE_MAX", "LOGISTIC", "MUL", "ADD", "CONV_2D", "RESHAPE", "HARD_SWISH"},
+    ),
     "spatial_cbam": (_spatial_family, 12, {"MEAN", "REDUCE_MAX", "CONCATENATION", "LOGISTIC", "MUL", "ADD", "CONV_2D"}),
     "centermask": (
         _centermask_family,

@@ -226,6 +226,10 @@ ATTENTION_CASES = {
     "se": lambda: ka.SqueezeExcitation(reduction=2),
     "eca": lambda: ka.EfficientChannelAttention(),
     "spatial_avg_bn": lambda: ka.SpatialAttention(pooling="avg", use_batchnorm=True, kernel_size=3),
+    "coord": lambda: ka.CoordinateAttention(),
+    "coord_timm_skip_hard": lambda: ka.CoordinateAttention(
+        reduction=24, divisor=8, use_bias=False, residual=True, gate="hard_sigmoid", activation="relu6"
+    ),
 }
 
 

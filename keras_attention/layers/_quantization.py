@@ -16,7 +16,7 @@ are folded and fake-quantized here, as under Keras 3. A point is named once,
 in the layer that computes it, for both engines.
 """
 
-from keras_attention.backend import IS_LEGACY, build_sublayer
+from keras_attention.backend import IS_LEGACY, build_sublayer, ops
 from keras_attention.layers._validation import apply_gate, check_layer_kwargs
 from keras_attention.layers.quantizers import (
     ActivationQuantizer,
@@ -28,6 +28,21 @@ from keras_attention.layers.quantizers import (
 )
 
 QUANTIZATIONS = (None, "int8")
+
+# Activations with an int8 form, and the points inside each (beyond "output").
+ACTIVATION_POINTS = {
+    "linear": [],
+    "relu": ["output"],
+    "relu6": ["output"],
+    "sigmoid": [],
+    "softmax": [],
+    "tanh": [],
+    "hard_sigmoid": ["relu6", "output"],
+    "swish": ["output"],
+    "silu": ["output"],
+    "hard_swish": ["output"],
+    "hard_silu": ["output"],
+}
 
 
 class QuantizationPoints:
@@ -165,3 +180,23 @@ def point_layers(layer, prefix=""):
     for sublayer in layer._flatten_layers(include_self=False, recursive=False):
         found += point_layers(sublayer, f"{prefix}{sublayer.name}_")
     return found
+
+
+def run_activation(layer, kind, x, prefix=""):
+    """`kind` applied to `x` with `layer`'s int8 points (named `prefix + point`)."""
+    point = lambda name, y: layer.at_point(prefix + name, y)  # noqa: E731
+    if kind == "linear":
+        return x
+    if kind == "relu":
+        return point("output", ops.relu(x))
+    if kind == "relu6":
+        return point("output", ops.relu6(x))
+    if kind in ("sigmoid", "softmax", "tanh"):
+        fn = {"sigmoid": ops.sigmoid, "softmax": ops.softmax, "tanh": ops.tanh}[kind]
+        return layer.at_fixed_range(fn(x), kind)
+    if kind == "hard_sigmoid":
+        return point("output", point("relu6", ops.relu6(x + 3.0)) * (1.0 / 6.0))
+    if kind in ("swish", "silu"):
+        return point("output", x * layer.at_fixed_range(ops.sigmoid(x), "sigmoid"))
+    # hard_swish: written as the pattern the converter fuses into one HARD_SWISH op.
+    return point("output", x * ops.relu6(x + 3.0) * (1.0 / 6.0))

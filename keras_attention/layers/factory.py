@@ -2,6 +2,7 @@
 
 from keras_attention.layers.cbam import CBAM
 from keras_attention.layers.channel import ChannelAttention, EfficientChannelAttention, SqueezeExcitation
+from keras_attention.layers.coord import CoordinateAttention
 from keras_attention.layers.spatial import SpatialAttention
 
 ATTENTIONS = {
@@ -10,6 +11,7 @@ ATTENTIONS = {
     "spatial": SpatialAttention,
     "se": SqueezeExcitation,
     "eca": EfficientChannelAttention,
+    "coord": CoordinateAttention,
 }
 
 
@@ -17,7 +19,7 @@ def get_attention(name, /, **kwargs):
     """Builds an attention layer by name.
 
     Args:
-        name: (positional) one of "cbam", "channel", "spatial", "se", "eca" (case-insensitive),
+        name: (positional) one of "cbam", "channel", "spatial", "se", "eca", "coord" (case-insensitive),
             or an attention class from this package.
         **kwargs: passed to the layer's constructor (`reduction`, `min_channels`,
             `kernel_size`, `gate`, `start_as_identity`, `name`, ...).

@@ -20,7 +20,7 @@ Every other layer keeps its float form with an `ActivationQuantizer` after it
 import numpy as np
 
 from keras_attention.backend import build_sublayer, keras, ops, register
-from keras_attention.layers._quantization import QuantizationPoints
+from keras_attention.layers._quantization import ACTIVATION_POINTS, QuantizationPoints, run_activation
 from keras_attention.layers.quantizers import (
     batch_norm_factors,
     bias_add,
@@ -31,20 +31,6 @@ from keras_attention.layers.quantizers import (
 
 # Activations TFLite fuses into the convolution before them.
 FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
-# Activations with an int8 form, and the points inside each (beyond "output").
-ACTIVATION_POINTS = {
-    "linear": [],
-    "relu": ["output"],
-    "relu6": ["output"],
-    "sigmoid": [],
-    "softmax": [],
-    "tanh": [],
-    "hard_sigmoid": ["relu6", "output"],
-    "swish": ["output"],
-    "silu": ["output"],
-    "hard_swish": ["output"],
-    "hard_silu": ["output"],
-}
 
 
 def activation_name(layer_or_fn):
@@ -65,26 +51,6 @@ def activation_name(layer_or_fn):
         return "linear"
     name = getattr(layer_or_fn, "__name__", None)
     return name if name in ACTIVATION_POINTS else None
-
-
-def run_activation(layer, kind, x, prefix=""):
-    """`kind` applied to `x` with `layer`'s int8 points (named `prefix + point`)."""
-    point = lambda name, y: layer.at_point(prefix + name, y)  # noqa: E731
-    if kind == "linear":
-        return x
-    if kind == "relu":
-        return point("output", ops.relu(x))
-    if kind == "relu6":
-        return point("output", ops.relu6(x))
-    if kind in ("sigmoid", "softmax", "tanh"):
-        fn = {"sigmoid": ops.sigmoid, "softmax": ops.softmax, "tanh": ops.tanh}[kind]
-        return layer.at_fixed_range(fn(x), kind)
-    if kind == "hard_sigmoid":
-        return point("output", point("relu6", ops.relu6(x + 3.0)) * (1.0 / 6.0))
-    if kind in ("swish", "silu"):
-        return point("output", x * layer.at_fixed_range(ops.sigmoid(x), "sigmoid"))
-    # hard_swish: written as the pattern the converter fuses into one HARD_SWISH op.
-    return point("output", x * ops.relu6(x + 3.0) * (1.0 / 6.0))
 
 
 def _layer(value):

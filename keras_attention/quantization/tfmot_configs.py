@@ -19,6 +19,7 @@ CONFIG_NAMES = (
     "EfficientChannelAttentionQuantizeConfig",
     "SpatialAttentionQuantizeConfig",
     "CBAMQuantizeConfig",
+    "CoordinateAttentionQuantizeConfig",
     "ContextEnhancementQuantizeConfig",
     "LightRPNHeadQuantizeConfig",
     "RPNGuidedSpatialAttentionQuantizeConfig",
