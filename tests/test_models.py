@@ -264,3 +264,49 @@ def test_loaded_backbone_works_with_the_backbone_tools(tmp_path):
     assert trainable == sorted(["head", *(layer.name for layer in attention_layers(backbone))])
     with pytest.raises(ValueError, match=r"attach: 'seresnet50' already has 16 attention layer\(s\)"):
         ka.attach(backbone, "eca")
+
+
+# ----------------------------------------------------------------- MobileNetV2 + Coordinate Attention
+
+
+@pytest.mark.parametrize("classifier_key", ["classifier", "classifier.1"])
+def test_mobilenetv2_ca_checkpoint_gives_pytorch_logits(classifier_key, tmp_path):
+    """The authors' mbv2_ca.py in PyTorch, saved as the released mbv2_ca.pth keys its classifier
+    (`classifier.weight`) and as mbv2_ca.py names it (`classifier.1.weight`): both load, logits equal."""
+    from tests.kit import reference_mobilenet_ca as reference
+
+    source = reference.randomised()
+    path = reference.save_as_published(source, tmp_path / "mbv2_ca.pth", classifier_key)
+    # 75: odd sizes on the way down exercise PyTorch's symmetric padding of the strided convolutions.
+    model = models.mobilenetv2_ca(weights=str(path), input_shape=(75, 75, 3), classifier_activation=None)
+    images = np.random.default_rng(1).normal(size=(2, 75, 75, 3)).astype("float32")
+    expected = _torch_logits(source, images)
+    actual = to_numpy(model(images, training=False))
+    assert _relative_error(actual, expected) < 1e-4
+    assert np.array_equal(actual.argmax(-1), expected.argmax(-1))
+    assert _trainable_count(model) == reference_resnet.parameter_count(source)
+    inserted = [layer for layer in model.layers if type(layer).__name__ == "CoordinateAttention"]
+    assert len(inserted) == 16  # every inverted residual with expansion 6; the t = 1 block has none
+    # Control: the randomly initialised model is far from PyTorch's logits.
+    fresh = models.mobilenetv2_ca(input_shape=(75, 75, 3), classifier_activation=None)
+    assert _relative_error(to_numpy(fresh(images, training=False)), expected) > 0.1
+
+
+@pytest.mark.run_once(reason="checkpoint bookkeeping, the same in every mode")
+def test_mobilenetv2_ca_headless_and_other_widths(tmp_path):
+    from tests.kit import reference_mobilenet_ca as reference
+
+    path = reference.save_as_published(reference.randomised(), tmp_path / "mbv2_ca.pth")
+    headless = models.mobilenetv2_ca(include_top=False, pooling="avg", input_shape=(32, 32, 3))
+    report = models.load_checkpoint(headless, str(path))
+    assert set(report.skipped) >= {"classifier.weight", "classifier.bias"}
+    assert headless.output_shape == (None, 1280)
+    # Width multipliers follow mbv2_ca.py's _make_divisible (0.5: 16-channel stem, 1280 last channels).
+    for alpha in (0.5, 1.4):
+        source = reference.randomised(width_mult=alpha)
+        model = models.mobilenetv2_ca(alpha=alpha, input_shape=(32, 32, 3))
+        assert _trainable_count(model) == reference_resnet.parameter_count(source)
+    with pytest.raises(ValueError, match=r"mobilenetv2_ca: `alpha` \(the width multiplier\) must be a number"):
+        models.mobilenetv2_ca(alpha=0)
+    with pytest.raises(models.CheckpointMismatchError, match="does not fit model"):
+        models.mobilenetv2_ca(alpha=0.5, weights=str(path))  # a 1.0 checkpoint into a 0.5 model

@@ -120,7 +120,10 @@ def _distribution():
 
 
 def _models():
+    from tests.kit import reference_mobilenet_ca
+
     _pretrained_files("resnet50_cbam", "seresnet50", "ecaresnet50d")
+    reference_mobilenet_ca.save_as_published(reference_mobilenet_ca.randomised(), "mbv2_ca.pth")
     return dict(images=_digits(224, train=2)[0])
 
 

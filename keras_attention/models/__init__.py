@@ -1,4 +1,4 @@
-"""Backbones with CBAM, SE and ECA whose published ImageNet checkpoints load exactly (docs/models.md)."""
+"""Attention backbones whose published ImageNet checkpoints load exactly (docs/models.md)."""
 
 from keras_attention.models.checkpoints import (
     CheckpointMismatchError,
@@ -8,6 +8,7 @@ from keras_attention.models.checkpoints import (
     load_timm_safetensors,
     load_torch_checkpoint,
 )
+from keras_attention.models.mobilenet import mobilenetv2_ca
 from keras_attention.models.resnet import (
     RECIPES,
     ecaresnet50d,
@@ -27,6 +28,7 @@ __all__ = [
     "load_checkpoint",
     "load_timm_safetensors",
     "load_torch_checkpoint",
+    "mobilenetv2_ca",
     "resnet50_cbam",
     "resnet101_cbam",
     "seresnet50",

@@ -7,7 +7,7 @@ parameter of each layer type is and how its layout changes. Before anything
 is assigned, every key of the model must be in the file with a fitting shape
 and finite values, and every key of the file must belong to the model (or be
 one of the two kinds deliberately left out: BatchNorm's `num_batches_tracked`
-counter, and the classifier `fc` when the model was built without it). Any
+counter, and the classifier (`fc`, `classifier`) when the model was built without it). Any
 difference is an error naming the keys; the model is then left untouched.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 
 from keras_attention._optional import first_line, require
 from keras_attention.backend import keras
-from keras_attention.layers import CBAM, EfficientChannelAttention, SqueezeExcitation
+from keras_attention.layers import CBAM, CoordinateAttention, EfficientChannelAttention, SqueezeExcitation
+from keras_attention.layers.quantizers import kernel_of
 
 
 class CheckpointMismatchError(ValueError):
@@ -54,6 +55,14 @@ def _linear_inverse(shape):
 
 def _linear_as_1x1(w):  # nn.Linear (out, in) -> a 1x1 Conv2D kernel (1, 1, in, out)
     return w.T[None, None]
+
+
+def _depthwise(w):  # (C * m, 1, kh, kw) -> (kh, kw, C, m), m = 1
+    return w.transpose(2, 3, 0, 1)
+
+
+def _depthwise_inverse(shape):
+    return (shape[2] * shape[3], 1, shape[0], shape[1])
 
 
 def _conv1d(w):  # ECA's nn.Conv1d(1, 1, k) weight (1, 1, k) -> Conv2D kernel (1, k, 1, 1)
@@ -102,8 +111,17 @@ def _tensors_of(layer):
         }
     if isinstance(layer, EfficientChannelAttention):  # timm's EcaModule: conv (Conv1d, no bias)
         return {f"{name}.conv.weight": (layer.conv.kernel, (_conv1d, _conv1d_inverse))}
+    if isinstance(layer, CoordinateAttention):  # mbv2_ca.py's CoordAtt: conv1, bn1, conv2 (h), conv3 (w)
+        tensors = {}
+        for torch_name, conv in (("conv1", layer.conv1), ("conv2", layer.conv_h), ("conv3", layer.conv_w)):
+            tensors.update(_kernel_and_bias(f"{name}.{torch_name}", conv))
+        if layer.use_batchnorm:
+            tensors.update(_batchnorm(f"{name}.bn1", layer.bn1))
+        return tensors
     if isinstance(layer, keras.layers.BatchNormalization):
         return _batchnorm(name, layer)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return {f"{name}.weight": (kernel_of(layer), (_depthwise, _depthwise_inverse))}
     if isinstance(layer, keras.layers.Conv2D):
         return _kernel_and_bias(name, layer)
     if isinstance(layer, keras.layers.Dense):
@@ -134,6 +152,13 @@ def _listing(keys, limit=8):
     return ", ".join(keys[:limit]) + more
 
 
+# The classifier modules, left out of a model built with include_top=False.
+CLASSIFIERS = ("fc", "classifier")
+# Keys a published file spells otherwise than the model file published beside it: mbv2_ca.pth keys its
+# classifier `classifier.weight` where mbv2_ca.py's nn.Sequential(Dropout, Linear) makes `classifier.1.weight`.
+ALIASES = {"classifier.weight": "classifier.1.weight", "classifier.bias": "classifier.1.bias"}
+
+
 def assign(model, arrays, path="<arrays>", caller="keras_attention.models.assign"):
     """Assigns a {key: NumPy array} dict in PyTorch layouts to `model`, all or nothing.
 
@@ -143,12 +168,13 @@ def assign(model, arrays, path="<arrays>", caller="keras_attention.models.assign
             or a tensor holds NaN or infinity. Nothing is assigned then.
     """
     expected = expected_tensors(model)
-    has_classifier = any(layer.name == "fc" for layer in model.layers)
+    arrays = {(ALIASES[k] if ALIASES.get(k) in expected else k): v for k, v in arrays.items()}
+    has_classifier = any(layer.name.split("_")[0] in CLASSIFIERS for layer in model.layers)
     skipped = {}
     for key in arrays:
         if key.endswith(".num_batches_tracked"):
             skipped[key] = "BatchNorm's step counter (no Keras counterpart)"
-        elif key.split(".")[0] == "fc" and not has_classifier:
+        elif key.split(".")[0] in CLASSIFIERS and not has_classifier:
             skipped[key] = "classifier; the model was built with include_top=False"
     missing = expected.keys() - arrays.keys()
     unexpected = arrays.keys() - expected.keys() - skipped.keys()

@@ -21,15 +21,14 @@ What differs from Keras Applications' ResNet50 and why:
 """
 
 import dataclasses
-import os
 
 from keras_attention._checks import check_int
 from keras_attention.backend import image_data_format, keras
 from keras_attention.layers import CBAM, EfficientChannelAttention, SqueezeExcitation
 from keras_attention.layers import _validation as v
+from keras_attention.layers._widths import make_divisible
+from keras_attention.models._common import POOLINGS, check_weights, input_shape_of
 from keras_attention.models.checkpoints import load_checkpoint
-
-POOLINGS = (None, "avg", "max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,44 +49,6 @@ RECIPES = {
     "ecaresnet50d": Recipe("ecaresnet50d", (3, 4, 6, 3), "eca", deep_stem=True, avg_down=True),
     "ecaresnet101d": Recipe("ecaresnet101d", (3, 4, 23, 3), "eca", deep_stem=True, avg_down=True),
 }
-
-
-# Where each builder's published checkpoint is (README.md's table, docs/models.md); nothing is downloaded.
-PUBLISHED = {
-    "resnet50_cbam": "RESNET50_CBAM_new_name_wrap.pth from the official CBAM repository "
-    "(github.com/Jongchan/attention-module, the link in its README; reading it needs torch)",
-    "resnet101_cbam": "none is published (the CBAM authors released only ResNet-50 weights); pass a checkpoint "
-    "you trained with the official code",
-    "seresnet50": "model.safetensors of timm/seresnet50.ra2_in1k on the Hugging Face Hub",
-    "ecaresnet50d": "model.safetensors of timm/ecaresnet50d.miil_in1k on the Hugging Face Hub",
-    "ecaresnet101d": "model.safetensors of timm/ecaresnet101d.miil_in1k on the Hugging Face Hub",
-}
-
-
-def _check_weights(caller, recipe, weights):
-    """`weights` is None or the path of an existing file; names where the published file is otherwise."""
-    if weights is None:
-        return
-    where = PUBLISHED.get(recipe.name, "docs/models.md lists the published checkpoints")
-    if not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(
-            f"{caller}: `weights` must be None or the path of a checkpoint file; got {type(weights).__name__}."
-        )
-    path = os.fspath(weights)
-    if os.path.isfile(path):
-        return
-    never = (
-        "keras_attention.models never downloads anything: `weights` is None (random initialisation) or the "
-        f"path of a checkpoint file you downloaded. For {recipe.name}: {where}."
-    )
-    if str(path).lower() in ("imagenet", "imagenet1k", "imagenet-1k", "pretrained", "default"):
-        raise ValueError(f"{caller}: got weights={path!r}, a name, not a file. {never}")
-    raise FileNotFoundError(f"{caller}: no checkpoint file at {path!r}. {never}")
-
-
-def make_divisible(value, divisor=8):
-    """timm's rounding of a layer width to a multiple of `divisor` (never below it): its SE hidden width."""
-    return max(divisor, int(value + divisor / 2) // divisor * divisor)
 
 
 class _Builder:
@@ -169,21 +130,6 @@ class _Builder:
         return x
 
 
-def _input_shape(caller, input_shape, include_top, data_format):
-    if input_shape is None:
-        size = (224, 224) if include_top else (None, None)
-        return (*size, 3) if data_format == "channels_last" else (3, *size)
-    shape = tuple(input_shape)
-    channels = shape[-1] if data_format == "channels_last" else (shape[0] if shape else None)
-    if len(shape) != 3 or any(d is not None and check_int(caller, "input_shape", d) < 1 for d in shape):
-        raise ValueError(
-            f"{caller}: `input_shape` must be (height, width, channels) for {data_format}; got {input_shape!r}."
-        )
-    if channels is None:
-        raise ValueError(f"{caller}: the channel count of `input_shape` must be known; got {input_shape!r}.")
-    return shape
-
-
 def build(
     recipe,
     include_top=True,
@@ -198,12 +144,12 @@ def build(
     """Builds `recipe` (a `Recipe` or a key of `RECIPES`); the public builders call this."""
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     caller = f"keras_attention.models.{recipe.name}"
-    _check_weights(caller, recipe, weights)
+    check_weights(caller, recipe.name, weights)
     data_format = v.normalize_data_format(caller, data_format or image_data_format())
     if pooling not in POOLINGS:
         raise ValueError(f"{caller}: `pooling` must be one of {POOLINGS}; got {pooling!r}.")
     classes = check_int(caller, "classes", classes)
-    inputs = keras.Input(_input_shape(caller, input_shape, include_top, data_format), name="input")
+    inputs = keras.Input(input_shape_of(caller, input_shape, include_top, data_format), name="input")
     x = _Builder(recipe, data_format).features(inputs)
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="global_pool")(x)
