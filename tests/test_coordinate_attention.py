@@ -140,33 +140,9 @@ def test_attach_keeps_the_outputs_at_insertion():
 def _torch_modules():
     import torch  # in the test extra: a broken install fails here, it does not skip
 
+    from tests.kit.reference_mobilenet_ca import CoordAtt  # the authors' block, as in their mbv2_ca.py
+
     nn = torch.nn
-
-    class HSwish(nn.Module):  # coordatt.py's h_swish: x * relu6(x + 3) / 6
-        def forward(self, x):
-            return x * nn.functional.relu6(x + 3) / 6
-
-    class AuthorsCoordAtt(nn.Module):
-        """houqb/CoordAttention coordatt.py, as published (reduction 32, mip = max(8, inp // 32))."""
-
-        def __init__(self, inp, oup, reduction=32):
-            super().__init__()
-            mip = max(8, inp // reduction)
-            self.conv1 = nn.Conv2d(inp, mip, 1)
-            self.bn1 = nn.BatchNorm2d(mip)
-            self.act = HSwish()
-            self.conv_h = nn.Conv2d(mip, oup, 1)
-            self.conv_w = nn.Conv2d(mip, oup, 1)
-
-        def forward(self, x):
-            n, c, h, w = x.size()
-            x_h = x.mean(3, keepdim=True)
-            x_w = x.mean(2, keepdim=True).permute(0, 1, 3, 2)
-            y = self.act(self.bn1(self.conv1(torch.cat([x_h, x_w], dim=2))))
-            x_h, x_w = torch.split(y, [h, w], dim=2)
-            a_h = self.conv_h(x_h).sigmoid()
-            a_w = self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid()
-            return x * a_w * a_h
 
     class TimmCoordAttn(nn.Module):
         """timm 1.0.31 CoordAttn defaults: make_divisible(C/16 * 2/3, 8), no bias, BN, Hardswish, sigmoid."""
@@ -189,7 +165,7 @@ def _torch_modules():
             out = x * torch.sigmoid(self.conv_w(x_w.transpose(-1, -2))) * torch.sigmoid(self.conv_h(x_h))
             return out + x if self.has_skip else out
 
-    return torch, AuthorsCoordAtt, TimmCoordAttn
+    return torch, CoordAtt, TimmCoordAttn
 
 
 def _randomise_torch(module, torch, seed):
@@ -202,14 +178,15 @@ def _randomise_torch(module, torch, seed):
             tensor.copy_(value.abs() + 0.5 if "running_var" in name else value)
 
 
-def _copy_into(layer, module):
-    """The PyTorch state dict into the Keras layer: (out, in, 1, 1) kernels to (1, 1, in, out)."""
+def _copy_into(layer, module, torch_names):
+    """The PyTorch state dict into the Keras layer: (out, in, 1, 1) kernels to (1, 1, in, out).
+    `torch_names`: the module's names of conv1, conv_h and conv_w."""
     state = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-    for name in ("conv1", "conv_h", "conv_w"):
+    for name, torch_name in zip(("conv1", "conv_h", "conv_w"), torch_names):
         conv = getattr(layer, name)
-        conv.kernel.assign(state[f"{name}.weight"].transpose(2, 3, 1, 0))
+        conv.kernel.assign(state[f"{torch_name}.weight"].transpose(2, 3, 1, 0))
         if conv.use_bias:
-            conv.bias.assign(state[f"{name}.bias"])
+            conv.bias.assign(state[f"{torch_name}.bias"])
     bn = layer.bn1
     for variable, key in ((bn.gamma, "weight"), (bn.beta, "bias"), (bn.moving_mean, "running_mean")):
         variable.assign(state[f"bn1.{key}"])
@@ -222,7 +199,7 @@ def test_equals_the_published_pytorch_modules(form):
     torch, authors, timm = _torch_modules()
     channels = 96
     module = {
-        "authors": lambda: authors(channels, channels),
+        "authors": lambda: authors(channels, channels),  # coordatt.py's CoordAtt is this block, conv2/3 named conv_h/w
         "timm": lambda: timm(channels),
         "timm_skip": lambda: timm(channels, has_skip=True),
     }[form]().eval()
@@ -231,7 +208,7 @@ def test_equals_the_published_pytorch_modules(form):
     layer = ka.CoordinateAttention(data_format="channels_first", **kwargs)
     x = np.random.default_rng(2).normal(size=(2, channels, 9, 6)).astype("float32")
     layer(x)
-    _copy_into(layer, module)
+    _copy_into(layer, module, ("conv1", "conv2", "conv3") if form == "authors" else ("conv1", "conv_h", "conv_w"))
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(to_numpy(layer(x, training=False)), expected, rtol=1e-4, atol=1e-5)
