@@ -276,12 +276,13 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
     return report
 
 
-def _load_data(data, size, fast):
-    """(train, test, class names): the folder's images, streamed, or scikit-learn's digits in memory."""
+def _load_data(data, size, fast, seed=0):
+    """(train, test, class names): the folder's images, streamed (split and shuffled by `seed`), or
+    scikit-learn's digits in memory."""
     from keras_attention.data import digits
 
     if data:
-        train_set, test_set, class_names = load_image_folder(data, size)
+        train_set, test_set, class_names = load_image_folder(data, size, seed=seed)
     else:
         (x_train, y_train), (x_test, y_test) = digits(size=size, channels=3)
         train_set, test_set = ImageSplit(x_train, y_train), ImageSplit(x_test, y_test)
@@ -358,7 +359,7 @@ def _run(staging, out, data, epochs, fast, weights, size, seed):
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    train_set, test_set, class_names = _load_data(data, size, fast)
+    train_set, test_set, class_names = _load_data(data, size, fast, seed)
     epochs = 1 if fast else epochs
     started = time.time()
     models, accuracy = _fine_tune(train_set, test_set, len(class_names), size, weights, epochs, fast)
