@@ -36,6 +36,7 @@ TORCH_MODE_FILES = {
     "test_backbones.py",
     "test_cbam.py",
     "test_channel_attention.py",
+    "test_channel_variants.py",
     "test_context_enhancement.py",
     "test_coordinate_attention.py",
     "test_distribute.py",

@@ -23,6 +23,7 @@ MODULES = [
     "keras_attention.layers.cbam",
     "keras_attention.layers.centermask",
     "keras_attention.layers.channel",
+    "keras_attention.layers.channel_variants",
     "keras_attention.layers.coord",
     "keras_attention.layers.factory",
     "keras_attention.layers.quantizers",

@@ -135,6 +135,8 @@ FORWARD_CASES = {
     "rpn_head": (lambda: ka.LightRPNHead(num_anchors=3, filters=8), SINGLE),
     "rpn_head_cf": (lambda: ka.LightRPNHead(num_anchors=2, filters=8, kernel_size=3, data_format=CF), SINGLE_CF),
     "coord": (lambda: ka.CoordinateAttention(), SINGLE),
+    "ese": (lambda: ka.EffectiveSqueezeExcitation(), SINGLE),
+    "ceca_cf": (lambda: ka.CircularEfficientChannelAttention(kernel_size=5, data_format=CF), SINGLE_CF),
     "coord_cf_timm_identity": (
         lambda: ka.CoordinateAttention(
             reduction=24, divisor=8, use_bias=False, start_as_identity=True, activation="swish", data_format=CF
@@ -265,6 +267,8 @@ def _channel_family(size=12):
     x = ka.EfficientChannelAttention(start_as_identity=True)(x)
     x = ka.ChannelAttention(reduction=4, pooling="max", start_as_identity=True)(x)
     x = ka.CoordinateAttention(residual=True)(x)
+    x = ka.EffectiveSqueezeExcitation()(x)
+    x = ka.CircularEfficientChannelAttention()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(10)(x), name="channel_family")
 

@@ -3,6 +3,7 @@
 from keras_attention.layers.cbam import CBAM
 from keras_attention.layers.centermask import SAGMaskHead
 from keras_attention.layers.channel import ChannelAttention, EfficientChannelAttention, SqueezeExcitation
+from keras_attention.layers.channel_variants import CircularEfficientChannelAttention, EffectiveSqueezeExcitation
 from keras_attention.layers.coord import CoordinateAttention
 from keras_attention.layers.factory import ATTENTIONS, get_attention
 from keras_attention.layers.roi_align import RoIAlign, assign_levels_by_ratio
@@ -19,6 +20,8 @@ __all__ = [
     "ATTENTIONS",
     "CBAM",
     "ChannelAttention",
+    "CircularEfficientChannelAttention",
+    "EffectiveSqueezeExcitation",
     "CoordinateAttention",
     "EfficientChannelAttention",
     "SpatialAttention",

@@ -343,6 +343,8 @@ class EfficientChannelAttention(_ChannelGateBase):
     (None, 8, 8, 64)
     """
 
+    _padding = "same"  # of the 1-D convolution across channels (zeros at both ends, as the paper)
+
     def __init__(
         self, kernel_size=None, gamma=2, beta=1, gate="sigmoid", start_as_identity=False, data_format=None, **kwargs
     ):
@@ -375,7 +377,7 @@ class EfficientChannelAttention(_ChannelGateBase):
         self.conv = keras.layers.Conv2D(
             1,
             (1, self.resolved_kernel_size),
-            padding="same",
+            padding=self._padding,
             use_bias=False,
             kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
             data_format="channels_last",

@@ -2,6 +2,7 @@
 
 from keras_attention.layers.cbam import CBAM
 from keras_attention.layers.channel import ChannelAttention, EfficientChannelAttention, SqueezeExcitation
+from keras_attention.layers.channel_variants import CircularEfficientChannelAttention, EffectiveSqueezeExcitation
 from keras_attention.layers.coord import CoordinateAttention
 from keras_attention.layers.spatial import SpatialAttention
 
@@ -12,6 +13,8 @@ ATTENTIONS = {
     "se": SqueezeExcitation,
     "eca": EfficientChannelAttention,
     "coord": CoordinateAttention,
+    "ese": EffectiveSqueezeExcitation,
+    "ceca": CircularEfficientChannelAttention,
 }
 
 
@@ -19,7 +22,8 @@ def get_attention(name, /, **kwargs):
     """Builds an attention layer by name.
 
     Args:
-        name: (positional) one of "cbam", "channel", "spatial", "se", "eca", "coord" (case-insensitive),
+        name: (positional) one of "cbam", "channel", "spatial", "se", "eca", "coord", "ese",
+            "ceca" (case-insensitive; timm's `create_attn` names),
             or an attention class from this package.
         **kwargs: passed to the layer's constructor (`reduction`, `min_channels`,
             `kernel_size`, `gate`, `start_as_identity`, `name`, ...).

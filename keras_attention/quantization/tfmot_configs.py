@@ -20,6 +20,8 @@ CONFIG_NAMES = (
     "SpatialAttentionQuantizeConfig",
     "CBAMQuantizeConfig",
     "CoordinateAttentionQuantizeConfig",
+    "EffectiveSqueezeExcitationQuantizeConfig",
+    "CircularEfficientChannelAttentionQuantizeConfig",
     "ContextEnhancementQuantizeConfig",
     "LightRPNHeadQuantizeConfig",
     "RPNGuidedSpatialAttentionQuantizeConfig",
