@@ -23,7 +23,6 @@ MODE_MARKERS = {
     "tensorflow_backends": (("keras3-tensorflow", "tf_keras"), "TensorFlow only (Keras 3 or tf_keras)"),
     "keras3": (("keras3-tensorflow", "keras3-jax", "keras3-torch"), "Keras 3 only, not tf_keras"),
     "no_jax": (("keras3-tensorflow", "keras3-torch", "tf_keras"), "not on the JAX backend"),
-    "no_torch": (("keras3-tensorflow", "keras3-jax", "tf_keras"), "not on the PyTorch backend"),
     "tf_keras_only": (("tf_keras",), "tf_keras only"),
     "jax_only": (("keras3-jax",), "Keras 3 on JAX only"),
     "torch_only": (("keras3-torch",), "Keras 3 on PyTorch only"),

@@ -43,7 +43,7 @@ def test_battery_ese(data_format, tmp_path):
     run_layer_test(ka.EffectiveSqueezeExcitation, kwargs, shape, reference_fn=ese_reference, tmp_path=tmp_path)
 
 
-@pytest.mark.no_torch(reason="one configuration per layer compiles on PyTorch (CI time)")
+@pytest.mark.tensorflow_backends(reason="argument variants; JAX and PyTorch run one configuration (CI time)")
 def test_battery_ese_sigmoid_identity_no_bias(tmp_path):
     run_layer_test(
         ka.EffectiveSqueezeExcitation,

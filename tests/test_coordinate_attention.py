@@ -64,8 +64,9 @@ def test_battery_authors_form(data_format, tmp_path):
     )
 
 
-# torch.compile takes 40-100 s a configuration on 2 cores: the PyTorch mode runs the authors' form only.
-@pytest.mark.no_torch(reason="one configuration compiles on PyTorch (CI time)")
+# The argument variants are the same formula in every mode; the jit steps of JAX and PyTorch cost
+# 15-100 s a configuration on 2 cores, so those modes run the authors' form only (CI time).
+@pytest.mark.tensorflow_backends(reason="argument variants; JAX and PyTorch run the authors' form")
 def test_battery_timm_form(tmp_path):
     run_layer_test(
         ka.CoordinateAttention,
@@ -76,7 +77,7 @@ def test_battery_timm_form(tmp_path):
     )
 
 
-@pytest.mark.no_torch(reason="one configuration compiles on PyTorch (CI time)")
+@pytest.mark.tensorflow_backends(reason="argument variants; JAX and PyTorch run the authors' form")
 def test_battery_without_batchnorm_relu_identity_start(tmp_path):
     run_layer_test(
         ka.CoordinateAttention,

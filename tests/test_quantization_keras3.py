@@ -226,9 +226,8 @@ ATTENTION_CASES = {
     "se": lambda: ka.SqueezeExcitation(reduction=2),
     "eca": lambda: ka.EfficientChannelAttention(),
     "spatial_avg_bn": lambda: ka.SpatialAttention(pooling="avg", use_batchnorm=True, kernel_size=3),
-    "coord": lambda: ka.CoordinateAttention(),
+    # The zoo's authors' forms, ceca and the identity starts are in tfmot's cases (test_quantization.py).
     "ese": lambda: ka.EffectiveSqueezeExcitation(),
-    "ceca_identity": lambda: ka.CircularEfficientChannelAttention(kernel_size=5, start_as_identity=True),
     "coord_timm_skip_hard": lambda: ka.CoordinateAttention(
         reduction=24, divisor=8, use_bias=False, residual=True, gate="hard_sigmoid", activation="relu6"
     ),
