@@ -80,10 +80,6 @@ def every_layer_model():
         ka.EfficientChannelAttention()(inputs),
         ka.CBAM(reduction=8, data_format="channels_first")(channels_first),
         ka.EfficientChannelAttention(kernel_size=5, data_format="channels_first")(channels_first),
-        ka.CoordinateAttention()(inputs),
-        ka.CoordinateAttention(
-            reduction=24, divisor=8, use_bias=False, residual=True, gate="hard_sigmoid", data_format="channels_first"
-        )(channels_first),
     ]
     model = keras.Model(inputs, branches)
     for layer in model.layers:
