@@ -25,7 +25,7 @@ import numpy as np
 
 from keras_attention import _compat
 from keras_attention.backend import image_data_format, keras
-from keras_attention.layers.factory import ATTENTIONS, get_attention
+from keras_attention.layers.factory import ATTENTIONS, NAME_DEFAULTS, get_attention
 
 WHERE_CHOICES = ("residual", "stages")
 
@@ -544,6 +544,7 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
     16
     """
     cls, suffix = _attention_class(attention)
+    attention_kwargs = {**NAME_DEFAULTS.get(suffix, {}), **attention_kwargs}
     attention_kwargs = _checked_attention_kwargs(model, cls, preserve_outputs, attention_kwargs)
     data_format = attention_kwargs.get("data_format") or image_data_format()
     graph = _Graph(model)

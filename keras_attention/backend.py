@@ -78,6 +78,11 @@ if IS_LEGACY:
         repeat = staticmethod(lambda x, repeats, axis=None: _tf.repeat(x, repeats, axis=axis))
         flip = staticmethod(lambda x, axis=None: _tf.reverse(x, [axis]))
         conv = staticmethod(lambda x, kernel, padding="valid": _tf.nn.conv2d(x, kernel, 1, padding.upper()))
+        average_pool = staticmethod(
+            lambda x, pool_size, strides, padding="valid", data_format=None: _tf.nn.avg_pool2d(
+                x, pool_size, strides, padding.upper()
+            )  # channels_last only, as our layers call it
+        )
         stop_gradient = staticmethod(_tf.stop_gradient)
 
         @staticmethod

@@ -5,6 +5,17 @@ from keras_attention.layers import _validation as v
 from keras_attention.layers._quantization import QuantizationPoints
 
 
+def blend_avg_max(layer, average, maximum, prefix):
+    """timm's light pooling (average + maximum) / 2 at `layer`'s int8 points `prefix + "sum"`, `prefix + "avg_max"`.
+
+    `average` is already an int8 tensor of its own; the max of int8 values keeps the input's scale.
+    """
+    return layer.at_point(prefix + "avg_max", layer.at_point(prefix + "sum", average + maximum) * 0.5)
+
+
+BLEND_POINTS = ("sum", "avg_max")
+
+
 class GatedAttention(QuantizationPoints, keras.layers.Layer):
     """`output = inputs * gate(inputs)`, with the arguments every gate has.
 

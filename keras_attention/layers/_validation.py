@@ -7,7 +7,7 @@ from keras_attention._checks import check_int, is_int  # noqa: F401 - check_int 
 from keras_attention.backend import image_data_format, keras, ops
 
 GATES = ("sigmoid", "hard_sigmoid")
-POOLINGS = ("avg", "max")
+POOLINGS = ("avg", "max", "avg_max")  # avg_max: (avg + max) / 2, timm's light CBAM; alone
 
 
 def check_choice(layer_name, arg, value, allowed):
@@ -27,6 +27,11 @@ def normalize_pooling(layer_name, pooling):
         )
     for kind in pooling:
         check_choice(layer_name, "pooling", kind, POOLINGS)
+    if "avg_max" in pooling and len(pooling) > 1:
+        raise ValueError(
+            f"{layer_name}: `pooling` 'avg_max' (the mean of average and max pooling) stands alone; "
+            f"got {pooling!r}. Use ('avg', 'max') for the two descriptors side by side."
+        )
     return pooling
 
 

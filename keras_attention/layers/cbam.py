@@ -162,3 +162,75 @@ class CBAM(QuantizationPoints, keras.layers.Layer):
             **self.quantization_config(),
         )
         return config
+
+
+@register
+class LightCBAM(CBAM):
+    """timm's light CBAM (`LightCbamModule`, `create_attn("lcbam")`): CBAM with blended pooling.
+
+    Both gates see one descriptor instead of two: the channel gate
+    `MLP((AvgPool(F) + MaxPool(F)) / 2)`, the spatial gate a k x k convolution
+    and BatchNorm of `(mean_c(F) + max_c(F)) / 2`. One MLP pass and a 1-channel
+    convolution instead of two of each; otherwise CBAM (channel gate first).
+    timm's defaults: no MLP biases, BatchNorm after the spatial convolution
+    (its gamma starts at 0 here, as the official CBAM's, so the spatial gate
+    starts at 0.5), hidden width `max(1, int(C / 16 + 0.5))` — the same as
+    `C // 16` when C is a multiple of 16; `hidden_channels` ports any other.
+
+    Args:
+        reduction, min_channels, hidden_channels: the MLP's hidden width (see
+            `ChannelAttention`).
+        kernel_size: the spatial convolution's size (7).
+        use_bias: biases in the MLP (timm: False).
+        use_batchnorm: BatchNorm after the spatial convolution (timm: True).
+        gate: "sigmoid" (timm) or "hard_sigmoid", for both gates.
+        start_as_identity: both parts start as the identity.
+        data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)` or channels_first.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+    >>> y = LightCBAM()(keras.Input((28, 28, 64)))
+    >>> y.shape
+    (None, 28, 28, 64)
+    """
+
+    def __init__(
+        self,
+        reduction=None,
+        kernel_size=7,
+        min_channels=None,
+        hidden_channels=None,
+        use_bias=False,
+        use_batchnorm=True,
+        gate="sigmoid",
+        start_as_identity=False,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(
+            reduction=reduction,
+            kernel_size=kernel_size,
+            min_channels=min_channels,
+            hidden_channels=hidden_channels,
+            pooling="avg_max",
+            use_bias=use_bias,
+            spatial_pooling="avg_max",
+            use_batchnorm=use_batchnorm,
+            gate=gate,
+            start_as_identity=start_as_identity,
+            data_format=data_format,
+            **kwargs,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        for fixed in ("arrangement", "pooling", "spatial_pooling"):
+            del config[fixed]
+        return config

@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_attention.backend import accumulation_dtype, build_sublayer, keras, mean, ops, register
 from keras_attention.layers import _validation as v
-from keras_attention.layers._gated import GatedAttention
+from keras_attention.layers._gated import BLEND_POINTS, GatedAttention, blend_avg_max
 
 
 class _ChannelGateBase(GatedAttention):
@@ -28,16 +28,22 @@ class _ChannelGateBase(GatedAttention):
         axes = self._spatial_axes()
         pooled = []
         for kind in self._pooling:
-            reduce = mean if kind == "avg" else ops.amax  # amax: ops.max breaks torch.compile graphs
-            p = reduce(x, axis=axes, keepdims=True)
+            # The max of int8 values keeps the input's scale: only the mean is a new int8 tensor.
+            average = lambda: self.at_point("pooled_avg", mean(x, axis=axes, keepdims=True))  # noqa: E731
+            maximum = lambda: ops.amax(x, axis=axes, keepdims=True)  # noqa: E731 - ops.max breaks torch.compile
+            if kind == "avg_max":
+                p = blend_avg_max(self, average(), maximum(), "pooled_")
+            else:
+                p = average() if kind == "avg" else maximum()
             if self.data_format == "channels_first":
                 p = ops.reshape(p, (-1, 1, 1, self.channels))
-            # The max of int8 values keeps the input's scale: only the mean is a new int8 tensor.
-            pooled.append(self.at_point("pooled_avg", p) if kind == "avg" else p)
+            pooled.append(p)
         return pooled
 
     def quantization_points(self):
         pooled = ["pooled_avg"] if "avg" in self._pooling else []
+        if "avg_max" in self._pooling:
+            pooled = ["pooled_avg", *(f"pooled_{p}" for p in BLEND_POINTS)]
         return [*pooled, *self._logit_points(), *self.gate_points(), *self.output_point()]
 
     def compute_gate(self, inputs, training=None):
@@ -69,7 +75,8 @@ class ChannelAttention(_ChannelGateBase):
             width no ratio gives (timm's SE: `make_divisible(C / 16, 8)`; timm's
             CbamModule: `max(1, int(C / r + 0.5))`). Excludes `reduction` and `min_channels`.
         pooling: pooled descriptors fed to the MLP: ("avg", "max") as in the
-            paper, or either alone.
+            paper, or either alone; "avg_max" is one descriptor, (avg + max) / 2
+            (timm's light CBAM).
         use_bias: biases in the MLP (the official code has them; Eq. 2 does not).
         gate: "sigmoid" (paper) or "hard_sigmoid" (relu6(x + 3) / 6).
         start_as_identity: initialise so the layer returns its input exactly
@@ -372,6 +379,11 @@ class EfficientChannelAttention(_ChannelGateBase):
         self.channels = v.channels_of(type(self).__name__, input_shape, self.data_format)
         self.input_spec = v.feature_map_spec(self.data_format, self.channels)
         self.resolved_kernel_size = self.kernel_size or eca_kernel_size(self.channels, self.gamma, self.beta)
+        self._build_convolutions()
+        self._build_quantization_points()
+        self.built = True
+
+    def _build_convolutions(self):
         # A (1, k) 2-D convolution over a (B, 1, C, 1) view is the paper's 1-D conv
         # and stays a single builtin CONV_2D in TFLite.
         self.conv = keras.layers.Conv2D(
@@ -385,8 +397,6 @@ class EfficientChannelAttention(_ChannelGateBase):
             name="conv",
         )
         build_sublayer(self.conv, (None, 1, self.channels, 1))
-        self._build_quantization_points()
-        self.built = True
 
     def _logit_points(self):
         return ["logits"]

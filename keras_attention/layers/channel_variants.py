@@ -1,7 +1,9 @@
-"""timm's one-convolution channel gates: Effective SE (CenterMask's VoVNet-v2) and circular ECA."""
+"""timm's variants of the channel gates: Effective SE (CenterMask's VoVNet-v2), circular ECA and ECA with an MLP."""
 
 from keras_attention.backend import accumulation_dtype, build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
+from keras_attention.layers._quantization import ACTIVATION_POINTS, run_activation
+from keras_attention.layers._widths import make_divisible
 from keras_attention.layers.channel import EfficientChannelAttention, _ChannelGateBase
 
 
@@ -101,3 +103,117 @@ class CircularEfficientChannelAttention(EfficientChannelAttention):
         wrapped = ops.concatenate([row[:, :, self.channels - half :], row, row[:, :, :half]], axis=2)
         z = self.at_point("logits", self.convolve(self.conv, wrapped))
         return ops.reshape(z, (-1, 1, 1, self.channels))
+
+
+@register
+class EfficientChannelAttentionMLP(EfficientChannelAttention):
+    """ECA with a small MLP of 1-D convolutions across channels (timm's `EcaModule(use_mlp=True)`, "ecam").
+
+    The pooled descriptor, viewed as a 1-D signal over channels, goes through
+    a 1x1 convolution to `hidden` feature maps (with bias), an activation, and
+    a `kernel_size` convolution back to one map (with bias), then the gate.
+    timm's experiment, not in the ECA paper.
+
+    Args:
+        kernel_size, gamma, beta: the second convolution's size, as
+            `EfficientChannelAttention` (from the channel count by default).
+        reduction, hidden_channels, divisor: the hidden width is
+            `make_divisible(C / reduction, divisor)` with timm's rounding (at
+            most 10 % down), defaults 8 and 8; or `hidden_channels`.
+        activation: "relu" (timm), "relu6", "swish" or "hard_swish".
+        gate: "sigmoid" or "hard_sigmoid".
+        start_as_identity: start as the identity (zero second convolution).
+        data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
+
+    Input shape:
+        4-D tensor, `(batch, height, width, channels)` or channels_first.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+    >>> y = EfficientChannelAttentionMLP()(keras.Input((8, 8, 64)))
+    >>> y.shape
+    (None, 8, 8, 64)
+    """
+
+    def __init__(
+        self,
+        kernel_size=None,
+        gamma=2,
+        beta=1,
+        reduction=None,
+        hidden_channels=None,
+        divisor=None,
+        activation="relu",
+        gate="sigmoid",
+        start_as_identity=False,
+        data_format=None,
+        **kwargs,
+    ):
+        super().__init__(
+            kernel_size=kernel_size,
+            gamma=gamma,
+            beta=beta,
+            gate=gate,
+            start_as_identity=start_as_identity,
+            data_format=data_format,
+            **kwargs,
+        )
+        name = type(self).__name__
+        self.hidden_channels = v.check_int(name, "hidden_channels", hidden_channels, allow_none=True)
+        if self.hidden_channels is not None and (reduction is not None or divisor is not None):
+            raise ValueError(
+                f"{name}: `hidden_channels` sets the hidden width itself; it excludes `reduction` and `divisor` "
+                f"(got hidden_channels={hidden_channels!r}, reduction={reduction!r}, divisor={divisor!r})."
+            )
+        self.reduction = v.check_int(name, "reduction", reduction, allow_none=True)
+        self.divisor = v.check_int(name, "divisor", divisor, allow_none=True)
+        self.activation = v.check_choice(name, "activation", activation, ("relu", "relu6", "swish", "hard_swish"))
+
+    def hidden_width(self, channels):
+        """Feature maps between the two convolutions for `channels` input channels."""
+        if self.hidden_channels is not None:
+            return self.hidden_channels
+        return make_divisible(channels / (self.reduction or 8), self.divisor or 8, round_limit=0.9)
+
+    def _build_convolutions(self):
+        hidden = self.hidden_width(self.channels)
+        dtype = accumulation_dtype(self)
+        self.conv = keras.layers.Conv2D(hidden, 1, data_format="channels_last", dtype=dtype, name="conv")  # 1 -> hidden
+        self.conv2 = keras.layers.Conv2D(
+            1,
+            (1, self.resolved_kernel_size),
+            padding="same",
+            kernel_initializer="zeros" if self.start_as_identity else "glorot_uniform",
+            data_format="channels_last",
+            dtype=dtype,
+            name="conv2",
+        )
+        build_sublayer(self.conv, (None, 1, self.channels, 1))
+        build_sublayer(self.conv2, (None, 1, self.channels, hidden))
+
+    def _logit_points(self):
+        fused = self.activation in ("relu", "relu6")
+        hidden = [] if fused else ["hidden"]
+        return [*hidden, *[f"hidden_{p}" for p in ACTIVATION_POINTS[self.activation]], "logits"]
+
+    def _gate_logits(self, pooled, training=None):
+        y = self.convolve(self.conv, ops.reshape(pooled[0], (-1, 1, self.channels, 1)))
+        if self.activation not in ("relu", "relu6"):
+            y = self.at_point("hidden", y)
+        y = run_activation(self, self.activation, y, prefix="hidden_")
+        z = self.at_point("logits", self.convolve(self.conv2, y))
+        return ops.reshape(z, (-1, 1, 1, self.channels))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            reduction=self.reduction,
+            hidden_channels=self.hidden_channels,
+            divisor=self.divisor,
+            activation=self.activation,
+        )
+        return config

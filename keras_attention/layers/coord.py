@@ -1,9 +1,10 @@
-"""Coordinate Attention (Hou, Zhou & Feng, CVPR 2021)."""
+"""Coordinate Attention (Hou, Zhou & Feng, CVPR 2021) and timm's simplified form."""
 
-from keras_attention.backend import accumulation_dtype, build_sublayer, keras, mean, ops, register
+from keras_attention.backend import accumulation_dtype, build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
 from keras_attention.layers._gated import GatedAttention
 from keras_attention.layers._quantization import ACTIVATION_POINTS, run_activation
+from keras_attention.layers._strips import strip_means, strips_to_input_layout
 from keras_attention.layers._widths import make_divisible
 
 # The hidden activations: the authors' h_swish (= timm's nn.Hardswish), and the usual others.
@@ -134,12 +135,12 @@ class CoordinateAttention(GatedAttention):
 
         self.conv1 = conv(hidden, "conv1")
         # PyTorch's BatchNorm2d defaults (eps 1e-5, momentum 0.1), so ported statistics mean the same.
-        self.bn1 = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, dtype=dtype, name="bn1")
+        if self.use_batchnorm:
+            self.bn1 = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9, dtype=dtype, name="bn1")
+            build_sublayer(self.bn1, (None, None, 1, hidden))
         self.conv_h = conv(self.channels, "conv_h", zeros=self.start_as_identity)
         self.conv_w = conv(self.channels, "conv_w", zeros=self.start_as_identity)
         build_sublayer(self.conv1, (None, None, 1, self.channels))
-        if self.use_batchnorm:
-            build_sublayer(self.bn1, (None, None, 1, hidden))
         build_sublayer(self.conv_h, (None, None, 1, hidden))
         build_sublayer(self.conv_w, (None, None, 1, hidden))
         self._build_quantization_points()
@@ -153,17 +154,6 @@ class CoordinateAttention(GatedAttention):
             points += [f"logits_{axis}", *self.gate_points(f"gate_{axis}")]
         return [*points, "scaled_w", *(["gated"] if self.residual else []), "output"]
 
-    def _strips(self, inputs):
-        """The row and column means as (batch, H, 1, C) and (batch, W, 1, C), in `accumulation_dtype`."""
-        x = ops.cast(inputs, accumulation_dtype(self))
-        if self.data_format == "channels_last":
-            rows = mean(x, axis=2, keepdims=True)
-            columns = ops.transpose(mean(x, axis=1, keepdims=True), (0, 2, 1, 3))
-        else:
-            rows = ops.expand_dims(ops.transpose(mean(x, axis=3), (0, 2, 1)), 2)
-            columns = ops.expand_dims(ops.transpose(mean(x, axis=2), (0, 2, 1)), 2)
-        return self.at_point("pooled_h", rows), self.at_point("pooled_w", columns)
-
     def _shared(self, strip, axis, training):
         """conv1, BN and the activation of one strip (QAT: BN folded, one strip at a time)."""
         bn = self.bn1 if self.use_batchnorm else None
@@ -174,7 +164,7 @@ class CoordinateAttention(GatedAttention):
 
     def compute_gates(self, inputs, training=None):
         """(a_h, a_w) in `accumulation_dtype`, shaped to broadcast against `inputs`."""
-        rows, columns = self._strips(inputs)
+        rows, columns = strip_means(self, inputs)
         if self.quantizing:
             # No CONCATENATION in the int8 file (its two inputs would need one scale); with the
             # BatchNorm folded (frozen statistics) the two strips are independent.
@@ -188,9 +178,7 @@ class CoordinateAttention(GatedAttention):
             hidden_h, hidden_w = y[:, :height], y[:, height:]
         a_h = self.apply_gate(self.at_point("logits_h", self.convolve(self.conv_h, hidden_h)), prefix="gate_h")
         a_w = self.apply_gate(self.at_point("logits_w", self.convolve(self.conv_w, hidden_w)), prefix="gate_w")
-        if self.data_format == "channels_last":
-            return a_h, ops.transpose(a_w, (0, 2, 1, 3))  # (B, H, 1, C), (B, 1, W, C)
-        return ops.transpose(a_h, (0, 3, 1, 2)), ops.transpose(a_w, (0, 3, 2, 1))  # (B, C, H, 1), (B, C, 1, W)
+        return strips_to_input_layout(a_h, a_w, self.data_format)
 
     def call(self, inputs, training=None):
         v.check_floating(type(self).__name__, inputs)
@@ -213,4 +201,97 @@ class CoordinateAttention(GatedAttention):
             activation=self.activation,
             residual=self.residual,
         )
+        return config
+
+
+@register
+class SimpleCoordinateAttention(CoordinateAttention):
+    """Simplified Coordinate Attention (timm's `SimpleCoordAttn`, `create_attn("scoord")`).
+
+    Coordinate Attention with linear projections and no normalization, whose
+    two strips are added before one gate: `out = x * gate(a_h + a_w)`, where
+    `a_h = W_h act(W_1 mean_W(x))` (one value per row and channel) and `a_w`
+    likewise per column. The shared and the two head projections are 1x1
+    convolutions on the strips (timm's `nn.Linear`s, transposed weights).
+
+    Args:
+        reduction, min_channels, hidden_channels, divisor: the hidden width,
+            as in `CoordinateAttention`; the defaults are timm's
+            `make_divisible(C * 0.25 * 2/3, 8)` = `make_divisible(C / 6, 8)`.
+        use_bias: biases in the three projections (timm: True).
+        activation: "swish" (timm's SiLU), "hard_swish", "relu" or "relu6".
+        gate: "sigmoid" (timm) or "hard_sigmoid".
+        residual: add the input to the output (timm's `has_skip`).
+        start_as_identity: start as the identity (zero heads, gate 2 * gate(0)
+            = 1); excludes `residual`.
+        data_format: "channels_last" or "channels_first".
+        quantization: None (float) or "int8": Keras 3 QAT, as set by
+            `keras_attention.quantization.quantize_model`.
+
+    Input shape:
+        4-D tensor `(batch, height, width, channels)` or channels_first; height
+        and width may be unknown.
+
+    Output shape:
+        Same as the input.
+
+    Example:
+    >>> y = SimpleCoordinateAttention()(keras.Input((14, 14, 96)))
+    >>> y.shape
+    (None, 14, 14, 96)
+    """
+
+    def __init__(
+        self,
+        reduction=None,
+        min_channels=None,
+        hidden_channels=None,
+        divisor=None,
+        use_bias=True,
+        activation="swish",
+        gate="sigmoid",
+        residual=False,
+        start_as_identity=False,
+        data_format=None,
+        **kwargs,
+    ):
+        if hidden_channels is None and reduction is None and divisor is None:
+            reduction, divisor = 6, 8  # timm's rd_ratio 0.25 times se_factor 2/3, rounded to 8
+        super().__init__(
+            reduction=reduction,
+            min_channels=min_channels,
+            hidden_channels=hidden_channels,
+            divisor=divisor,
+            use_bias=use_bias,
+            use_batchnorm=False,
+            activation=activation,
+            gate=gate,
+            residual=residual,
+            start_as_identity=start_as_identity,
+            data_format=data_format,
+            **kwargs,
+        )
+
+    def quantization_points(self):
+        points = ["pooled_h", "pooled_w"]
+        for axis in ("h", "w"):
+            points += [] if self.activation in _FUSED else [f"reduced_{axis}"]
+            points += [f"hidden_{axis}_{p}" for p in ACTIVATION_POINTS[self.activation]] + [f"logits_{axis}"]
+        return [*points, "logits", *self.gate_points(), *(["gated"] if self.residual else []), "output"]
+
+    def call(self, inputs, training=None):
+        v.check_floating(type(self).__name__, inputs)
+        rows, columns = strip_means(self, inputs)
+        logits_h = self.at_point("logits_h", self.convolve(self.conv_h, self._shared(rows, "h", training)))
+        logits_w = self.at_point("logits_w", self.convolve(self.conv_w, self._shared(columns, "w", training)))
+        along_h, along_w = strips_to_input_layout(logits_h, logits_w, self.data_format)
+        gate = self.apply_gate(self.at_point("logits", along_h + along_w))
+        out = inputs * ops.cast(gate, inputs.dtype)
+        if self.residual:
+            out = self.at_point("gated", out) + inputs
+        return self.at_point("output", out)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["use_batchnorm"]
         return config

@@ -3,7 +3,7 @@
 from keras_attention.backend import accumulation_dtype, build_sublayer, keras, mean, ops, register
 from keras_attention.layers import _kernels
 from keras_attention.layers import _validation as v
-from keras_attention.layers._gated import GatedAttention
+from keras_attention.layers._gated import BLEND_POINTS, GatedAttention, blend_avg_max
 
 
 @register
@@ -23,7 +23,7 @@ class SpatialAttention(GatedAttention):
             0.5). Not in the paper, nor in CenterMask.
         pooling: channel descriptors: ("avg", "max") as in the paper, or one of
             them. `("avg",)` avoids REDUCE_MAX, which older mobile GPU delegates
-            reject.
+            reject. "avg_max": one map, (mean + max) / 2 (timm's light CBAM).
         use_bias: bias in the convolution (none in the official code).
         gate: "sigmoid" or "hard_sigmoid".
         start_as_identity: initialise so the layer returns its input exactly
@@ -95,6 +95,8 @@ class SpatialAttention(GatedAttention):
 
     def quantization_points(self):
         points = ["channel_avg"] if "avg" in self.pooling else []
+        if "avg_max" in self.pooling:
+            points = ["channel_avg", *(f"channel_{p}" for p in BLEND_POINTS)]
         if len(self.pooling) > 1:
             points.append("descriptors")
         return [*points, "logits", *self.gate_points(), *self.output_point()]
@@ -105,10 +107,13 @@ class SpatialAttention(GatedAttention):
         channel_axis = -1 if self.data_format == "channels_last" else 1
         maps = []
         for kind in self.pooling:
-            if kind == "avg":  # the max of int8 values keeps the input's scale; the mean is a new tensor
-                maps.append(self.at_point("channel_avg", mean(x, axis=channel_axis, keepdims=True)))
+            # The max of int8 values keeps the input's scale; the mean is a new tensor.
+            average = lambda: self.at_point("channel_avg", mean(x, axis=channel_axis, keepdims=True))  # noqa: E731
+            maximum = lambda: ops.amax(x, axis=channel_axis, keepdims=True)  # noqa: E731
+            if kind == "avg_max":
+                maps.append(blend_avg_max(self, average(), maximum(), "channel_"))
             else:
-                maps.append(ops.amax(x, axis=channel_axis, keepdims=True))
+                maps.append(average() if kind == "avg" else maximum())
         if self.data_format == "channels_first":
             maps = [ops.transpose(m, (0, 2, 3, 1)) for m in maps]
         return maps[0] if len(maps) == 1 else self.at_point("descriptors", ops.concatenate(maps, axis=-1))

@@ -229,7 +229,11 @@ def check_other_channel_count(layer_cls, init_kwargs, layer, input_shapes):
     axis = 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else 3
     shape[axis] += 1
     wider = layer_cls(**init_kwargs)
-    build_model(wider, [tuple(shape)])
+    try:
+        build_model(wider, [tuple(shape)])
+    except ValueError as error:  # no layer of these arguments takes that many channels (GroupNorm's groups)
+        assert layer_cls.__name__ in str(error), error
+        return
     x = random_inputs([tuple(shape)])[0]
     same_weights = [tuple(w.shape) for w in wider.weights] == [tuple(w.shape) for w in layer.weights]
     try:
