@@ -48,6 +48,7 @@ TORCH_MODE_FILES = {
     "test_spatial_attention.py",
     "test_squeeze_excitation.py",
     "test_torch_compile.py",
+    "test_zoo.py",
 }
 
 settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True)

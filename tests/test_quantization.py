@@ -143,6 +143,16 @@ FORWARD_CASES = {
         ),
         SINGLE_CF,
     ),
+    "scoord_residual": (lambda: ka.SimpleCoordinateAttention(residual=True), SINGLE),
+    "ela_paper_cf": (
+        lambda: ka.EfficientLocalAttention(shared=True, norm_groups=4, activation="linear", data_format=CF),
+        SINGLE_CF,
+    ),
+    "strip": (lambda: ka.StripAttention(), SINGLE),
+    "ecam_identity": (lambda: ka.EfficientChannelAttentionMLP(start_as_identity=True), SINGLE),
+    "lcbam": (lambda: ka.LightCBAM(reduction=4, kernel_size=3), SINGLE),
+    "ge_params": (lambda: ka.GatherExcite(extent=2, extra_params=True), SINGLE),
+    "gc_both_cf": (lambda: ka.GlobalContext(fusion=("scale", "add"), data_format=CF), SINGLE_CF),
     "sam": (lambda: ka.RPNGuidedSpatialAttention(), PAIR),
     "sag_mask_head": (lambda: ka.SAGMaskHead(num_classes=3, filters=8, num_convs=2), [(2, 3, 6, 6, 5)]),
     "sag_mask_head_flat_cf": (
@@ -301,6 +311,24 @@ def _centermask_family(size=8):
     return keras.Model(rois, ka.SAGMaskHead(num_classes=3, filters=16, num_convs=2)(rois), name="centermask_family")
 
 
+def _zoo_family(size=12):
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    for layer in (
+        ka.SimpleCoordinateAttention(),
+        ka.EfficientLocalAttention(),
+        ka.StripAttention(residual=True),
+        ka.EfficientChannelAttentionMLP(),
+        ka.LightCBAM(reduction=4, kernel_size=3),
+        ka.GatherExcite(extent=2),
+        ka.GlobalContext(),
+        ka.GlobalContext(fusion="add", use_attn=False),
+    ):
+        x = layer(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x), name="zoo_family")
+
+
 FAMILIES = {
     # family: (builder, input size, ops that must be int8 in the .tflite)
     "channel": (
@@ -313,6 +341,11 @@ FAMILIES = {
         _centermask_family,
         8,
         {"CONV_2D", "TRANSPOSE_CONV", "MEAN", "REDUCE_MAX", "CONCATENATION", "LOGISTIC", "MUL", "RESHAPE"},
+    ),
+    "zoo": (
+        _zoo_family,
+        12,
+        {"MEAN", "REDUCE_MAX", "LOGISTIC", "MUL", "ADD", "SUB", "RSQRT", "EXP", "DEPTHWISE_CONV_2D", "GATHER"},
     ),
     "thundernet": (
         _thundernet_family,

@@ -231,7 +231,22 @@ ATTENTION_CASES = {
     "coord_timm_skip_hard": lambda: ka.CoordinateAttention(
         reduction=24, divisor=8, use_bias=False, residual=True, gate="hard_sigmoid", activation="relu6"
     ),
+    # The rest of the zoo, timm's forms, in chains (one conversion each: CI time).
+    "zoo_strips": lambda: _chain(
+        ka.SimpleCoordinateAttention(), ka.EfficientLocalAttention(), ka.StripAttention(), ka.GatherExcite(extent=2)
+    ),
+    "zoo_channel": lambda: _chain(ka.EfficientChannelAttentionMLP(), ka.LightCBAM(reduction=2)),
+    "gc_scale_and_add": lambda: ka.GlobalContext(fusion=("scale", "add")),
 }
+
+
+def _chain(*layers):
+    def apply(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    return apply
 
 
 @pytest.mark.keras3_tensorflow(reason="TFLite conversion")

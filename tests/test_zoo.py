@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import keras_attention as ka
+from keras_attention.layers.quantizers import kernel_of
 from tests.kit import reference as ref
 from tests.kit.harness import run_layer_test, to_numpy
 from tests.kit.models import images, user_cnn
@@ -35,7 +36,7 @@ def _dense(z, conv, use_bias=True):
 
 def _conv1d_same(z, conv):
     """A depthwise (k, 1) 'same' convolution of (B, L, C) along L, as a 1-D convolution."""
-    kernel = _w(conv.kernel)[:, 0, :, 0]  # (k, C)
+    kernel = _w(kernel_of(conv))[:, 0, :, 0]  # (k, C)
     k, length = len(kernel), z.shape[1]
     padded = np.pad(z, ((0, 0), (k // 2, k // 2), (0, 0)))
     out = sum(kernel[j] * padded[:, j : j + length] for j in range(k))
@@ -156,7 +157,7 @@ def ge_reference(layer, x):
         y, n = x, 1 if layer.extent == 0 else int(np.log2(layer.extent))
         for i in range(n):
             conv = getattr(layer, f"gather_conv{i + 1}")
-            y = _depthwise_strided(y, _w(conv.kernel), 1 if layer.extent == 0 else 2, 0 if layer.extent == 0 else 1)
+            y = _depthwise_strided(y, _w(kernel_of(conv)), 1 if layer.extent == 0 else 2, 0 if layer.extent == 0 else 1)
             if layer.use_batchnorm:
                 bn = getattr(layer, f"gather_bn{i + 1}")
                 y = ref.batchnorm_inference(

@@ -10,7 +10,10 @@ def blend_avg_max(layer, average, maximum, prefix):
 
     `average` is already an int8 tensor of its own; the max of int8 values keeps the input's scale.
     """
-    return layer.at_point(prefix + "avg_max", layer.at_point(prefix + "sum", average + maximum) * 0.5)
+    summed = layer.at_point(prefix + "sum", average + maximum)
+    # Under QAT the 1/2 is an int8 constant (exact): a float operand would leave the MUL in float.
+    half = layer.kernel_quantizer()(ops.convert_to_tensor(0.5, summed.dtype))
+    return layer.at_point(prefix + "avg_max", summed * half)
 
 
 BLEND_POINTS = ("sum", "avg_max")

@@ -5,7 +5,7 @@ from keras_attention.layers import _validation as v
 from keras_attention.layers._gated import GatedAttention
 from keras_attention.layers._norm import GROUP_NORM_POINTS, group_norm
 from keras_attention.layers._widths import make_divisible
-from keras_attention.layers.quantizers import folded_parameters
+from keras_attention.layers.quantizers import folded_parameters, quantize_kernel
 
 FUSIONS = ("scale", "add")
 
@@ -155,7 +155,7 @@ class GlobalContext(GatedAttention):
             return numerator, denominator
         return numerator / denominator, None
 
-    def _transform(self, context, denominator, fusion):
+    def _transform(self, context, denominator, fusion, training=None):
         """The bottleneck MLP of one fusion: fc1, LayerNorm, ReLU, fc2."""
         fc1, fc2 = getattr(self, f"{fusion}_fc1"), getattr(self, f"{fusion}_fc2")
         if denominator is None:
@@ -163,10 +163,12 @@ class GlobalContext(GatedAttention):
         else:  # QAT: W c + b d, the division left to the LayerNorm (see the class docstring)
             kernel, bias = folded_parameters(fc1)
             projected = self.at_point(f"{fusion}_projected", fc1.convolution_op(context, kernel))
-            y = projected + self.at_point(f"{fusion}_bias_scaled", denominator * bias)
+            # b d as a 1 -> hidden 1x1 convolution of d: an int8 CONV_2D whose per-channel kernel is b exactly.
+            bias_kernel = quantize_kernel(ops.reshape(bias, (1, 1, 1, -1)), axis=-1)
+            y = projected + self.at_point(f"{fusion}_bias_scaled", ops.conv(denominator, bias_kernel))
         y = self.at_point(f"{fusion}_reduced", y)
         gamma, beta = getattr(self, f"{fusion}_norm_gamma"), getattr(self, f"{fusion}_norm_beta")
-        y = group_norm(self, y, gamma, beta, 1, self.epsilon, prefix=f"{fusion}_norm_")
+        y = group_norm(self, y, gamma, beta, 1, self.epsilon, prefix=f"{fusion}_norm_", training=training)
         y = self.at_point(f"{fusion}_hidden", ops.relu(y))
         return self.at_point(f"{fusion}_logits", self.convolve(fc2, y))
 
@@ -177,13 +179,13 @@ class GlobalContext(GatedAttention):
         out = inputs
         if "scale" in self.fusion:
             gate = v.from_channels_last(
-                self.apply_gate(self._transform(context, denominator, "scale")), self.data_format
+                self.apply_gate(self._transform(context, denominator, "scale", training)), self.data_format
             )
             out = inputs * ops.cast(gate, inputs.dtype)
             if "add" in self.fusion:
                 out = self.at_point("scaled", out)
         if "add" in self.fusion:
-            added = v.from_channels_last(self._transform(context, denominator, "add"), self.data_format)
+            added = v.from_channels_last(self._transform(context, denominator, "add", training), self.data_format)
             out = out + ops.cast(added, inputs.dtype)
         return self.at_point("output", out)
 

@@ -245,19 +245,21 @@ class EfficientLocalAttention(_StripGate):
             points += self.gate_points(f"gate_{axis}")
         return [*points, "scaled_w", *self._residual_points()]
 
-    def _strip_gate(self, strip, axis):
+    def _strip_gate(self, strip, axis, training=None):
         own = "h" if self.shared else axis
         y = self.at_point(f"strip_{axis}", self.convolve(getattr(self, f"conv_{own}"), strip))
         if self.use_norm:
             gamma, beta = getattr(self, f"norm_{own}_gamma"), getattr(self, f"norm_{own}_beta")
-            y = group_norm(self, y, gamma, beta, self.norm_groups, 1e-5, prefix=f"norm_{axis}_")  # PyTorch's eps
+            y = group_norm(self, y, gamma, beta, self.norm_groups, 1e-5, prefix=f"norm_{axis}_", training=training)
         y = run_activation(self, self.activation, y, prefix=f"hidden_{axis}_")
         return self.apply_gate(y, prefix=f"gate_{axis}")
 
     def call(self, inputs, training=None):
         v.check_floating(type(self).__name__, inputs)
         rows, columns = strip_means(self, inputs)
-        a_h, a_w = strips_to_input_layout(self._strip_gate(rows, "h"), self._strip_gate(columns, "w"), self.data_format)
+        a_h, a_w = strips_to_input_layout(
+            self._strip_gate(rows, "h", training), self._strip_gate(columns, "w", training), self.data_format
+        )
         scaled = self.at_point("scaled_w", inputs * ops.cast(a_w, inputs.dtype))
         return self._residual_output(scaled * ops.cast(a_h, inputs.dtype), inputs)
 
