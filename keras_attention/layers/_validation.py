@@ -16,6 +16,24 @@ def check_choice(layer_name, arg, value, allowed):
     return value
 
 
+def check_hidden_channels(layer_name, hidden_channels, **width_rules):
+    """`hidden_channels` (None or an int >= 1), refused together with any of the width rules it replaces.
+
+    `width_rules` are the layer's other width arguments as given (`reduction=...`,
+    `min_channels=...`, `divisor=...`); None means not given.
+    """
+    hidden_channels = check_int(layer_name, "hidden_channels", hidden_channels, allow_none=True)
+    given = {k: x for k, x in width_rules.items() if x is not None}
+    if hidden_channels is not None and given:
+        names = [f"`{k}`" for k in width_rules]
+        excluded = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        raise ValueError(
+            f"{layer_name}: `hidden_channels` sets the hidden width itself; it excludes {excluded} "
+            f"(got hidden_channels={hidden_channels!r}, {', '.join(f'{k}={x!r}' for k, x in given.items())})."
+        )
+    return hidden_channels
+
+
 def normalize_pooling(layer_name, pooling):
     if isinstance(pooling, str):
         pooling = (pooling,)

@@ -163,12 +163,7 @@ class EfficientChannelAttentionMLP(EfficientChannelAttention):
             **kwargs,
         )
         name = type(self).__name__
-        self.hidden_channels = v.check_int(name, "hidden_channels", hidden_channels, allow_none=True)
-        if self.hidden_channels is not None and (reduction is not None or divisor is not None):
-            raise ValueError(
-                f"{name}: `hidden_channels` sets the hidden width itself; it excludes `reduction` and `divisor` "
-                f"(got hidden_channels={hidden_channels!r}, reduction={reduction!r}, divisor={divisor!r})."
-            )
+        self.hidden_channels = v.check_hidden_channels(name, hidden_channels, reduction=reduction, divisor=divisor)
         self.reduction = v.check_int(name, "reduction", reduction, allow_none=True)
         self.divisor = v.check_int(name, "divisor", divisor, allow_none=True)
         self.activation = v.check_choice(name, "activation", activation, ("relu", "relu6", "swish", "hard_swish"))

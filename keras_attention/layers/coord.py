@@ -83,15 +83,9 @@ class CoordinateAttention(GatedAttention):
     ):
         super().__init__(gate=gate, start_as_identity=start_as_identity, data_format=data_format, **kwargs)
         name = type(self).__name__
-        self.hidden_channels = v.check_int(name, "hidden_channels", hidden_channels, allow_none=True)
-        if self.hidden_channels is not None:
-            given = {"reduction": reduction, "min_channels": min_channels, "divisor": divisor}
-            given = ", ".join(f"{k}={x!r}" for k, x in given.items() if x is not None)
-            if given:
-                raise ValueError(
-                    f"{name}: `hidden_channels` sets the hidden width itself; it excludes `reduction`, "
-                    f"`min_channels` and `divisor` (got hidden_channels={hidden_channels!r}, {given})."
-                )
+        self.hidden_channels = v.check_hidden_channels(
+            name, hidden_channels, reduction=reduction, min_channels=min_channels, divisor=divisor
+        )
         default = None if self.hidden_channels is not None else 32
         self.reduction = v.check_int(name, "reduction", default if reduction is None else reduction, allow_none=True)
         self.min_channels = v.check_int(name, "min_channels", min_channels, allow_none=True)

@@ -91,12 +91,7 @@ class GatherExcite(GatedAttention):
                 f"got {extent!r}."
             )
         self.use_mlp = bool(use_mlp)
-        self.hidden_channels = v.check_int(name, "hidden_channels", hidden_channels, allow_none=True)
-        if self.hidden_channels is not None and reduction is not None:
-            raise ValueError(
-                f"{name}: `hidden_channels` sets the hidden width itself; it excludes `reduction` "
-                f"(got hidden_channels={hidden_channels!r}, reduction={reduction!r})."
-            )
+        self.hidden_channels = v.check_hidden_channels(name, hidden_channels, reduction=reduction)
         self.reduction = v.check_int(name, "reduction", reduction, allow_none=True)
         self.use_batchnorm = bool(use_batchnorm)
         if self.start_as_identity and not self.use_mlp:

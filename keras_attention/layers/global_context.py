@@ -80,12 +80,7 @@ class GlobalContext(GatedAttention):
             )
         self.fusion = tuple(f for f in FUSIONS if f in fusions)
         self.use_attn = bool(use_attn)
-        self.hidden_channels = v.check_int(name, "hidden_channels", hidden_channels, allow_none=True)
-        if self.hidden_channels is not None and reduction is not None:
-            raise ValueError(
-                f"{name}: `hidden_channels` sets the bottleneck width itself; it excludes `reduction` "
-                f"(got hidden_channels={hidden_channels!r}, reduction={reduction!r})."
-            )
+        self.hidden_channels = v.check_hidden_channels(name, hidden_channels, reduction=reduction)
         self.reduction = v.check_int(name, "reduction", reduction, allow_none=True)
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
             raise ValueError(f"{name}: `epsilon` must be a positive number (LayerNorm's); got {epsilon!r}.")
