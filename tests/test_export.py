@@ -20,7 +20,7 @@ import pytest
 import keras_attention as ka
 from keras_attention import export
 from keras_attention.backend import BACKEND, IS_LEGACY, keras
-from tests.kit.models import every_layer_model
+from tests.kit.models import every_layer_model, zoo_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-4  # relative to the largest output, as `max_rel_error` measures
@@ -87,6 +87,13 @@ def test_every_attention_layer_in_both_formats(tmp_path):
     reports = _export_and_verify(model, _inputs(model), str(tmp_path), "layers")
     assert reports["onnx"].ops["Sigmoid"] >= 9  # the gates are in the file, not folded away
     assert sorted(os.listdir(tmp_path)) == ["layers.bin", "layers.onnx", "layers.xml"]  # no temporary files left
+
+
+@pytest.mark.keras3_tensorflow
+def test_every_zoo_attention_in_both_formats(tmp_path):
+    model = zoo_model()
+    reports = _export_and_verify(model, _inputs(model), str(tmp_path), "zoo")
+    assert reports["onnx"].ops["Sigmoid"] >= 10 and reports["onnx"].ops["Exp"] == 2  # GC's attention pooling
 
 
 @pytest.mark.keras3_tensorflow
@@ -207,6 +214,13 @@ def test_jax_every_attention_layer_to_onnx(tmp_path):
     # Traced as plain ops: XLA's form of the spatial convolution would add k row-shifted Slices each.
     assert "Slice" not in report.ops, report.ops
     assert os.listdir(tmp_path) == ["layers.onnx"]
+
+
+@on_jax2onnx
+def test_jax_every_zoo_attention_to_onnx(tmp_path):
+    model = zoo_model()
+    report = _verified_onnx(model, _inputs(model), str(tmp_path / "zoo.onnx"))
+    assert report.ops["Sigmoid"] >= 10 and report.ops["Exp"] == 2
 
 
 @on_jax2onnx

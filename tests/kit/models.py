@@ -88,6 +88,35 @@ def every_layer_model():
     return model
 
 
+def zoo_model():
+    """One model holding every attention of the zoo (timm's forms and others), both data formats."""
+    inputs = keras.Input((12, 10, 32))
+    channels_first = keras.layers.Permute((3, 1, 2))(inputs)
+    branches = [
+        ka.CoordinateAttention()(inputs),
+        ka.SimpleCoordinateAttention(residual=True)(inputs),
+        ka.EfficientLocalAttention()(inputs),
+        ka.StripAttention()(inputs),
+        ka.EffectiveSqueezeExcitation()(inputs),
+        ka.CircularEfficientChannelAttention()(inputs),
+        ka.EfficientChannelAttentionMLP()(inputs),
+        ka.LightCBAM(reduction=4)(inputs),
+        ka.GatherExcite(extent=4)(inputs),
+        ka.GatherExcite(extent=2, extra_params=True)(inputs),
+        ka.GlobalContext(fusion=("scale", "add"))(inputs),
+        ka.CoordinateAttention(reduction=24, divisor=8, use_bias=False, data_format="channels_first")(channels_first),
+        ka.EfficientLocalAttention(shared=True, norm_groups=16, activation="linear", data_format="channels_first")(
+            channels_first
+        ),
+        ka.GlobalContext(fusion="add", data_format="channels_first")(channels_first),
+    ]
+    model = keras.Model(inputs, branches)
+    for layer in model.layers:
+        if layer.weights:
+            randomize_weights(layer, seed=len(layer.name))
+    return model
+
+
 def flex_op_model():
     """A CBAM model with one op TFLite has no builtin for (Flex: MatrixDeterminant)."""
     import tensorflow as tf
