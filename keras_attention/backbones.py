@@ -495,8 +495,9 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
         model: a functional `keras.Model` (e.g. from `keras.applications`, any
             input size, `include_top` True or False), or a Sequential with a
             known input shape.
-        attention: "cbam" (default), "channel", "spatial", "se", "eca", or one
-            of their classes.
+        attention: a name `get_attention` knows ("cbam", the default; "se",
+            "eca", "coord", "gc", ... : timm's `create_attn` names), or one of
+            their classes.
         where: where to insert.
             - "residual" (default): on the residual branch of every residual
               block, just before the addition (the CBAM paper's placement:
@@ -519,8 +520,8 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
             the original did, while every attention weight still receives
             gradient in the first step. False: the paper's initialisation.
         **attention_kwargs: passed to every attention layer (`reduction`,
-            `kernel_size`, `gate`, ...). Channel attention ("cbam", "channel",
-            "se") gets `min_channels=8` unless given (or `hidden_channels` is), so thin layers (MobileNet's
+            `kernel_size`, `gate`, ...). A layer with a `min_channels` argument
+            ("cbam", "se", "coord", ...) gets `min_channels=8` unless given (or `hidden_channels` is), so thin layers (MobileNet's
             16- or 24-channel blocks) get a hidden width of at least 8 instead
             of an error; ResNet's blocks (256+ channels) are unaffected.
 

@@ -605,3 +605,24 @@ def test_equals_timms_pytorch_modules(form):
         next(iter(module.parameters())).add_(0.1)
         moved = module(torch.from_numpy(x)).numpy()
     assert not np.allclose(actual, moved, atol=1e-3 * np.abs(expected).max())
+
+
+@pytest.fixture(scope="module")
+def mobile_backbones():
+    from keras_attention.backend import keras
+
+    mobilenet = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None)
+    resnet = keras.applications.ResNet50(input_shape=(32, 32, 3), include_top=False, weights=None)
+    return {"MobileNetV2": mobilenet, "ResNet50": resnet}
+
+
+@pytest.mark.run_once(reason="graph surgery, the same in every Keras mode (test_backbones runs it per mode)")
+@pytest.mark.parametrize("name", "se ese eca ecam ceca ge gc gca cbam lcbam coord scoord ela strip".split())
+def test_every_timm_name_attaches_into_mobilenetv2_and_resnet50(name, mobile_backbones):
+    x = images(2, 32)
+    for family, backbone in mobile_backbones.items():
+        model = ka.attach(backbone, name)  # on the residual branches: 10 in MobileNetV2, 16 in ResNet50
+        inserted = [layer for layer in model.layers if isinstance(layer, ka.layers.ATTENTIONS[name])]
+        assert len(inserted) == (10 if family == "MobileNetV2" else 16), (family, len(inserted))
+        expected = to_numpy(backbone(x))
+        np.testing.assert_allclose(to_numpy(model(x)), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
