@@ -521,8 +521,9 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
             gradient in the first step. False: the paper's initialisation.
         **attention_kwargs: passed to every attention layer (`reduction`,
             `kernel_size`, `gate`, ...). A layer with a `min_channels` argument
-            ("cbam", "se", "coord", ...) gets `min_channels=8` unless given (or `hidden_channels` is), so thin layers (MobileNet's
-            16- or 24-channel blocks) get a hidden width of at least 8 instead
+            ("cbam", "se", "coord", ...) gets `min_channels=8` unless given (or
+            `hidden_channels` is), so thin layers (MobileNet's 16- or
+            24-channel blocks) get a hidden width of at least 8 instead
             of an error; ResNet's blocks (256+ channels) are unaffected.
 
     Returns:

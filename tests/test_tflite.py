@@ -137,6 +137,25 @@ def test_every_public_layer_float32_matches_keras(request, factory, shapes):
     assert report.max_rel_error <= 1e-4, str(report)
 
 
+@pytest.mark.keras3_tensorflow(reason="TFLite conversion")
+def test_multiply_adds_are_counted_from_the_file():
+    """Against the textbook counts of each layer, written from the Keras layers' shapes."""
+    inputs = keras.Input((8, 6, 4))
+    conv = keras.layers.Conv2D(5, 3, padding="same")
+    depthwise = keras.layers.DepthwiseConv2D(3, padding="same")
+    dense = keras.layers.Dense(7)
+    x = keras.layers.GlobalAveragePooling2D()(depthwise(conv(inputs)))
+    model = keras.Model(inputs, dense(ka.SqueezeExcitation(reduction=1)(keras.layers.Reshape((1, 1, 5))(x))))
+    counted = tflite.multiply_adds(tflite.convert(model, "float32"))
+    textbook = {
+        "CONV_2D": 8 * 6 * 5 * (3 * 3 * 4) + 2 * (5 * 5),  # the stem, then SE's two 1x1 convolutions (C = 5)
+        "DEPTHWISE_CONV_2D": 8 * 6 * 5 * (3 * 3),
+        "FULLY_CONNECTED": 7 * 5,
+    }
+    assert counted["by_op"] == textbook and counted["weights"] == sum(textbook.values())
+    assert counted["elementwise"] >= 5 + 5  # SE's sigmoid and product over the 5 channels at least
+
+
 # ------------------------------------------------------- quantization modes
 
 

@@ -172,6 +172,56 @@ def _inventory(data):
     return tuple(ops)
 
 
+# Ops whose multiply-adds are counted: the weight layers. Elementwise ops are counted apart (one op per
+# output element) as `elementwise`: MUL, ADD, SUB, the activations, the pools' and means' outputs.
+_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "BATCH_MATMUL")
+_ELEMENTWISE_OPS = (
+    "ADD", "SUB", "MUL", "DIV", "LOGISTIC", "HARD_SWISH", "RELU", "RELU6", "EXP", "RSQRT",
+    "SQUARED_DIFFERENCE", "MAXIMUM", "MINIMUM",
+)  # fmt: skip
+
+
+def multiply_adds(tflite_model):
+    """Multiply-adds of a `.tflite` model per inference, counted from its graph (batch 1).
+
+    Returns `{"weights": n, "elementwise": m, "by_op": {op: n}}`: `weights` is
+    the multiply-adds of the weight layers (CONV_2D: H_out W_out C_out k_h k_w
+    C_in / groups; DEPTHWISE_CONV_2D: H_out W_out C_out k_h k_w; FULLY_CONNECTED
+    and BATCH_MATMUL: output size times the reduced dimension), what papers
+    call MAdds or FLOPs / 2; `elementwise` counts one operation per output
+    element of the elementwise ops (the gates' products, the activations), which
+    papers leave out and phones pay for. Shapes are the file's; a free (-1)
+    batch counts as 1.
+    """
+    model, _, op_names = _parse(load_flatbuffer(tflite_model))
+    by_op, elementwise = {}, 0
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            name = op_names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "")
+
+            def shape(i, io, graph=graph):
+                return [max(int(d), 1) for d in graph.Tensors(io(i)).ShapeAsNumpy()]
+
+            if name in _ELEMENTWISE_OPS and op.OutputsLength():
+                elementwise += int(np.prod(shape(0, op.Outputs)))
+            if name not in _WEIGHT_OPS:
+                continue
+            out = shape(0, op.Outputs)
+            if name == "CONV_2D":  # kernel (C_out, k_h, k_w, C_in / groups)
+                count = np.prod(out) * np.prod(shape(1, op.Inputs)[1:])
+            elif name == "DEPTHWISE_CONV_2D":  # kernel (1, k_h, k_w, C_out)
+                count = np.prod(out) * np.prod(shape(1, op.Inputs)[1:3])
+            elif name == "TRANSPOSE_CONV":  # inputs: output shape, kernel (C_out, k_h, k_w, C_in), input
+                count = np.prod(shape(2, op.Inputs)) * np.prod(shape(1, op.Inputs))
+            else:  # FULLY_CONNECTED, BATCH_MATMUL: the input's last dimension is reduced
+                count = np.prod(out) * shape(0, op.Inputs)[-1]
+            by_op[name] = by_op.get(name, 0) + int(count)
+    return {"weights": sum(by_op.values()), "elementwise": elementwise, "by_op": by_op}
+
+
 def op_counts(tflite_model):
     """`Counter` of `(op, dtype)` over the model's operators."""
     return Counter((op["op"], op["dtype"]) for op in op_inventory(tflite_model))
