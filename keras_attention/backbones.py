@@ -482,7 +482,33 @@ def _checked_attention_kwargs(model, cls, preserve_outputs, attention_kwargs):
     return attention_kwargs
 
 
-def attach(model, attention="cbam", where="residual", preserve_outputs=True, **attention_kwargs):
+def _within_size(anchors, max_size, where, data_format, model_name):
+    """The anchors whose feature map is at most `max_size` x `max_size`; a clear error if none or unknown."""
+    from keras_attention._checks import check_int
+
+    max_size = check_int("attach", "max_size", max_size)
+    sizes = []
+    for t in anchors:
+        shape = tuple(t.shape)
+        sizes.append(shape[1:3] if data_format == "channels_last" else shape[2:4])
+    if any(None in size for size in sizes):
+        raise ValueError(
+            f"attach: max_size={max_size} places attention by feature-map size, but model {model_name!r} has "
+            "maps of unknown size (its input size is free). Build it with a fixed input_shape, e.g. "
+            "input_shape=(224, 224, 3), or choose the blocks with `where`."
+        )
+    kept = [t for t, size in zip(anchors, sizes) if max(size) <= max_size]
+    if not kept:
+        smallest = min(max(size) for size in sizes)
+        raise ValueError(
+            f"attach: max_size={max_size} leaves none of the {len(anchors)} blocks where={_describe(where)} "
+            f"selects in model {model_name!r}: their maps are {smallest}x{smallest} and larger. Use "
+            f"max_size >= {smallest}."
+        )
+    return kept
+
+
+def attach(model, attention="cbam", where="residual", preserve_outputs=True, max_size=None, **attention_kwargs):
     """A copy of a functional model with attention layers inserted.
 
     Walks the model's graph, re-creates every layer from its config, re-calls
@@ -515,6 +541,13 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
               feature map), e.g. VGG, which has no residual blocks.
             - a list of layer names: after exactly those layers.
             - a callable `f(layer) -> bool`: after every layer it accepts.
+        max_size: only blocks whose feature map is at most `max_size` on each
+            side (e.g. 14: the last two stages of a 224x224 MobileNetV2),
+            among those `where` selects. A block's latency on a phone grows with
+            the map it pools and multiplies, its parameters with the channels:
+            the small late maps carry most of the parameters at a fraction of
+            the elementwise work (`benchmarks/attention_cost.py --max-size`
+            measures what a placement costs). None: every block.
         preserve_outputs: True (default): attention starts as the identity
             (`start_as_identity=True`), so the new model computes exactly what
             the original did, while every attention weight still receives
@@ -550,7 +583,10 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, **a
     attention_kwargs = _checked_attention_kwargs(model, cls, preserve_outputs, attention_kwargs)
     data_format = attention_kwargs.get("data_format") or image_data_format()
     graph = _Graph(model)
-    anchors = {id(t): t for t in _select_anchors(graph, where, data_format)}
+    selected = _select_anchors(graph, where, data_format)
+    if max_size is not None:
+        selected = _within_size(selected, max_size, where, data_format, model.name)
+    anchors = {id(t): t for t in selected}
 
     taken = {node.op.name for node in graph.nodes}
     clones, tensor_map, inserted = {}, {}, []

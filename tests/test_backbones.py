@@ -453,6 +453,27 @@ def test_where_names_and_callable():
     assert_same_function(model, original, images(2, 32))
 
 
+@pytest.mark.run_once(reason="graph surgery, the same in every mode")
+def test_max_size_places_attention_only_on_small_maps():
+    original = keras.applications.MobileNetV2(input_shape=(96, 96, 3), alpha=0.35, include_top=False, weights=None)
+    # Independently: the spatial side of each residual Add's output, from the backbone's own graph.
+    add_sides = [layer.output.shape[1] for layer in original.layers if isinstance(layer, L.Add)]
+    assert sorted(add_sides) == [3, 3, 6, 6, 6, 6, 6, 12, 12, 24]  # control: the placement below differs
+    for max_size, expected in ((6, 7), (12, 9), (96, 10)):
+        model = ka.attach(original, "se", max_size=max_size)
+        inserted = attention_layers(model)
+        assert len(inserted) == expected == sum(side <= max_size for side in add_sides), max_size
+        assert all(layer.input.shape[1] <= max_size for layer in inserted)
+        assert_same_function(model, original, images(2, 96))
+    with pytest.raises(ValueError, match=r"attach: max_size=2 leaves none of the 10 blocks where='residual'.*3x3"):
+        ka.attach(original, "se", max_size=2)
+    with pytest.raises(ValueError, match=r"attach: `max_size` must be an integer >= 1; got 0"):
+        ka.attach(original, "se", max_size=0)
+    free = keras.applications.MobileNetV2(input_shape=(None, None, 3), alpha=0.35, include_top=False, weights=None)
+    with pytest.raises(ValueError, match=r"attach: max_size=7 .* maps of unknown size .*input_shape=\(224, 224, 3\)"):
+        ka.attach(free, "se", max_size=7)
+
+
 def test_sequential_with_input_shape():
     original = keras.Sequential(
         [
