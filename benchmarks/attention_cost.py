@@ -72,7 +72,24 @@ def int8_file(model, size, seed=0):
     return tflite.convert(qat, "int8")
 
 
-def measure(backbone, attentions, threads, runs, max_size=None):
+def _files(backbone, key, max_size, model, size, cache):
+    """(int8, float32) flatbuffers of `model`; with `cache` (a folder) kept there and read back next time."""
+    from keras_attention import tflite
+    from keras_attention._io import write_bytes
+
+    paths = (
+        [os.path.join(cache, f"{backbone}_{key}_{max_size}_{q}.tflite") for q in ("int8", "float32")] if cache else []
+    )
+    if paths and all(os.path.exists(p) for p in paths):
+        return tuple(tflite.load_flatbuffer(p) for p in paths)
+    files = (int8_file(model, size), tflite.convert(model, "float32"))
+    for path, data in zip(paths, files):
+        os.makedirs(cache, exist_ok=True)
+        write_bytes(path, data)
+    return files
+
+
+def measure(backbone, attentions, threads, runs, max_size=None, cache=None):
     from keras_attention import tflite
     from keras_attention.backbones import attention_layers
 
@@ -83,7 +100,7 @@ def measure(backbone, attentions, threads, runs, max_size=None):
         start = time.time()
         model = build(backbone, name, max_size if name else None)
         key = name or "plain"
-        int8[key], float32[key] = int8_file(model, size), tflite.convert(model, "float32")
+        int8[key], float32[key] = _files(backbone, key, max_size if name else None, model, size, cache)
         inventory = tflite.op_inventory(int8[key])
         rows[key] = {
             "blocks": len(attention_layers(model)),
@@ -142,6 +159,7 @@ def main(argv=None):
     parser.add_argument("--threads", default="1,2,4")
     parser.add_argument("--runs", type=int, default=40, help="timed rounds per thread count (40)")
     parser.add_argument("--max-size", type=int, default=None, help="attach(max_size=): only maps this small")
+    parser.add_argument("--cache", default=None, help="keep the .tflite files in this folder; reuse them next time")
     parser.add_argument("--json", default=DEFAULT_JSON)
     args = parser.parse_args(argv)
 
@@ -155,7 +173,7 @@ def main(argv=None):
     payload = {"machine": machine_info(), "runs": args.runs, "threads": list(threads), "max_size": args.max_size}
     payload["results"] = {}
     for backbone in args.backbones.split(","):
-        rows = measure(backbone, attentions, threads, args.runs, args.max_size)
+        rows = measure(backbone, attentions, threads, args.runs, args.max_size, args.cache)
         builder, size, kwargs = BACKBONES[backbone]
         print(
             f"\n{builder} {kwargs} at {size}x{size}: ratios to the plain model (LiteRT + XNNPACK, median of "
