@@ -12,6 +12,15 @@ from keras_attention.backend import BACKEND, IS_LEGACY  # noqa: E402
 
 MODE = "tf_keras" if IS_LEGACY else f"keras3-{BACKEND}"
 
+if MODE == "keras3-torch":
+    # torch.compile keeps per-code-object state across tests: a layer's call() compiled for other shapes
+    # recompiles with symbolic sizes, and PyTorch's inductor then failed on LightCBAM's spatial gate
+    # ("cannot determine truth value of Relational: 1 < s53") in one test order only. Static shapes per
+    # compile make the jit steps independent of the order (a recompile per new shape, as in a fresh process).
+    import torch._dynamo
+
+    torch._dynamo.config.automatic_dynamic_shapes = False
+
 # The mode markers, one name for each mode restriction: a test marked `@pytest.mark.run_once` (or a
 # module with `pytestmark = pytest.mark.run_once`) runs in the modes listed for the marker here and is
 # skipped in the others; `@pytest.mark.run_once(reason="...")` adds the test's own reason to the skip
