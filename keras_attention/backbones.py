@@ -487,10 +487,7 @@ def _within_size(anchors, max_size, where, data_format, model_name):
     from keras_attention._checks import check_int
 
     max_size = check_int("attach", "max_size", max_size)
-    sizes = []
-    for t in anchors:
-        shape = tuple(t.shape)
-        sizes.append(shape[1:3] if data_format == "channels_last" else shape[2:4])
+    sizes = [_spatial_and_channels(tuple(t.shape), data_format)[0] for t in anchors]
     if any(None in size for size in sizes):
         raise ValueError(
             f"attach: max_size={max_size} places attention by feature-map size, but model {model_name!r} has "

@@ -44,6 +44,12 @@ ACTIVATION_POINTS = {
     "hard_silu": ["output"],
 }
 
+# The hidden activations of the attention bottlenecks (coord, scoord, ecam; ela adds "linear"): the
+# authors' h_swish (= timm's nn.Hardswish) and the usual others.
+HIDDEN_ACTIVATIONS = ("hard_swish", "relu", "relu6", "swish")
+# TFLite fuses these into the convolution before them: no int8 tensor between the two.
+FUSED_ACTIVATIONS = ("relu", "relu6")
+
 
 class QuantizationPoints:
     """Mixin for layers with named quantization points (the identity in float)."""

@@ -1,4 +1,4 @@
-"""Strip pooling, shared by the attentions that pool along one axis at a time (coord, scoord, ela, strip)."""
+"""What the strip attentions share (coord, scoord, ela, strip): strip pooling, and timm's optional skip."""
 
 from keras_attention.backend import accumulation_dtype, mean, ops
 
@@ -29,3 +29,24 @@ def strips_to_input_layout(along_h, along_w, data_format):
     if data_format == "channels_last":
         return along_h, ops.transpose(along_w, (0, 2, 1, 3))
     return ops.transpose(along_h, (0, 3, 1, 2)), ops.transpose(along_w, (0, 3, 2, 1))
+
+
+def refuse_identity_with_residual(layer):
+    """`start_as_identity` and `residual` (timm's `has_skip`) together are refused, with why."""
+    if layer.residual and layer.start_as_identity:
+        raise ValueError(
+            f"{type(layer).__name__}: `start_as_identity=True` excludes `residual=True`: the output x * gate + x "
+            "is x only for a gate of 0, which a sigmoid never reaches. Use one or the other."
+        )
+
+
+def residual_points(layer):
+    """The int8 points of `residual_output`."""
+    return [*(["gated"] if layer.residual else []), "output"]
+
+
+def residual_output(layer, out, inputs):
+    """The layer's output: the gated map `out`, plus `inputs` when `layer.residual`."""
+    if layer.residual:
+        out = layer.at_point("gated", out) + inputs
+    return layer.at_point("output", out)

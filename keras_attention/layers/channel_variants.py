@@ -2,7 +2,12 @@
 
 from keras_attention.backend import accumulation_dtype, build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
-from keras_attention.layers._quantization import ACTIVATION_POINTS, run_activation
+from keras_attention.layers._quantization import (
+    ACTIVATION_POINTS,
+    FUSED_ACTIVATIONS,
+    HIDDEN_ACTIVATIONS,
+    run_activation,
+)
 from keras_attention.layers._widths import make_divisible
 from keras_attention.layers.channel import EfficientChannelAttention, _ChannelGateBase
 
@@ -166,7 +171,7 @@ class EfficientChannelAttentionMLP(EfficientChannelAttention):
         self.hidden_channels = v.check_hidden_channels(name, hidden_channels, reduction=reduction, divisor=divisor)
         self.reduction = v.check_int(name, "reduction", reduction, allow_none=True)
         self.divisor = v.check_int(name, "divisor", divisor, allow_none=True)
-        self.activation = v.check_choice(name, "activation", activation, ("relu", "relu6", "swish", "hard_swish"))
+        self.activation = v.check_choice(name, "activation", activation, HIDDEN_ACTIVATIONS)
 
     def hidden_width(self, channels):
         """Feature maps between the two convolutions for `channels` input channels."""
@@ -191,13 +196,13 @@ class EfficientChannelAttentionMLP(EfficientChannelAttention):
         build_sublayer(self.conv2, (None, 1, self.channels, hidden))
 
     def _logit_points(self):
-        fused = self.activation in ("relu", "relu6")
+        fused = self.activation in FUSED_ACTIVATIONS
         hidden = [] if fused else ["hidden"]
         return [*hidden, *[f"hidden_{p}" for p in ACTIVATION_POINTS[self.activation]], "logits"]
 
     def _gate_logits(self, pooled, training=None):
         y = self.convolve(self.conv, ops.reshape(pooled[0], (-1, 1, self.channels, 1)))
-        if self.activation not in ("relu", "relu6"):
+        if self.activation not in FUSED_ACTIVATIONS:
             y = self.at_point("hidden", y)
         y = run_activation(self, self.activation, y, prefix="hidden_")
         z = self.at_point("logits", self.convolve(self.conv2, y))

@@ -3,13 +3,20 @@
 from keras_attention.backend import accumulation_dtype, build_sublayer, keras, ops, register
 from keras_attention.layers import _validation as v
 from keras_attention.layers._gated import GatedAttention
-from keras_attention.layers._quantization import ACTIVATION_POINTS, run_activation
-from keras_attention.layers._strips import strip_means, strips_to_input_layout
+from keras_attention.layers._quantization import (
+    ACTIVATION_POINTS,
+    FUSED_ACTIVATIONS,
+    HIDDEN_ACTIVATIONS,
+    run_activation,
+)
+from keras_attention.layers._strips import (
+    refuse_identity_with_residual,
+    residual_output,
+    residual_points,
+    strip_means,
+    strips_to_input_layout,
+)
 from keras_attention.layers._widths import make_divisible
-
-# The hidden activations: the authors' h_swish (= timm's nn.Hardswish), and the usual others.
-ACTIVATIONS = ("hard_swish", "relu", "relu6", "swish")
-_FUSED = ("relu", "relu6")  # TFLite fuses these into the convolution: no int8 tensor before them
 
 
 @register
@@ -92,13 +99,9 @@ class CoordinateAttention(GatedAttention):
         self.divisor = v.check_int(name, "divisor", divisor, allow_none=True)
         self.use_bias = bool(use_bias)
         self.use_batchnorm = bool(use_batchnorm)
-        self.activation = v.check_choice(name, "activation", activation, ACTIVATIONS)
+        self.activation = v.check_choice(name, "activation", activation, HIDDEN_ACTIVATIONS)
         self.residual = bool(residual)
-        if self.residual and self.start_as_identity:
-            raise ValueError(
-                f"{name}: `start_as_identity=True` excludes `residual=True`: the output x * gate + x is x only "
-                "for a gate of 0, which a sigmoid never reaches. Use one or the other."
-            )
+        refuse_identity_with_residual(self)
 
     def hidden_width(self, channels):
         """Width of the shared convolution's output for `channels` input channels."""
@@ -143,16 +146,16 @@ class CoordinateAttention(GatedAttention):
     def quantization_points(self):
         points = []
         for axis in ("h", "w"):
-            points += [f"pooled_{axis}"] + ([] if self.activation in _FUSED else [f"reduced_{axis}"])
+            points += [f"pooled_{axis}"] + ([] if self.activation in FUSED_ACTIVATIONS else [f"reduced_{axis}"])
             points += [f"hidden_{axis}_{p}" for p in ACTIVATION_POINTS[self.activation]]
             points += [f"logits_{axis}", *self.gate_points(f"gate_{axis}")]
-        return [*points, "scaled_w", *(["gated"] if self.residual else []), "output"]
+        return [*points, "scaled_w", *residual_points(self)]
 
     def _shared(self, strip, axis, training):
         """conv1, BN and the activation of one strip (QAT: BN folded, one strip at a time)."""
         bn = self.bn1 if self.use_batchnorm else None
         y = self.convolve(self.conv1, strip, bn, training=training)
-        if self.activation not in _FUSED:
+        if self.activation not in FUSED_ACTIVATIONS:
             y = self.at_point(f"reduced_{axis}", y)
         return run_activation(self, self.activation, y, prefix=f"hidden_{axis}_")
 
@@ -178,10 +181,7 @@ class CoordinateAttention(GatedAttention):
         v.check_floating(type(self).__name__, inputs)
         a_h, a_w = self.compute_gates(inputs, training=training)
         scaled = self.at_point("scaled_w", inputs * ops.cast(a_w, inputs.dtype))
-        out = scaled * ops.cast(a_h, inputs.dtype)
-        if self.residual:
-            out = self.at_point("gated", out) + inputs
-        return self.at_point("output", out)
+        return residual_output(self, scaled * ops.cast(a_h, inputs.dtype), inputs)
 
     def get_config(self):
         config = super().get_config()
@@ -269,9 +269,9 @@ class SimpleCoordinateAttention(CoordinateAttention):
     def quantization_points(self):
         points = ["pooled_h", "pooled_w"]
         for axis in ("h", "w"):
-            points += [] if self.activation in _FUSED else [f"reduced_{axis}"]
+            points += [] if self.activation in FUSED_ACTIVATIONS else [f"reduced_{axis}"]
             points += [f"hidden_{axis}_{p}" for p in ACTIVATION_POINTS[self.activation]] + [f"logits_{axis}"]
-        return [*points, "logits", *self.gate_points(), *(["gated"] if self.residual else []), "output"]
+        return [*points, "logits", *self.gate_points(), *residual_points(self)]
 
     def call(self, inputs, training=None):
         v.check_floating(type(self).__name__, inputs)
@@ -280,10 +280,7 @@ class SimpleCoordinateAttention(CoordinateAttention):
         logits_w = self.at_point("logits_w", self.convolve(self.conv_w, self._shared(columns, "w", training)))
         along_h, along_w = strips_to_input_layout(logits_h, logits_w, self.data_format)
         gate = self.apply_gate(self.at_point("logits", along_h + along_w))
-        out = inputs * ops.cast(gate, inputs.dtype)
-        if self.residual:
-            out = self.at_point("gated", out) + inputs
-        return self.at_point("output", out)
+        return residual_output(self, inputs * ops.cast(gate, inputs.dtype), inputs)
 
     def get_config(self):
         config = super().get_config()

@@ -4,8 +4,14 @@ from keras_attention.backend import accumulation_dtype, build_sublayer, keras, o
 from keras_attention.layers import _validation as v
 from keras_attention.layers._gated import GatedAttention
 from keras_attention.layers._norm import GROUP_NORM_POINTS, group_norm
-from keras_attention.layers._quantization import ACTIVATION_POINTS, run_activation
-from keras_attention.layers._strips import strip_means, strips_to_input_layout
+from keras_attention.layers._quantization import ACTIVATION_POINTS, HIDDEN_ACTIVATIONS, run_activation
+from keras_attention.layers._strips import (
+    refuse_identity_with_residual,
+    residual_output,
+    residual_points,
+    strip_means,
+    strips_to_input_layout,
+)
 
 
 def _strip_conv(layer, kernel_size, name, zeros=False):
@@ -21,28 +27,8 @@ def _strip_conv(layer, kernel_size, name, zeros=False):
     )
 
 
-def _refuse_identity_with_residual(layer):
-    if layer.residual and layer.start_as_identity:
-        raise ValueError(
-            f"{type(layer).__name__}: `start_as_identity=True` excludes `residual=True`: the output x * gate + x "
-            "is x only for a gate of 0, which a sigmoid never reaches. Use one or the other."
-        )
-
-
-class _StripGate(GatedAttention):
-    """`x * gate(...)` (plus `x` when `residual`) with the strips' int8 points; subclasses give the gates."""
-
-    def _residual_output(self, out, inputs):
-        if self.residual:
-            out = self.at_point("gated", out) + inputs
-        return self.at_point("output", out)
-
-    def _residual_points(self):
-        return [*(["gated"] if self.residual else []), "output"]
-
-
 @register
-class StripAttention(_StripGate):
+class StripAttention(GatedAttention):
     """Strip attention (timm's `StripAttn`, `create_attn("strip")`): one gate from a row and a column strip.
 
     `out = x * gate(conv_h(mean_W(x)) + conv_w(mean_H(x)))`: the map is averaged
@@ -93,7 +79,7 @@ class StripAttention(_StripGate):
         self.kernel_size = v.check_odd_kernel_size(name, kernel_size)
         self.use_bias = bool(use_bias)
         self.residual = bool(residual)
-        _refuse_identity_with_residual(self)
+        refuse_identity_with_residual(self)
         if self.start_as_identity and not self.use_conv:
             raise ValueError(
                 f"{name}: `start_as_identity=True` needs `use_conv=True`: without the convolutions the gate "
@@ -113,7 +99,7 @@ class StripAttention(_StripGate):
 
     def quantization_points(self):
         convolved = ["strip_h", "strip_w"] if self.use_conv else []
-        return ["pooled_h", "pooled_w", *convolved, "logits", *self.gate_points(), *self._residual_points()]
+        return ["pooled_h", "pooled_w", *convolved, "logits", *self.gate_points(), *residual_points(self)]
 
     def call(self, inputs, training=None):
         v.check_floating(type(self).__name__, inputs)
@@ -123,7 +109,7 @@ class StripAttention(_StripGate):
             columns = self.at_point("strip_w", self.convolve(self.conv_w, columns))
         along_h, along_w = strips_to_input_layout(rows, columns, self.data_format)
         gate = self.apply_gate(self.at_point("logits", along_h + along_w))
-        return self._residual_output(inputs * ops.cast(gate, inputs.dtype), inputs)
+        return residual_output(self, inputs * ops.cast(gate, inputs.dtype), inputs)
 
     def get_config(self):
         config = super().get_config()
@@ -134,11 +120,11 @@ class StripAttention(_StripGate):
 
 
 # Activations between the GroupNorm and the gate: timm's SiLU ("swish"), none ("linear": the paper's).
-ELA_ACTIVATIONS = ("swish", "linear", "relu", "relu6", "hard_swish")
+ELA_ACTIVATIONS = ("linear", *HIDDEN_ACTIVATIONS)
 
 
 @register
-class EfficientLocalAttention(_StripGate):
+class EfficientLocalAttention(GatedAttention):
     """Efficient Local Attention (Xu & Wan, 2024; timm's `EfficientLocalAttn`, `create_attn("ela")`).
 
     Coordinate attention without a channel reduction: each strip mean (one
@@ -206,7 +192,7 @@ class EfficientLocalAttention(_StripGate):
         self.shared = bool(shared)
         self.use_bias = bool(use_bias)
         self.residual = bool(residual)
-        _refuse_identity_with_residual(self)
+        refuse_identity_with_residual(self)
 
     def _axes(self):
         return ("h",) if self.shared else ("h", "w")
@@ -243,7 +229,7 @@ class EfficientLocalAttention(_StripGate):
             points += [f"norm_{axis}_{p}" for p in GROUP_NORM_POINTS] if self.use_norm else []
             points += [f"hidden_{axis}_{p}" for p in ACTIVATION_POINTS[self.activation]]
             points += self.gate_points(f"gate_{axis}")
-        return [*points, "scaled_w", *self._residual_points()]
+        return [*points, "scaled_w", *residual_points(self)]
 
     def _strip_gate(self, strip, axis, training=None):
         own = "h" if self.shared else axis
@@ -261,7 +247,7 @@ class EfficientLocalAttention(_StripGate):
             self._strip_gate(rows, "h", training), self._strip_gate(columns, "w", training), self.data_format
         )
         scaled = self.at_point("scaled_w", inputs * ops.cast(a_w, inputs.dtype))
-        return self._residual_output(scaled * ops.cast(a_h, inputs.dtype), inputs)
+        return residual_output(self, scaled * ops.cast(a_h, inputs.dtype), inputs)
 
     def get_config(self):
         config = super().get_config()
