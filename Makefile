@@ -4,10 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=15
+# Longest tests first, tests sharing a module fixture on one worker (tests/conftest.py, durations.json).
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test lint docs test-tf test-jax test-legacy test-torch test-jax-onnx battery clean
+.PHONY: demo test lint docs test-tf test-jax test-legacy test-torch test-jax-onnx battery durations clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +65,10 @@ $(JAX_ONNX_STAMP): pyproject.toml
 test-jax-onnx: $(JAX_ONNX_STAMP)
 	KERAS_BACKEND=jax KA_TEST_JAX2ONNX=1 $(JAX_ONNX_VENV)/bin/python -m pytest -q -p no:cacheprovider -n 2 \
 		--durations=5 tests/test_export.py $(ARGS)
+
+# Re-measures tests/durations.json (each mode's seconds per test), which orders the tests longest first.
+durations: $(STAMP)
+	KA_RECORD_DURATIONS=1 $(MAKE) test-tf test-jax test-legacy test-torch
 
 # Bad inputs across the public API in the three modes: clear / vague / silent / crash counts.
 battery: $(STAMP)
