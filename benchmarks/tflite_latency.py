@@ -20,7 +20,6 @@ gate with average pooling only, to find what costs the difference.
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -37,40 +36,12 @@ from benchmarks._common import machine_info, markdown_table, write_json  # noqa:
 DEFAULT_JSON = os.path.join(ROOT, "benchmarks", "results", "tflite_latency.json")
 
 
-def _interpreter(flatbuffer, threads):
+def interleaved_latency(models, threads=(1, 2), runs=50, warmup=5):
+    """`{name: {threads: median_ms}}` for `.tflite` models (bytes or paths), invocations interleaved
+    (`tflite.measure_latency` with a dict)."""
     from keras_attention import tflite
 
-    runner = tflite._Runner(tflite.load_flatbuffer(flatbuffer), num_threads=threads)  # noqa: SLF001
-    rng = np.random.default_rng(0)
-    sample = [
-        (rng.uniform(0, 255, size=tuple(int(s) for s in d["shape"]))).astype("float32") for d in runner.input_details
-    ]
-    runner.set_inputs(sample)
-    return runner.interpreter
-
-
-def interleaved_latency(models, threads=(1, 2), runs=50, warmup=5):
-    """`{name: {threads: median_ms}}` for `.tflite` models (bytes or paths), invocations interleaved.
-
-    One interpreter per (model, thread count) with XNNPACK on; after `warmup`
-    untimed calls each, `runs` rounds time one `invoke()` of every model in
-    turn.
-    """
-    results = {name: {} for name in models}
-    for n in threads:
-        interpreters = {name: _interpreter(fb, n) for name, fb in models.items()}
-        for interpreter in interpreters.values():
-            for _ in range(warmup):
-                interpreter.invoke()
-        samples = {name: [] for name in models}
-        for _ in range(runs):
-            for name, interpreter in interpreters.items():
-                start = time.perf_counter()
-                interpreter.invoke()
-                samples[name].append((time.perf_counter() - start) * 1e3)
-        for name in models:
-            results[name][n] = statistics.median(samples[name])
-    return results
+    return tflite.measure_latency(models, threads, runs, warmup)
 
 
 def latency_table(results, sizes=None, baseline=None):

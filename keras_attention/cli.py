@@ -43,6 +43,9 @@ def _demo(args):
         weights=weights,
         size=args.size,
         seed=args.seed,
+        attention=args.attention,
+        seeds=args.seeds,
+        max_size=args.max_size,
     )
 
 
@@ -216,7 +219,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="keras-attention", description="Convolutional attention for Keras.")
     parser.add_argument("--version", action="version", version=f"keras-vision-attention {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="fine-tune MobileNetV2 + CBAM, quantize to int8 TFLite, verify, report")
+    demo = commands.add_parser(
+        "demo", help="fine-tune MobileNetV2 with attention and without, quantize to int8 TFLite, compare"
+    )
     demo.add_argument("--data", help="image folder, one sub-folder per class (default: scikit-learn's digits)")
     demo.add_argument("--epochs", type=int, default=5)
     demo.add_argument("--fast", action="store_true", help="1 epoch on a subset, run eagerly: a smoke run")
@@ -224,6 +229,14 @@ def main(argv=None):
     demo.add_argument("--weights", default=None, help="'imagenet' (needs network) or none (default)")
     demo.add_argument("--size", type=int, default=96, help="input height and width")
     demo.add_argument("--seed", type=int, default=0, help="random seed; the same seed prints the same numbers")
+    demo.add_argument(
+        "--attention",
+        default="cbam",
+        metavar="NAME[,NAME...]",
+        help="attentions to compare with the plain model (get_attention names); the first is shipped",
+    )
+    demo.add_argument("--seeds", type=int, default=1, help="runs per model (seeds seed, seed+1, ...): mean and spread")
+    demo.add_argument("--max-size", type=int, default=None, help="attention only on feature maps of at most N x N")
     demo.set_defaults(run=_demo)
     convert = commands.add_parser(
         "convert", help=".keras file or SavedModel directory in; .tflite, .onnx or OpenVINO .xml out, verified"

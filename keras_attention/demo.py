@@ -1,12 +1,15 @@
 """The end-to-end demo behind `keras-attention demo` (and `make demo`).
 
-MobileNetV2 (alpha 0.35) gets CBAM through `attach`, is fine-tuned on
-scikit-learn's digits (or a folder of images), then fine-tuned again with
+MobileNetV2 (alpha 0.35) is fine-tuned on scikit-learn's digits (or a folder
+of images) without attention and with each attention asked for (`attach` on
+every residual branch; CBAM by default), then fine-tuned again with
 quantization-aware training (Keras 3 QAT, or tfmot under tf_keras) and
-converted to full-integer int8 TFLite, verified in the LiteRT interpreter and
-compared with post-training int8 and with the same backbone without CBAM.
-Writes `model.keras`, `model_qat.keras`, `model_int8.tflite` (the QAT file),
-`report.json` and `attention.png` into the output folder.
+converted to full-integer int8 TFLite. One table compares the models: float,
+post-training int8 and QAT int8 accuracy (mean and spread over `--seeds`),
+int8 latency (interleaved), parameters, file size. The first attention's
+model is shipped: `model.keras`, `model_qat.keras`, `model_int8.tflite` (the
+QAT file, verified in the LiteRT interpreter), with `report.json` and
+`attention.png` in the output folder.
 
 Determinism: the seed fixes data order, initial weights and dropout
 (`keras.utils.set_random_seed`), and TensorFlow's op determinism is switched
@@ -133,8 +136,13 @@ def load_image_folder(directory, size, validation_split=0.2, seed=0):
     )
 
 
-def build_classifier(num_classes, size, weights, attention):
-    """MobileNetV2 (alpha 0.35) with a pooled linear head, one flat functional graph; CBAM via `attach`."""
+def build_classifier(num_classes, size, weights, attention=None, max_size=None):
+    """MobileNetV2 (alpha 0.35) with a pooled linear head, one flat functional graph.
+
+    `attention`: a `get_attention` name inserted on every residual branch by
+    `attach` (only on maps of at most `max_size` x `max_size` when given), or
+    None for the plain model.
+    """
     from keras_attention.backbones import attach
 
     inputs = keras.Input((size, size, 3))
@@ -148,8 +156,8 @@ def build_classifier(num_classes, size, weights, attention):
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = 0.9
-    if attention:
-        model = attach(model, "cbam", where="residual", preserve_outputs=True)
+    if attention is not None:
+        model = attach(model, attention, where="residual", preserve_outputs=True, max_size=max_size)
     return model
 
 
@@ -227,11 +235,33 @@ def train(model, data, epochs, fine_tune_from_imagenet, batch_size=32, eager=Fal
     return _keras_accuracy(model, test_set)
 
 
-def _check_arguments(out, epochs, size, seed):
+def parse_attention(attention):
+    """The attentions to compare, in order: a name, a comma-separated string or a list of names."""
+    from keras_attention.layers.factory import ATTENTIONS
+
+    names = attention.split(",") if isinstance(attention, str) else list(attention)
+    names = [n.strip() if isinstance(n, str) else n for n in names]
+    where = "keras_attention demo: `attention`"
+    if not names or any(not isinstance(n, str) or not n for n in names):
+        raise ValueError(f"{where} must name one or more attentions, e.g. 'cbam' or 'cbam,se,eca'; got {attention!r}.")
+    if "plain" in names:
+        raise ValueError(f"{where}: 'plain' (the backbone without attention) is always trained; name attentions only.")
+    unknown = [n for n in names if n not in ATTENTIONS]
+    if unknown:
+        raise ValueError(f"{where}: unknown {', '.join(map(repr, unknown))}; known: {', '.join(sorted(ATTENTIONS))}.")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{where} lists {', '.join(map(repr, repeated))} more than once; each is trained once.")
+    return names
+
+
+def _check_arguments(out, epochs, size, seed, seeds, max_size):
     name = "keras_attention demo"
     check_int(name, "epochs", epochs)
     check_int(name, "size", size, minimum=32, note=" (MobileNetV2's smallest input)")
     check_int(name, "seed", seed, minimum=0)
+    check_int(name, "seeds", seeds)
+    check_int(name, "max_size", max_size, allow_none=True)
     check_folder(out, name)
 
 
@@ -252,13 +282,31 @@ def _publish(staging, out):
         os.replace(os.path.join(staging, name), os.path.join(out, name))
 
 
-def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weights=None, size=96, seed=0):
+def run_demo(
+    out="keras_attention_demo",
+    data=None,
+    epochs=5,
+    fast=False,
+    weights=None,
+    size=96,
+    seed=0,
+    attention="cbam",
+    seeds=1,
+    max_size=None,
+):
     """Runs the whole pipeline and returns the report dictionary (also written to report.json).
+
+    `attention`: the attentions to compare with the plain backbone (a name, a
+    comma-separated string or a list); the first one's files are shipped.
+    `seeds`: runs per model, with seeds `seed, seed + 1, ...`: the report gives
+    each accuracy's mean and standard deviation. `max_size`: attention only on
+    feature maps of at most `max_size` x `max_size` (`attach`'s placement).
 
     Files are written to a staging folder beside `out` and moved in only when
     the run succeeds: a failed or interrupted run leaves `out` as it was.
     """
-    _check_arguments(out, epochs, size, seed)
+    attention = parse_attention(attention)
+    _check_arguments(out, epochs, size, seed, seeds, max_size)
     if BACKEND != "tensorflow":
         raise RuntimeError(
             "keras-attention demo converts to TFLite and needs the TensorFlow backend "
@@ -268,7 +316,8 @@ def run_demo(out="keras_attention_demo", data=None, epochs=5, fast=False, weight
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out))}.", suffix=".partial", dir=parent)
     try:
-        report = _run(staging, out, data, epochs, fast, weights, size, seed)
+        settings = dict(data=data, epochs=epochs, fast=fast, weights=weights, size=size, max_size=max_size)
+        report = _run(staging, out, attention, list(range(seed, seed + seeds)), settings)
         _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -292,32 +341,44 @@ def _load_data(data, size, fast, seed=0):
     return train_set, test_set, class_names
 
 
-def _fine_tune(train_set, test_set, classes, size, weights, epochs, fast):
-    """The plain and the CBAM classifier, fine-tuned: ({name: model}, {name: test accuracy})."""
-    models, accuracy = {}, {}
-    for name, backbone in (("plain", "MobileNetV2"), ("cbam", "MobileNetV2 + CBAM")):
-        print(f"\n== fine-tuning {backbone} ({len(train_set)} images, {epochs} epochs)")
-        models[name] = build_classifier(classes, size, weights, name == "cbam")
-        accuracy[name] = train(models[name], (train_set, test_set), epochs, weights == "imagenet", eager=fast)
+def _fine_tune(names, train_set, test_set, classes, settings, epochs):
+    """The plain classifier and one per attention, fine-tuned: ({name: model}, {name: test accuracy}).
+
+    Every model is built before the first trains, so a placement that matches
+    no block fails at once.
+    """
+    size, weights, fast = settings["size"], settings["weights"], settings["fast"]
+    models = {
+        name: build_classifier(classes, size, weights, None if name == "plain" else name, settings["max_size"])
+        for name in names
+    }
+    accuracy = {}
+    for name, model in models.items():
+        print(
+            f"\n== fine-tuning MobileNetV2{'' if name == 'plain' else ' + ' + name} "
+            f"({len(train_set)} images, {epochs} epochs)"
+        )
+        accuracy[name] = train(model, (train_set, test_set), epochs, weights == "imagenet", eager=fast)
     return models, accuracy
 
 
 def _quantize(models, train_set, test_set, qat_epochs, fast):
-    """Post-training int8 and QAT int8 of each model: (post-training files, QAT models, QAT files, figures)."""
+    """Post-training int8 and QAT int8 of each model: (QAT models, QAT files, {name: accuracy figures})."""
     from keras_attention import tflite
 
     calibration = train_set.arrays(200)[0]
-    post_training = {name: tflite.convert(m, "int8", representative_data=calibration) for name, m in models.items()}
     qat_models, qat_files, figures = {}, {}, {}
     for name, m in models.items():
+        post_training = tflite.convert(m, "int8", representative_data=calibration)
         print(f"\n== quantization-aware training ({name}, {qat_epochs} epochs)")
         qat_models[name] = quantization_aware_training(m, (train_set, test_set), qat_epochs, eager=fast)
         # Keras 3 QAT needs no representative data (tfmot's path still calibrates with it).
         qat_files[name] = tflite.convert(qat_models[name], "int8", representative_data=calibration)
-    for prefix, name in (("", "cbam"), ("plain_", "plain")):
-        figures[f"{prefix}int8_accuracy"] = _accuracy(qat_files[name], test_set)
-        figures[f"{prefix}post_training_int8_accuracy"] = _accuracy(post_training[name], test_set)
-        figures[f"{prefix}qat_keras_accuracy"] = _keras_accuracy(qat_models[name], test_set)
+        figures[name] = {
+            "post_training_int8_accuracy": _accuracy(post_training, test_set),
+            "int8_accuracy": _accuracy(qat_files[name], test_set),
+            "qat_keras_accuracy": _keras_accuracy(qat_models[name], test_set),
+        }
     return qat_models, qat_files, figures
 
 
@@ -336,112 +397,168 @@ def _save_models(staging, model, qat_model, flatbuffer):
 
 
 def _save_attention_picture(path, models, images, titles):
-    """attention.png: the CBAM model's first and last spatial gates and each model's Grad-CAM.
-
-    Returns the number of attention layers the CBAM model has.
-    """
+    """attention.png: the first and last spatial gates of the first model that has them (CBAM, light
+    CBAM), and each model's Grad-CAM."""
     from keras_attention import visualize
 
-    maps = visualize.attention_maps(models["cbam"], images)
-    panels = [(f"{name}\n(spatial gate)", gate) for name, gate in (maps[0], maps[-1])]
+    panels = []
+    gated = [name for name, m in models.items() if visualize.holds_spatial_gates(m)]
+    if gated:
+        maps = visualize.attention_maps(models[gated[0]], images)
+        panels += [(f"{layer}\n(spatial gate)", gate) for layer, gate in (maps[0], maps[-1])]
     panels += [
         (f"Grad-CAM {name}", visualize.grad_cam(m, images, layer_name=visualize.last_conv_layer_name(m)))
         for name, m in models.items()
     ]
     visualize.save_overlays(path, images, panels, titles=titles)
-    return len(maps)
 
 
-def _run(staging, out, data, epochs, fast, weights, size, seed):
-    from keras_attention import tflite
+ACCURACIES = ("float_accuracy", "post_training_int8_accuracy", "int8_accuracy", "qat_keras_accuracy")
 
-    keras.utils.set_random_seed(seed)
+
+def _summary(values):
+    """Mean, sample standard deviation (None for one run) and the values of one accuracy over the seeds."""
+    values = [float(v) for v in values]
+    spread = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return float(np.mean(values)), spread, values
+
+
+def _run(staging, out, attention, seeds, settings):
+
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    train_set, test_set, class_names = _load_data(data, size, fast, seed)
-    epochs = 1 if fast else epochs
-    started = time.time()
-    models, accuracy = _fine_tune(train_set, test_set, len(class_names), size, weights, epochs, fast)
+    names = ["plain", *attention]
+    fast, epochs = settings["fast"], 1 if settings["fast"] else settings["epochs"]
     qat_epochs = 1 if fast else max(1, epochs // 2)
-    qat_models, int8, quantized_figures = _quantize(models, train_set, test_set, qat_epochs, fast)
-    qat_name = _save_models(staging, models["cbam"], qat_models["cbam"], int8["cbam"])
-
-    samples, sample_labels = test_set.arrays(64)
-    verification = tflite.verify(qat_models["cbam"], int8["cbam"], samples, latency_runs=0)
-    latency = {
-        name: tflite.measure_latency(fb, threads=(1,), runs=30, sample=[samples[:1]])[1] for name, fb in int8.items()
-    }
-    titles = [f"class {class_names[y]}" for y in sample_labels[:4]]
-    attention_layers = _save_attention_picture(os.path.join(staging, "attention.png"), models, samples[:4], titles)
-
-    params = {name: int(m.count_params()) for name, m in models.items()}
-    files = {"model": "model.keras", "qat_model": qat_name, "tflite": "model_int8.tflite", "attention": "attention.png"}
+    started = time.time()
+    per_seed = {name: {key: [] for key in ACCURACIES} for name in names}
+    for run_seed in seeds:
+        if len(seeds) > 1:
+            print(f"\n==== seed {run_seed}")
+        keras.utils.set_random_seed(run_seed)
+        train_set, test_set, class_names = _load_data(settings["data"], settings["size"], fast, run_seed)
+        models, accuracy = _fine_tune(names, train_set, test_set, len(class_names), settings, epochs)
+        qat_models, int8, quantized = _quantize(models, train_set, test_set, qat_epochs, fast)
+        for name in names:
+            for key, value in {"float_accuracy": accuracy[name], **quantized[name]}.items():
+                per_seed[name][key].append(value)
+        if run_seed == seeds[0]:  # the first seed's models are shipped, timed and pictured
+            shipped = _ship(staging, out, attention[0], models, qat_models, int8, test_set, class_names)
     report = {
         "keras": describe(),
-        "data": data or "scikit-learn digits",
+        "data": settings["data"] or "scikit-learn digits",
         "train_images": len(train_set),
         "test_images": len(test_set),
         "epochs": epochs,
-        "image_size": size,
-        "weights": weights,
-        "float_accuracy": accuracy["cbam"],
-        "plain_float_accuracy": accuracy["plain"],
-        **quantized_figures,
+        "image_size": settings["size"],
+        "weights": settings["weights"],
+        "max_size": settings["max_size"],
         "qat_epochs": qat_epochs,
         "qat": "tfmot (tf_keras)" if IS_LEGACY else "Keras 3 (fake_quant_with_min_max_vars)",
-        "seed": seed,
-        "int8_top1_agreement": verification.top1_agreement,
-        "int8_end_to_end": verification.int8_end_to_end,
-        "builtin_ops_only": verification.all_builtin,
-        "tflite_size_kib": len(int8["cbam"]) / 1024,
-        "plain_tflite_size_kib": len(int8["plain"]) / 1024,
-        "tflite_latency_ms_1_thread": latency["cbam"],
-        "plain_tflite_latency_ms_1_thread": latency["plain"],
-        "cbam_latency_ratio": latency["cbam"] / latency["plain"],
-        "params": params["cbam"],
-        "plain_params": params["plain"],
-        "cbam_params_ratio": params["cbam"] / params["plain"],
-        "attention_layers": attention_layers,
-        "seconds": time.time() - started,
-        "files": {key: os.path.join(out, name) for key, name in files.items()},
+        "seeds": seeds,
+        "attention": attention,
+        "shipped": attention[0],
+        **shipped["verification"],
+        "models": {},
+        "seconds": None,
+        "files": shipped["files"],
     }
+    plain = shipped["models"]["plain"]
+    for name in names:
+        entry = dict(shipped["models"][name])
+        entry["latency_ratio"] = entry["tflite_latency_ms_1_thread"] / plain["tflite_latency_ms_1_thread"]
+        entry["params_ratio"] = entry["params"] / plain["params"]
+        for key in ACCURACIES:
+            entry[key], entry[f"{key}_std"], entry[f"{key}_per_seed"] = _summary(per_seed[name][key])
+        report["models"][name] = entry
+    report["seconds"] = time.time() - started
     write_json(os.path.join(staging, "report.json"), report, "keras_attention demo")
     return report
 
 
+def _ship(staging, out, name, models, qat_models, int8, test_set, class_names):
+    """Saves the shipped model's files, verifies its int8 file, times every int8 file, draws attention.png."""
+    from keras_attention import tflite
+    from keras_attention.backbones import attention_layers
+
+    qat_name = _save_models(staging, models[name], qat_models[name], int8[name])
+    samples, sample_labels = test_set.arrays(64)
+    verification = tflite.verify(qat_models[name], int8[name], samples, latency_runs=0)
+    # One interleaved measurement of every file: the ratios compare runs of the same moment.
+    latency = tflite.measure_latency(int8, threads=(1,), runs=30, sample=[samples[:1]])
+    titles = [f"class {class_names[y]}" for y in sample_labels[:4]]
+    _save_attention_picture(os.path.join(staging, "attention.png"), models, samples[:4], titles)
+    files = {"model": "model.keras", "qat_model": qat_name, "tflite": "model_int8.tflite", "attention": "attention.png"}
+    return {
+        "verification": {
+            "int8_top1_agreement": verification.top1_agreement,
+            "int8_end_to_end": verification.int8_end_to_end,
+            "builtin_ops_only": verification.all_builtin,
+        },
+        "models": {
+            n: {
+                "params": int(m.count_params()),
+                "attention_layers": len(attention_layers(m)),
+                "tflite_size_kib": len(int8[n]) / 1024,
+                "tflite_latency_ms_1_thread": latency[n][1],
+            }
+            for n, m in models.items()
+        },
+        "files": {key: os.path.join(out, file) for key, file in files.items()},
+    }
+
+
+def _accuracy_cell(entry, key):
+    std = entry[f"{key}_std"]
+    return f"{entry[key]:.4f}" if std is None else f"{entry[key]:.4f} ± {std:.4f}"
+
+
 def print_report(report):
-    rows = [
-        ("float accuracy (CBAM / plain)", f"{report['float_accuracy']:.4f} / {report['plain_float_accuracy']:.4f}"),
-        (
-            "post-training int8 accuracy (CBAM / plain)",
-            f"{report['post_training_int8_accuracy']:.4f} / {report['plain_post_training_int8_accuracy']:.4f}",
-        ),
-        (
-            "QAT int8 TFLite accuracy (CBAM / plain)",
-            f"{report['int8_accuracy']:.4f} / {report['plain_int8_accuracy']:.4f}",
-        ),
-        (
-            "QAT Keras accuracy (CBAM / plain)",
-            f"{report['qat_keras_accuracy']:.4f} / {report['plain_qat_keras_accuracy']:.4f}",
-        ),
-        ("QAT int8 top-1 agreement with Keras QAT", f"{report['int8_top1_agreement']:.4f}"),
-        ("int8 end to end, builtin ops only", f"{report['int8_end_to_end']}, {report['builtin_ops_only']}"),
-        ("TFLite size (CBAM / plain)", f"{report['tflite_size_kib']:.1f} / {report['plain_tflite_size_kib']:.1f} KiB"),
-        (
-            "TFLite latency, 1 thread (CBAM / plain)",
-            f"{report['tflite_latency_ms_1_thread']:.2f} / {report['plain_tflite_latency_ms_1_thread']:.2f} ms "
-            f"({report['cbam_latency_ratio']:.2f}x)",
-        ),
-        (
-            "parameters (CBAM / plain)",
-            f"{report['params']:,} / {report['plain_params']:,} ({report['cbam_params_ratio']:.3f}x)",
-        ),
-        ("CBAM blocks inserted", str(report["attention_layers"])),
-        ("wall time", f"{report['seconds']:.0f} s"),
+    """One row per model (the plain backbone first), then the shipped file's checks and the spread."""
+    headers = [
+        "model",
+        "float",
+        "post-training int8",
+        "QAT int8 (LiteRT)",
+        "QAT Keras",
+        "int8 ms, 1 thread",
+        "params",
+        "int8 KiB",
+        "blocks",
     ]
-    width = max(len(r[0]) for r in rows)
+    rows = []
+    for name, entry in report["models"].items():
+        rows.append(
+            [
+                "MobileNetV2 (plain)" if name == "plain" else f"+ {name}",
+                *(_accuracy_cell(entry, key) for key in ACCURACIES[:3]),
+                _accuracy_cell(entry, ACCURACIES[3]),
+                f"{entry['tflite_latency_ms_1_thread']:.2f} ({entry['latency_ratio']:.2f}x)",
+                f"{entry['params']:,} ({entry['params_ratio']:.3f}x)",
+                f"{entry['tflite_size_kib']:.1f}",
+                str(entry["attention_layers"]),
+            ]
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     print()
-    for key, value in rows:
-        print(f"{key.ljust(width)}  {value}")
+    for cells in [headers, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip())
+    seeds = report["seeds"]
+    print(
+        f"\nshipped: {report['shipped']} (model_int8.tflite): int8 end to end {report['int8_end_to_end']}, "
+        f"builtin ops only {report['builtin_ops_only']}, "
+        f"top-1 agreement with Keras QAT {report['int8_top1_agreement']:.4f}"
+    )
+    if len(seeds) > 1:
+        print(
+            f"accuracy: mean ± standard deviation over seeds {seeds[0]}-{seeds[-1]} ({report['test_images']} test "
+            "images); a difference smaller than about twice the deviation is run-to-run noise"
+        )
+    else:
+        print(
+            f"accuracy: one run (seed {seeds[0]}, {report['test_images']} test images); on the digits, seeds move "
+            "these figures by about a point or more (docs/demo.md): --seeds 3 measures the spread"
+        )
+    print(f"wall time {report['seconds']:.0f} s")
     print(f"\nwrote {', '.join(report['files'].values())}, report.json")

@@ -38,9 +38,10 @@ def _is_gate(layer):
     return isinstance(layer, (CBAM, SpatialAttention))
 
 
-def _holds_gates(layer):
-    """A nested model (backbone inside a task model or Sequential) with a spatial gate somewhere inside."""
-    return hasattr(layer, "layers") and any(_is_gate(inner) or _holds_gates(inner) for inner in layer.layers)
+def holds_spatial_gates(layer):
+    """True when `layer` (a model, or a backbone nested in one) holds a spatial gate (CBAM,
+    SpatialAttention, light CBAM) at any depth."""
+    return hasattr(layer, "layers") and any(_is_gate(inner) or holds_spatial_gates(inner) for inner in layer.layers)
 
 
 def _outer_tensors(layer, model, index, caller):
@@ -58,7 +59,7 @@ def _outer_tensors(layer, model, index, caller):
 def _gate_inputs(model, inputs):
     """`[(layer, its input value)]` for every spatial-gate layer in `model` given `inputs`, in model order,
     looking inside nested models (each is probed on the value its outer call receives)."""
-    top = [layer for layer in model.layers if _is_gate(layer) or _holds_gates(layer)]
+    top = [layer for layer in model.layers if _is_gate(layer) or holds_spatial_gates(layer)]
     layer_inputs = [_outer_tensors(layer, model, 0, "attention_maps") for layer in top]
     probe = keras.Model(_single_or_list(model.inputs), [t for tensors in layer_inputs for t in tensors])
     values = probe(inputs, training=False)
@@ -88,7 +89,7 @@ def attention_maps(model, images):
         A list of `(layer_name, maps)` in model order; `maps` has shape
         `(batch, h, w)` at the layer's resolution, values in the gate's range.
     """
-    if not _holds_gates(model):
+    if not holds_spatial_gates(model):
         raise ValueError(
             f"attention_maps: model {model.name!r} holds no layer with a spatial gate (CBAM or SpatialAttention), "
             "nested models included."

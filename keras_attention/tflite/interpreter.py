@@ -1,6 +1,7 @@
 """Running a `.tflite` in the LiteRT interpreter: `run`, `measure_latency`, and the crash probe."""
 
 import os
+import statistics
 import tempfile
 import warnings
 
@@ -190,29 +191,42 @@ def measure_latency(tflite_model, threads=(1, 2), runs=30, warmup=3, sample=None
     """Median `invoke()` time in milliseconds with the LiteRT interpreter (XNNPACK on).
 
     Args:
-        tflite_model: bytes or a path.
+        tflite_model: bytes or a path; or a dict `{name: bytes or path}` of
+            models to compare, timed interleaved (A B C A B C ...: the
+            machine's drift spreads over all of them, so ratios from one call
+            are fair).
         threads: thread counts to time.
         runs: timed invocations per thread count (the median is reported).
         warmup: untimed invocations first.
-        sample: one input sample, a list with one (1, ...) array per input;
-            default: standard-normal data of the input shape (unknown sizes
-            need a sample).
+        sample: one input sample, a list with one (1, ...) array per input
+            (every model of a dict gets it); default: standard-normal data of
+            each model's input shape (unknown sizes need a sample).
         seed: seed of the default sample.
 
     Returns:
-        `{threads: median_ms}`.
+        `{threads: median_ms}`; for a dict, `{name: {threads: median_ms}}`.
     """
-    data = load_flatbuffer(tflite_model)
-    _refuse_if_it_crashes(data, InvalidTFLiteModelError)
-    results = {}
+    models = tflite_model if isinstance(tflite_model, dict) else {None: tflite_model}
+    flatbuffers = {}
+    for name, model in models.items():
+        flatbuffers[name] = load_flatbuffer(model)
+        _refuse_if_it_crashes(flatbuffers[name], InvalidTFLiteModelError)
+    results = {name: {} for name in models}
     for n in threads:
-        runner = _Runner(data, num_threads=n)
-        if sample is None:
-            rng = np.random.default_rng(seed)
-            sample = []
-            for d in runner.input_details:
-                shape = tuple(int(s) for s in d["shape"])
-                sample.append((rng.normal(size=shape) * 64).astype("float32"))
-        runner.set_inputs(sample)
-        results[n] = median_call_ms(runner.interpreter.invoke, runs, warmup)
-    return results
+        runners = {name: _Runner(data, num_threads=n) for name, data in flatbuffers.items()}
+        for runner in runners.values():
+            runner.set_inputs(sample if sample is not None else _default_sample(runner, seed))
+            for _ in range(warmup):
+                runner.interpreter.invoke()
+        times = {name: [] for name in models}
+        for _ in range(runs):
+            for name, runner in runners.items():
+                times[name].append(median_call_ms(runner.interpreter.invoke, 1, 0))
+        for name in models:
+            results[name][n] = statistics.median(times[name])
+    return results if isinstance(tflite_model, dict) else results[None]
+
+
+def _default_sample(runner, seed):
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=tuple(int(s) for s in d["shape"])) * 64).astype("float32") for d in runner.input_details]
