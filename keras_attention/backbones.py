@@ -358,12 +358,14 @@ def _outputs_of(graph, match, what):
     return anchors
 
 
-def _select_anchors(graph, where, data_format):
+def _select_anchors(graph, where, data_format, required=True):
+    """The tensors `where` selects in `graph`; with `required=False` an empty list where it would say
+    "matches nothing" (a model nested in another, whose other parts may match)."""
     model_name = graph.model.name
     if isinstance(where, str):
         if where == "residual":
             anchors = _residual_anchors(graph)
-            if not anchors:
+            if not anchors and required:
                 raise ValueError(
                     f"attach: where='residual' matches nothing: model {model_name!r} has no residual "
                     "(Add, or Inception-ResNet's scaled sum) or dense (Concatenate) block on a 4-D feature "
@@ -372,7 +374,7 @@ def _select_anchors(graph, where, data_format):
             return anchors
         if where == "stages":
             anchors = _stage_anchors(graph, data_format)
-            if not anchors:
+            if not anchors and required:
                 raise ValueError(
                     f"attach: where='stages' matches nothing: model {model_name!r} has no "
                     "convolutional stage on a 4-D feature map."
@@ -384,7 +386,7 @@ def _select_anchors(graph, where, data_format):
         )
     if callable(where):
         anchors = _outputs_of(graph, lambda node: bool(where(node.op)), f"where={_describe(where)}")
-        if not anchors:
+        if not anchors and required:
             raise ValueError(f"attach: where={_describe(where)} matches no layer of model {model_name!r}.")
         return anchors
     if isinstance(where, (list, tuple, set, frozenset)):
@@ -482,11 +484,8 @@ def _checked_attention_kwargs(model, cls, preserve_outputs, attention_kwargs):
     return attention_kwargs
 
 
-def _within_size(anchors, max_size, where, data_format, model_name):
-    """The anchors whose feature map is at most `max_size` x `max_size`; a clear error if none or unknown."""
-    from keras_attention._checks import check_int
-
-    max_size = check_int("attach", "max_size", max_size)
+def _within_size(anchors, max_size, data_format, model_name):
+    """(the anchors whose feature map is at most `max_size` x `max_size`, the largest side of each map)."""
     sizes = [_spatial_and_channels(tuple(t.shape), data_format)[0] for t in anchors]
     if any(None in size for size in sizes):
         raise ValueError(
@@ -494,15 +493,101 @@ def _within_size(anchors, max_size, where, data_format, model_name):
             "maps of unknown size (its input size is free). Build it with a fixed input_shape, e.g. "
             "input_shape=(224, 224, 3), or choose the blocks with `where`."
         )
-    kept = [t for t, size in zip(anchors, sizes) if max(size) <= max_size]
-    if not kept:
-        smallest = min(max(size) for size in sizes)
+    return [t for t, size in zip(anchors, sizes) if max(size) <= max_size], [max(size) for size in sizes]
+
+
+def _called_models(graph):
+    """The functional models `graph` calls as layers (a backbone in a task model or a Sequential), once each."""
+    found = {}
+    for node in graph.nodes:
+        if not node.is_input and isinstance(node.op, keras.Model):
+            found.setdefault(id(node.op), node.op)
+    return list(found.values())
+
+
+def _split_names(where, graph):
+    """A list of names split by level: (this model's names, {nested model name: names inside it})."""
+    if not isinstance(where, (list, tuple, set, frozenset)):
+        return where, {}
+    here, inside = [], {}
+    nested = {m.name for m in _called_models(graph)}
+    for name in where:
+        head, sep, rest = name.partition("/") if isinstance(name, str) else (name, "", "")
+        if not sep:
+            here.append(name)
+        elif head in nested:
+            inside.setdefault(head, []).append(rest)
+        else:
+            raise ValueError(
+                f"attach: `where` names {name!r}, but model {graph.model.name!r} calls no model named {head!r}"
+                + (f" (it calls {sorted(nested)})" if nested else " (it calls no nested model)")
+                + ". A layer inside a nested model is spelt 'model_name/layer_name'."
+            )
+    return here, inside
+
+
+def _traceable(model):
+    try:
+        _functional_of(model)
+    except ValueError:
+        return False
+    return True
+
+
+def _plan(model, where, data_format, max_size, opaque):
+    """{id(m): (graph of m, anchors in m)} for `model` and each functional model it calls, by the same
+    `where`, and the map sizes `max_size` compared (for its error); `opaque` collects the names of the
+    called models that cannot be traced."""
+    graph = _Graph(model)
+    here, inside = _split_names(where, graph)
+    is_names = isinstance(where, (list, tuple, set, frozenset))
+    anchors = _select_anchors(graph, here, data_format, required=False) if (here or not is_names) else []
+    nested = _called_models(graph)
+    if where == "stages":  # a nested backbone's last map is its own last stage, not one of this model's
+        anchors = [t for t in anchors if not isinstance(graph.producer[id(t)][0].op, keras.Model)]
+    sizes = []
+    if max_size is not None and anchors:
+        anchors, sizes = _within_size(anchors, max_size, data_format, model.name)
+    plan = {id(model): (graph, anchors)}
+    for sub in nested:
+        if is_names and sub.name not in inside:
+            continue
+        if not is_names and not _traceable(sub):
+            opaque.append(sub.name)  # a subclassed model: nothing to rewrite; named if nothing matches
+            continue
+        sub_plan, sub_sizes = _plan(sub, inside.get(sub.name, where), data_format, max_size, opaque)
+        if any(found for _, found in sub_plan.values()) and graph.calls[id(sub)] > 1:
+            raise ValueError(
+                f"attach: model {sub.name!r} is called {graph.calls[id(sub)]} times in model {model.name!r} "
+                "(shared by several branches), so attention inserted in it would be shared too. Attach to "
+                f"{sub.name!r} itself, then build {model.name!r} around the result."
+            )
+        plan.update(sub_plan)
+        sizes += sub_sizes
+    return plan, sizes
+
+
+def _nothing_matched(model, where, data_format, max_size, sizes, opaque):
+    """The error for a plan with no anchor anywhere: `where`'s own message, max_size's, or the
+    subclassed models that kept `where` from looking inside."""
+    if opaque:
         raise ValueError(
-            f"attach: max_size={max_size} leaves none of the {len(anchors)} blocks where={_describe(where)} "
-            f"selects in model {model_name!r}: their maps are {smallest}x{smallest} and larger. Use "
+            f"attach: where={_describe(where)} matches nothing in model {model.name!r}, which calls the "
+            f"subclassed model(s) {opaque}: a subclassed model's `call()` cannot be traced into a graph of "
+            "layers. Build that backbone with the functional API (keras.applications and keras-hub backbones "
+            "are), or insert the attention layers in its `call()` yourself."
+        )
+    if max_size is not None and sizes:
+        smallest = min(sizes)
+        raise ValueError(
+            f"attach: max_size={max_size} leaves none of the {len(sizes)} blocks where={_describe(where)} "
+            f"selects in model {model.name!r}: their maps are {smallest}x{smallest} and larger. Use "
             f"max_size >= {smallest}."
         )
-    return kept
+    _select_anchors(_Graph(model), where, data_format)  # raises "matches nothing"
+    raise ValueError(  # `where` matched only layers whose blocks max_size removed, or nothing nested
+        f"attach: where={_describe(where)} matches nothing in model {model.name!r} or the models it calls."
+    )
 
 
 def attach(model, attention="cbam", where="residual", preserve_outputs=True, max_size=None, **attention_kwargs):
@@ -517,7 +602,12 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, max
     Args:
         model: a functional `keras.Model` (e.g. from `keras.applications`, any
             input size, `include_top` True or False), or a Sequential with a
-            known input shape.
+            known input shape. Functional models it calls as layers (a
+            backbone inside a classifier or a Sequential) are rewritten by the
+            same `where`, and the outer model keeps its other layers and
+            weights; a nested model called more than once is refused (its
+            attention would be shared), and a subclassed one cannot be looked
+            into.
         attention: a name `get_attention` knows ("cbam", the default; "se",
             "eca", "coord", "gc", ... : timm's `create_attn` names), or one of
             their classes.
@@ -536,7 +626,8 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, max
             - "stages": after the last layer of each resolution stage of the
               backbone's trunk (before each downsampling, and on the last
               feature map), e.g. VGG, which has no residual blocks.
-            - a list of layer names: after exactly those layers.
+            - a list of layer names: after exactly those layers; a layer of a
+              nested model as a path, "backbone/conv2_block1_out".
             - a callable `f(layer) -> bool`: after every layer it accepts.
         max_size: only blocks whose feature map is at most `max_size` on each
             side (e.g. 14: the last two stages of a 224x224 MobileNetV2),
@@ -579,27 +670,38 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, max
     attention_kwargs = {**NAME_DEFAULTS.get(suffix, {}), **attention_kwargs}
     attention_kwargs = _checked_attention_kwargs(model, cls, preserve_outputs, attention_kwargs)
     data_format = attention_kwargs.get("data_format") or image_data_format()
-    graph = _Graph(model)
-    selected = _select_anchors(graph, where, data_format)
     if max_size is not None:
-        selected = _within_size(selected, max_size, where, data_format, model.name)
-    anchors = {id(t): t for t in selected}
+        from keras_attention._checks import check_int
 
+        max_size = check_int("attach", "max_size", max_size)
+    opaque = []
+    plan, sizes = _plan(model, where, data_format, max_size, opaque)
+    if not any(anchors for _, anchors in plan.values()):
+        _nothing_matched(model, where, data_format, max_size, sizes, opaque)
+
+    def make_layer(name):
+        return get_attention(cls, start_as_identity=preserve_outputs, name=name, **attention_kwargs)
+
+    return _rebuild(model, plan, make_layer, suffix)
+
+
+def _rebuild(model, plan, make_layer, suffix):
+    """A copy of `model` with attention after its planned anchors; a called model with anchors of its
+    own in `plan` is rebuilt the same way, any other layer copied from its config with its weights."""
+    graph, selected = plan[id(model)]
+    anchors = {id(t): t for t in selected}
     taken = {node.op.name for node in graph.nodes}
-    clones, tensor_map, inserted = {}, {}, []
+    clones, tensor_map = {}, {}
 
     def insert_after(t, new_t):
         name = f"{graph.anchor_name(t)}_{suffix}"
         while name in taken:
             name += "_"
         taken.add(name)
-        layer = get_attention(cls, start_as_identity=preserve_outputs, name=name, **attention_kwargs)
         try:
-            out = layer(new_t)
+            return make_layer(name)(new_t)
         except ValueError as error:
             raise ValueError(f"attach: cannot insert {suffix!r} after {graph.anchor_name(t)!r}: {error}") from None
-        inserted.append(layer)
-        return out
 
     def substitute(x):
         return tensor_map[id(x)] if graph.tensors.get(id(x), _MISSING) is x else x
@@ -610,7 +712,10 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, max
             new_outputs = [_new_input(t, node.op.name)]
         else:
             if id(node.op) not in clones:
-                clones[id(node.op)] = (node.op, _clone(node.op))
+                if id(node.op) in plan and _holds_anchors(node.op, plan):
+                    clones[id(node.op)] = (node.op, _rebuild(node.op, plan, make_layer, suffix), False)
+                else:
+                    clones[id(node.op)] = (node.op, _clone(node.op), True)
             new_op = clones[id(node.op)][1]
             args = _tree.map_structure(substitute, node.args)
             kwargs = _tree.map_structure(substitute, node.kwargs)
@@ -623,11 +728,17 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, max
         _tree.map_structure(substitute, graph.outputs_struct),
         name=model.name,
     )
-    # Every copy kept its original's name (_clone) and is the layer the new model calls.
-    for original, copy in clones.values():
-        if copy is not original and getattr(original, "weights", None):
+    # Every copy kept its original's name (_clone) and is the layer the new model calls; a rebuilt
+    # nested model copied its own layers' weights.
+    for original, copy, copy_weights in clones.values():
+        if copy_weights and copy is not original and getattr(original, "weights", None):
             copy.set_weights(original.get_weights())
     return new_model
+
+
+def _holds_anchors(model, plan):
+    graph, anchors = plan[id(model)]
+    return bool(anchors) or any(id(m) in plan and _holds_anchors(m, plan) for m in _called_models(graph))
 
 
 def attention_layers(model):

@@ -372,6 +372,71 @@ def test_families_without_residual_blocks_are_refused_with_a_pointer(name):
     assert attention_layers(ka.attach(original, "cbam", where="stages"))  # control: the pointer works
 
 
+def _task_model(backbone, kind):
+    """`backbone` inside a model around it: a Sequential, or a functional classifier with preprocessing."""
+    if kind == "sequential":
+        return keras.Sequential([keras.Input((32, 32, 3)), backbone, keras.layers.Dense(3, name="head")], name="seq")
+    inputs = keras.Input((32, 32, 3))
+    x = backbone(keras.layers.Rescaling(1 / 255, name="to_unit")(inputs))
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(x), name="task")
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_attach_looks_into_a_backbone_nested_in_a_task_model(kind):
+    model = _task_model(user_cnn((32, 32, 3)), kind)
+    x = images(2, 32)
+    names = [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    head = [np.array(w) for w in model.get_layer("head").get_weights()]
+    rules = [
+        ("residual", USER_CNN_RESIDUAL),
+        ("stages", USER_CNN_STAGES),
+        (["user_cnn/b_bn2", "user_cnn/c_out"], ["b_bn2", "c_out"]),
+        (lambda layer: layer.name == "a_bn2", ["a_bn2"]),
+    ]
+    for where, anchors in rules:
+        attached = ka.attach(model, "cbam", where=where)
+        inserted = attention_layers(attached)
+        check_anchors(inserted, [f"{name}_cbam" for name in anchors])
+        # The outer model keeps its own layers (preprocessing, head) and their weights.
+        assert [layer.name for layer in attached.layers if not isinstance(layer, keras.layers.InputLayer)] == names
+        for kept, original in zip(attached.get_layer("head").get_weights(), head):
+            np.testing.assert_array_equal(kept, original)
+        expected, scale = assert_same_function(attached, model, x)
+    # Control: the comparison can fail (the last model's attention moved away from the identity).
+    randomize(inserted)
+    assert np.abs(to_numpy(attached(x, training=False)) - expected).max() > 1e-3 * scale
+
+
+def test_nested_models_attach_cannot_serve_are_refused_clearly():
+    backbone = user_cnn((32, 32, 3))
+    inputs = keras.Input((32, 32, 3))
+    shared = keras.Model(inputs, keras.layers.Add()([backbone(inputs), backbone(inputs)]), name="two_heads")
+    with pytest.raises(ValueError, match=r"model 'user_cnn' is called 2 times in model 'two_heads'.*itself"):
+        ka.attach(shared, "cbam")
+    task = _task_model(backbone, "functional")
+    with pytest.raises(ValueError, match=r"calls no model named 'nope' \(it calls \['user_cnn'\]\).*'model_name/"):
+        ka.attach(task, "cbam", where=["nope/a_bn2"])
+    with pytest.raises(ValueError, match=r"no layer named \['a_bn9'\] in model 'user_cnn'"):
+        ka.attach(task, "cbam", where=["user_cnn/a_bn9"])
+
+    class Subclassed(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = keras.layers.Conv2D(4, 3, padding="same")
+
+        def call(self, x):
+            return self.conv(x) + x[..., :1]
+
+    inputs = keras.Input((32, 32, 3))
+    opaque = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(Subclassed(name="mine")(inputs)), name="outer")
+    with pytest.raises(
+        ValueError,
+        match=r"matches nothing in model 'outer', which calls the subclassed model\(s\) "
+        r"\['mine'\]",
+    ):
+        ka.attach(opaque, "cbam")
+
+
 @pytest.mark.parametrize("size", [None, 48])
 def test_any_input_size(size):
     """Unknown spatial size (None) finds the same blocks and stages as a fixed one."""
