@@ -183,11 +183,19 @@ def _maps_and_cams(names):
     assert len(names["maps"]) == 10 and names["cams"].shape == (2, 1, 1) and os.path.exists("attention.png")
 
 
+def _nested_attach(names):
+    from keras_attention.backbones import attention_layers
+
+    assert len(attention_layers(names["model"])) == 10
+    assert [layer.name for layer in attention_layers(names["last"])] == ["block_16_project_BN_cbam"]
+
+
 CHECKS = {  # (page, block index): what the block claims
     ("README.md", 0): _loss_is_of_logits,
     ("README.md", 1): _int8_file("flatbuffer"),
     ("README.md", 2): _headless_backbone,
     ("docs/layers.md", 0): _loss_is_of_logits,
+    ("docs/attach.md", 2): _nested_attach,
     ("docs/centermask.md", 0): _mask_targets,
     ("docs/demo.md", 0): _maps_and_cams,
     ("docs/export.md", 0): _both_exports,
