@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Longest tests first, tests sharing a module fixture on one worker (tests/conftest.py, durations.json).
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
+# Longest tests first (tests/conftest.py, tests/durations.json).
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=15
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: demo test lint docs test-tf test-jax test-legacy test-torch test-jax-onnx battery durations clean

@@ -104,10 +104,10 @@ def pytest_collection_modifyitems(config, items):
 # ----------------------------------------------------------------------------
 # Scheduling: the two workers finish together when the longest tests start first.
 # tests/durations.json holds each mode's measured seconds per test (tests of 0.5 s and more;
-# `make durations` re-measures). pytest-xdist (`--dist loadgroup --no-loadscope-reorder`, the
-# Makefile) hands out work units in the order sorted here; the tests that share a module-scoped
-# fixture form one unit (an `xdist_group`), so its setup (the distribution subprocess, a trained
-# model) runs on one worker only.
+# `make durations` re-measures); pytest-xdist hands tests out in the order sorted here. (Its
+# `--dist loadgroup` would keep the tests of a module fixture on one worker, but it groups
+# nothing under pytest 9: the one expensive module fixture, tests/test_distribute.py's, shares
+# its result between workers through a file instead.)
 # ----------------------------------------------------------------------------
 DURATIONS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durations.json")
 UNMEASURED_SECONDS = {True: 20.0, False: 0.5}  # by the `slow` marker: tests not in the file yet
@@ -120,29 +120,13 @@ def _measured_seconds():
         return json.load(f).get(MODE, {})
 
 
-def _shared_fixture(item):
-    """`file:fixture` for the first module-scoped fixture the test uses, else None."""
-    for name in item.fixturenames:
-        definitions = item._fixtureinfo.name2fixturedefs.get(name)
-        if definitions and definitions[-1].scope == "module":
-            return f"{item.path.name}:{name}"
-    return None
-
-
 def _longest_first(items):
     measured = _measured_seconds()
-    unit_of, seconds = {}, {}
-    for item in items:
-        group = _shared_fixture(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-        unit_of[item] = group or item.nodeid
-        expected = measured.get(item.nodeid, UNMEASURED_SECONDS[item.get_closest_marker("slow") is not None])
-        seconds[unit_of[item]] = seconds.get(unit_of[item], 0.0) + expected
-    first_index = {}
-    for index, item in enumerate(items):
-        first_index.setdefault(unit_of[item], index)
-    items.sort(key=lambda item: (-seconds[unit_of[item]], first_index[unit_of[item]]))
+
+    def expected(item):
+        return measured.get(item.nodeid, UNMEASURED_SECONDS[item.get_closest_marker("slow") is not None])
+
+    items.sort(key=lambda item: -expected(item))
 
 
 _recorded = {}
@@ -150,19 +134,20 @@ _recorded = {}
 
 def pytest_runtest_logreport(report):
     if os.environ.get("KA_RECORD_DURATIONS"):
-        nodeid = report.nodeid.split("@")[0]  # without pytest-xdist's group suffix
-        _recorded[nodeid] = _recorded.get(nodeid, 0.0) + report.duration
+        _recorded[report.nodeid] = _recorded.get(report.nodeid, 0.0) + report.duration
 
 
 def pytest_sessionfinish(session):
-    """With KA_RECORD_DURATIONS=1, this mode's seconds per test replace its entry in durations.json."""
+    """With KA_RECORD_DURATIONS=1, the seconds of each test run go into this mode's entry of durations.json."""
     if not os.environ.get("KA_RECORD_DURATIONS") or hasattr(session.config, "workerinput"):
         return
     everything = {}
     if os.path.exists(DURATIONS_FILE):
         with open(DURATIONS_FILE) as f:
             everything = json.load(f)
-    everything[MODE] = {k: round(v, 1) for k, v in sorted(_recorded.items()) if v >= 0.5}
+    # Merged, so that a partial run (-k, one file, the ONNX environment) updates only the tests it ran.
+    measured = {**everything.get(MODE, {}), **{k: round(v, 1) for k, v in _recorded.items()}}
+    everything[MODE] = {k: v for k, v in sorted(measured.items()) if v >= 0.5}
     partial = DURATIONS_FILE + ".partial"
     with open(partial, "w") as f:
         json.dump(everything, f, indent=0, sort_keys=True)
