@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Longest tests first (tests/conftest.py, tests/durations.json).
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --durations=15
+# Longest tests first (tests/conftest.py, tests/durations.json), handed out one at a time to the worker
+# that is free: --dist loadgroup with --no-loadscope-reorder makes each test its own unit in our order
+# (we mark no xdist_group). The default --dist load deals a quarter of the tests out round-robin up front:
+# 21.0 min against 17.2 for the TensorFlow mode on this 2-core machine.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=15
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: demo test lint docs test-tf test-jax test-legacy test-torch test-jax-onnx battery durations clean

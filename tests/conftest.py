@@ -104,10 +104,10 @@ def pytest_collection_modifyitems(config, items):
 # ----------------------------------------------------------------------------
 # Scheduling: the two workers finish together when the longest tests start first.
 # tests/durations.json holds each mode's measured seconds per test (tests of 0.5 s and more;
-# `make durations` re-measures); pytest-xdist hands tests out in the order sorted here. (Its
-# `--dist loadgroup` would keep the tests of a module fixture on one worker, but it groups
-# nothing under pytest 9: the one expensive module fixture, tests/test_distribute.py's, shares
-# its result between workers through a file instead.)
+# `make durations` re-measures); pytest-xdist hands tests out in the order sorted here, one at a
+# time (the Makefile's flags). Its `xdist_group` marker, which would keep the tests of a module
+# fixture on one worker, groups nothing under pytest 9: the one expensive module fixture,
+# tests/test_distribute.py's, shares its result between the workers through a file instead.
 # ----------------------------------------------------------------------------
 DURATIONS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "durations.json")
 UNMEASURED_SECONDS = {True: 20.0, False: 0.5}  # by the `slow` marker: tests not in the file yet
