@@ -127,6 +127,21 @@ def _longest_first(items):
         return measured.get(item.nodeid, UNMEASURED_SECONDS[item.get_closest_marker("slow") is not None])
 
     items.sort(key=lambda item: -expected(item))
+    # The tests that read one shared once-per-run result (SHARED_RESULT_FIXTURES): the first computes it;
+    # started beside it, a second would wait on its lock for as long (100 s on JAX). The rest go last.
+    first_seen, waiting = set(), []
+    for item in list(items):
+        shared = SHARED_RESULT_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if shared and not shared <= first_seen:
+            first_seen |= shared
+        elif shared:
+            waiting.append(item)
+            items.remove(item)
+    items.extend(waiting)
+
+
+# Module fixtures whose one result the xdist workers share through a file under a lock.
+SHARED_RESULT_FIXTURES = frozenset({"measured"})  # tests/test_distribute.py
 
 
 _recorded = {}
