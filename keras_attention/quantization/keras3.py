@@ -56,6 +56,8 @@ _CONVS = (
 _SAME_SCALE = (
     keras.layers.MaxPooling1D,
     keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling1D,  # AVERAGE_POOL_2D requires its output at its input's scale
+    keras.layers.AveragePooling2D,
     keras.layers.GlobalMaxPooling1D,
     keras.layers.GlobalMaxPooling2D,
     keras.layers.ZeroPadding1D,
@@ -69,6 +71,8 @@ _SAME_SCALE = (
     keras.layers.Identity,
     keras.layers.InputLayer,
 )
+# keras.ops nodes that only move values (CSPNet splits its channels): TFLite keeps the input's scale.
+_SAME_SCALE_OPS = frozenset({"Split", "Reshape", "Transpose", "Squeeze", "ExpandDims", "GetItem", "Slice"})
 # Layers kept as they are, with an ActivationQuantizer on their output.
 _OUTPUT_QUANTIZED = (
     keras.layers.Add,
@@ -77,11 +81,10 @@ _OUTPUT_QUANTIZED = (
     keras.layers.Concatenate,
     keras.layers.Maximum,
     keras.layers.Minimum,
-    keras.layers.AveragePooling1D,
-    keras.layers.AveragePooling2D,
     keras.layers.GlobalAveragePooling1D,
     keras.layers.GlobalAveragePooling2D,
     keras.layers.UpSampling2D,
+    keras.layers.LeakyReLU,  # TFLite's LEAKY_RELU takes its own output scale (CSPNet, YOLO-style necks)
 )
 
 
@@ -229,6 +232,8 @@ class _Rewriter:
 
     def operation(self, op, plan, absorbed):
         if not isinstance(op, keras.layers.Layer):
+            if type(op).__name__ in _SAME_SCALE_OPS:
+                return op
             # A keras.ops node (e.g. MobileNetV3's `x + 3.0`): the same op, then a quantizer.
             return self._then_quantize(op, f"{op.name}_quant")
         if isinstance(op, keras.Model) and _compat.has_layer_graph(op):
@@ -283,7 +288,8 @@ class _Rewriter:
         quantizer = ActivationQuantizer(name=name)
 
         def call(*args, **kwargs):
-            return quantizer(op(*args, **kwargs))
+            # An op with several outputs (keras.ops.split in CSPNet) shares one range: they are slices of one input.
+            return keras.tree.map_structure(quantizer, op(*args, **kwargs))
 
         return call
 
@@ -294,6 +300,24 @@ def _unsupported(model, leave_float):
         for layer in _own_layers(model)
         if not supports(layer) and not _is_left_float(layer, leave_float)
     ]
+
+
+def _blocks_note(model, leave_float):
+    """For unsupported layers built of other layers (keras-hub's MobileNet and EfficientNet blocks): the way out."""
+    blocks = [
+        layer.name
+        for layer in _own_layers(model)
+        if not supports(layer)
+        and not _is_left_float(layer, leave_float)
+        and any(True for _ in layer._flatten_layers(include_self=False, recursive=False))
+    ]
+    if not blocks:
+        return ""
+    return (
+        f" {blocks[0]!r}{' and others' if len(blocks) > 1 else ''} are layers built of other layers, whose "
+        "`call()` QAT cannot place quantization points in: post-training int8 converts them end to end "
+        "(`keras_attention.tflite.convert(model, 'int8', representative_data=images)`)."
+    )
 
 
 def _relative(variable):
@@ -346,9 +370,9 @@ def quantize_model(model, leave_float=()):
             f"{', '.join(unsupported)}. Supported: Conv1D/2D, DepthwiseConv2D, SeparableConv2D, "
             "Conv2DTranspose, Dense, BatchNormalization, ReLU/ReLU6/Softmax/Activation "
             f"({', '.join(sorted(ACTIVATION_POINTS))}), Add, Subtract, Multiply, Concatenate, Maximum, "
-            "Minimum, pooling, ZeroPadding, Cropping, UpSampling2D, Rescaling, Normalization, Reshape, "
+            "Minimum, LeakyReLU, pooling, ZeroPadding, Cropping, UpSampling2D, Rescaling, Normalization, Reshape, "
             "Flatten, Permute, Dropout, keras.ops arithmetic and every keras_attention layer. Pass "
-            "leave_float=[names] to keep those layers in float."
+            "leave_float=[names] to keep those layers in float." + _blocks_note(model, leave_float)
         )
     if backend.is_mixed_precision(model):
         warnings.warn(

@@ -263,7 +263,9 @@ class QuantizedBatchNormalization(_QuantizedSublayerWrapper):
     def quantization_points(self):
         return ["scaled", "output"]
 
-    def call(self, inputs):
+    def call(self, inputs, mask=None):
+        # `mask`: Keras' BatchNormalization takes one, so a functional graph (keras-hub's DenseNet) may pass
+        # mask=None; with moving statistics, as here, Keras' BN does not use it either.
         axis = self.layer.axis % len(inputs.shape)
         scale, shift = batch_norm_factors(self.layer)
         shape = _channel_shape(len(inputs.shape), axis)

@@ -54,6 +54,9 @@ def export_saved_model(model, directory, batch_size=1, freeze=False):
     tf = _tf()
     specs = _input_specs(model, batch_size)
     serve = _serving_function(model)
+    # No gradients in a file for conversion or serving: a custom gradient that captures a variable (keras-hub
+    # EfficientNet's swish with a trainable beta) cannot be saved ("invalid capture ... custom gradients").
+    options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     if freeze:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
@@ -64,17 +67,21 @@ def export_saved_model(model, directory, batch_size=1, freeze=False):
         except ValueError:
             return export_saved_model(model, directory, batch_size)
         signature = tf.function(lambda *args: frozen(*args), input_signature=specs)
-        tf.saved_model.save(tf.Module(), directory, signatures={"serving_default": signature.get_concrete_function()})
+        tf.saved_model.save(
+            tf.Module(), directory, signatures={"serving_default": signature.get_concrete_function()}, options=options
+        )
     elif IS_LEGACY:
         module = tf.Module()
         module.model_variables = list(model.variables)
         function = tf.function(serve, input_signature=specs)
-        tf.saved_model.save(module, directory, signatures={"serving_default": function.get_concrete_function()})
+        tf.saved_model.save(
+            module, directory, signatures={"serving_default": function.get_concrete_function()}, options=options
+        )
     else:
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint("serving_default", serve, input_signature=specs)
-        archive.write_out(directory, verbose=False)
+        archive.write_out(directory, options=options, verbose=False)
     return directory
 
 
