@@ -23,11 +23,11 @@ import inspect
 
 import numpy as np
 
-from keras_attention import _compat
+from keras_attention import _compat, _keras_hub
 from keras_attention.backend import image_data_format, keras
 from keras_attention.layers.factory import ATTENTIONS, NAME_DEFAULTS, get_attention
 
-WHERE_CHOICES = ("residual", "stages")
+WHERE_CHOICES = ("residual", "stages", "blocks")
 
 # Layers that only drop or perturb activations during training: a residual
 # branch's anchor is looked up through them, so attention follows the last
@@ -266,6 +266,39 @@ def _through_pass_through(graph, t):
         t = source
 
 
+def _is_block(op):
+    """A layer built of other layers (keras-hub's InvertedResidualBlock, MBConvBlock, ...), not a model
+    (looked into instead) and not one of our attention layers."""
+    if isinstance(op, keras.Model) or type(op).__module__.startswith("keras_attention"):
+        return False
+    flatten = getattr(op, "_flatten_layers", None)
+    return flatten is not None and any(True for _ in flatten(include_self=False, recursive=False))
+
+
+def _block_anchors(graph):
+    """The output of every block layer (`_is_block`) that computes one 4-D feature map."""
+    return [
+        node.outputs[0]
+        for node in graph.nodes
+        if not node.is_input and len(node.outputs) == 1 and _is_image(node.outputs[0]) and _is_block(node.op)
+    ]
+
+
+def _blocks_hint(graph):
+    """For "residual matches nothing": the block layers that hide their residual sums, if any."""
+    kinds = {}
+    for t in _block_anchors(graph):
+        kind = graph.producer[id(t)][0].kind
+        kinds[kind] = kinds.get(kind, 0) + 1
+    if not kinds:
+        return ""
+    listed = ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+    return (
+        f" Its blocks are single layers ({listed}): any residual sum is inside them, out of attach's reach;"
+        " where='blocks' puts attention on each block's output."
+    )
+
+
 def _has_kernel(op):
     return any("kernel" in w.name for w in getattr(op, "weights", ()))
 
@@ -369,7 +402,16 @@ def _select_anchors(graph, where, data_format, required=True):
                 raise ValueError(
                     f"attach: where='residual' matches nothing: model {model_name!r} has no residual "
                     "(Add, or Inception-ResNet's scaled sum) or dense (Concatenate) block on a 4-D feature "
-                    "map. Use where='stages' (e.g. for VGG, InceptionV3), a list of layer names or a callable."
+                    "map." + _blocks_hint(graph) + " Use where='stages' (e.g. for VGG, InceptionV3), where='blocks', "
+                    "a list of layer names or a callable."
+                )
+            return anchors
+        if where == "blocks":
+            anchors = _block_anchors(graph)
+            if not anchors and required:
+                raise ValueError(
+                    f"attach: where='blocks' matches nothing: model {model_name!r} has no block layer (a layer "
+                    "built of other layers) whose output is a 4-D feature map. Use where='residual' or 'stages'."
                 )
             return anchors
         if where == "stages":
@@ -447,6 +489,14 @@ def _clone(op):
     if copy.name != op.name:
         if not getattr(op, "weights", None):
             return op
+        # A constructor that derives its name from the one it is given (keras-hub's DepthwiseConvBlock
+        # appends "_0"): Keras 3 lets the name be set back; a functional model reloads a layer under the
+        # name its config records, so the copy saves and reloads as the original does.
+        try:
+            copy.name = op.name
+        except (AttributeError, TypeError):
+            pass
+    if copy.name != op.name:
         raise ValueError(
             f"attach: layer {op.name!r} ({cls_name}) comes back from its config as {copy.name!r}: its "
             "`get_config()` leaves out the layer's name, so attach could neither keep the name nor copy the "
@@ -538,6 +588,9 @@ def _plan(model, where, data_format, max_size, opaque):
     """{id(m): (graph of m, anchors in m)} for `model` and each functional model it calls, by the same
     `where`, and the map sizes `max_size` compared (for its error); `opaque` collects the names of the
     called models that cannot be traced."""
+    why_not = _keras_hub.refusal(model) if isinstance(where, str) else None
+    if why_not:
+        raise ValueError(why_not)
     graph = _Graph(model)
     here, inside = _split_names(where, graph)
     is_names = isinstance(where, (list, tuple, set, frozenset))
@@ -607,7 +660,10 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, max
             same `where`, and the outer model keeps its other layers and
             weights; a nested model called more than once is refused (its
             attention would be shared), and a subclassed one cannot be looked
-            into.
+            into. keras-hub backbones and task models are functional too;
+            the families with no place for attention by a rule (vision
+            transformers, HGNetV2, detection and segmentation models built
+            around an image encoder) are refused with the reason.
         attention: a name `get_attention` knows ("cbam", the default; "se",
             "eca", "coord", "gc", ... : timm's `create_attn` names), or one of
             their classes.
@@ -626,6 +682,10 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, max
             - "stages": after the last layer of each resolution stage of the
               backbone's trunk (before each downsampling, and on the last
               feature map), e.g. VGG, which has no residual blocks.
+            - "blocks": after every block that is a single layer built of
+              other layers (keras-hub's MobileNet and EfficientNet build each
+              inverted-residual block so, the residual sum inside, where
+              "residual" cannot reach it): on each block's output.
             - a list of layer names: after exactly those layers; a layer of a
               nested model as a path, "backbone/conv2_block1_out".
             - a callable `f(layer) -> bool`: after every layer it accepts.
