@@ -17,6 +17,7 @@ plain backbone converted the same way:
     python benchmarks/attention_cost.py --backbones mbv2_035_96 --threads 1 --runs 30
     python benchmarks/attention_cost.py --attentions cbam,se,eca,coord
     python benchmarks/attention_cost.py --attentions cbam --max-size 14  # only blocks on maps <= 14x14
+    python benchmarks/attention_cost.py --backbones hub_resnet18_224,hub_effb0_224 --attentions cbam,se,eca
 
 Prints a markdown table per backbone and writes JSON
 (default `benchmarks/results/attention_cost.json`).
@@ -43,6 +44,60 @@ BACKBONES = {
     "mbv2_035_96": ("MobileNetV2", 96, {"alpha": 0.35}),
     "mbv3s_224": ("MobileNetV3Small", 224, {"include_preprocessing": False}),
 }
+
+
+def _hub_resnet18():
+    """keras-hub's `resnet_18_imagenet` architecture (ResNet-18, v1 basic blocks)."""
+    import keras_hub
+
+    return keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=[2, 2, 2, 2],
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type="basic_block",
+        image_shape=(224, 224, 3),
+    )
+
+
+def _hub_efficientnet_b0():
+    """keras-hub's EfficientNet-B0 architecture (the original v1 configuration)."""
+    import keras_hub
+
+    return keras_hub.models.EfficientNetBackbone(
+        stackwise_kernel_sizes=[3, 3, 5, 3, 5, 5, 3],
+        stackwise_num_repeats=[1, 2, 2, 3, 3, 4, 1],
+        stackwise_input_filters=[32, 16, 24, 40, 80, 112, 192],
+        stackwise_output_filters=[16, 24, 40, 80, 112, 192, 320],
+        stackwise_expansion_ratios=[1, 6, 6, 6, 6, 6, 6],
+        stackwise_strides=[1, 2, 2, 2, 1, 2, 1],
+        stackwise_squeeze_and_excite_ratios=[0.25] * 7,
+        stackwise_force_input_filters=[0] * 7,
+        stackwise_nores_option=[False] * 7,
+        stackwise_width_coefficients=[1.0] * 7,
+        stackwise_depth_coefficients=[1.0] * 7,
+        stackwise_block_types=["v1"] * 7,
+        min_depth=None,
+        include_stem_padding=True,
+        use_depth_divisor_as_min_depth=True,
+        cap_round_filter_decrease=True,
+        stem_conv_padding="valid",
+        batch_norm_momentum=0.99,
+        input_shape=(224, 224, 3),
+    )
+
+
+# keras-hub backbones (`pip install .[hub]`): name: (builder, input size, attach's `where`). A family whose
+# blocks are single layers (where="blocks") has no Keras 3 QAT form: its files, plain ones too, are
+# post-training int8 (calibrated on random images), so both sides of each ratio take the same route.
+HUB_BACKBONES = {
+    "hub_resnet18_224": (_hub_resnet18, 224, "residual"),
+    "hub_effb0_224": (_hub_efficientnet_b0, 224, "blocks"),
+}
+BACKBONES.update(
+    {name: (builder.__doc__.split(" (")[0], size, {}) for name, (builder, size, _) in HUB_BACKBONES.items()}
+)
 # CBAM's parts are not attentions a user picks on their own for a phone model.
 SKIPPED = ("channel", "spatial")
 
@@ -53,20 +108,31 @@ def build(backbone, attention=None, max_size=None):
     from keras_attention.backend import keras
 
     builder, size, kwargs = BACKBONES[backbone]
-    base = getattr(keras.applications, builder)(input_shape=(size, size, 3), weights=None, **kwargs)
+    where = "residual"
+    if backbone in HUB_BACKBONES:
+        make, size, where = HUB_BACKBONES[backbone]
+        trunk = make()
+        pooled = keras.layers.GlobalAveragePooling2D()(trunk.output)
+        base = keras.Model(trunk.input, keras.layers.Dense(1000, name="predictions")(pooled))
+    else:
+        base = getattr(keras.applications, builder)(input_shape=(size, size, 3), weights=None, **kwargs)
     if attention is not None:
-        base = ka.attach(base, attention, preserve_outputs=False, max_size=max_size)
+        base = ka.attach(base, attention, where=where, preserve_outputs=False, max_size=max_size)
     inputs = keras.Input((size, size, 3), name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
     return keras.Model(inputs, base(x), name=f"{backbone}_{attention or 'plain'}")
 
 
-def int8_file(model, size, seed=0):
-    """Keras 3 QAT copy, its ranges set by a few training-mode batches, converted to int8."""
+def int8_file(model, size, seed=0, post_training=False):
+    """Keras 3 QAT copy, its ranges set by a few training-mode batches, converted to int8; or, with
+    `post_training`, the float model converted with random images as calibration data."""
     from keras_attention import quantization, tflite
 
-    qat = quantization.quantize_model(model)
     rng = np.random.default_rng(seed)
+    if post_training:
+        images = rng.uniform(0, 255, (16, size, size, 3)).astype("float32")
+        return tflite.convert(model, "int8", representative_data=images)
+    qat = quantization.quantize_model(model)
     for _ in range(4):
         qat(rng.uniform(0, 255, (8, size, size, 3)).astype("float32"), training=True)
     return tflite.convert(qat, "int8")
@@ -82,7 +148,8 @@ def _files(backbone, key, max_size, model, size, cache):
     )
     if paths and all(os.path.exists(p) for p in paths):
         return tuple(tflite.load_flatbuffer(p) for p in paths)
-    files = (int8_file(model, size), tflite.convert(model, "float32"))
+    post_training = backbone in HUB_BACKBONES and HUB_BACKBONES[backbone][2] == "blocks"
+    files = (int8_file(model, size, post_training=post_training), tflite.convert(model, "float32"))
     for path, data in zip(paths, files):
         os.makedirs(cache, exist_ok=True)
         write_bytes(path, data)
@@ -154,7 +221,11 @@ def table(rows, threads):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbones", default=",".join(BACKBONES), help=f"comma-separated, of {list(BACKBONES)}")
+    parser.add_argument(
+        "--backbones",
+        default=",".join(b for b in BACKBONES if b not in HUB_BACKBONES),
+        help=f"comma-separated, of {list(BACKBONES)} (hub_*: keras-hub, `pip install .[hub]`)",
+    )
     parser.add_argument("--attentions", default=None, help="comma-separated names (default: every one)")
     parser.add_argument("--threads", default="1,2,4")
     parser.add_argument("--runs", type=int, default=40, help="timed rounds per thread count (40)")

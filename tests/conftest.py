@@ -50,6 +50,7 @@ TORCH_MODE_FILES = {
     "test_coordinate_attention.py",
     "test_distribute.py",
     "test_efficient_channel_attention.py",
+    "test_keras_hub.py",
     "test_light_rpn_head.py",
     "test_models.py",
     "test_roi_align.py",

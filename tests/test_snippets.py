@@ -37,7 +37,10 @@ NOT_RUN = {  # page: the reasons of its blocks marked `not run`, in order
         "a TPU",
     ],
 }
-OFFLINE = [('weights="imagenet"', "weights=None")]  # no downloads at run time
+OFFLINE = [  # no downloads at run time: ImageNet weights, and keras-hub's preset from a folder the setup writes
+    ('weights="imagenet"', "weights=None"),
+    ('from_preset("resnet_18_imagenet"', 'from_preset("./resnet_18_imagenet"'),
+]
 MODE = "tf_keras" if IS_LEGACY else "keras3" if BACKEND == "tensorflow" else None
 
 
@@ -127,6 +130,33 @@ def _models():
     return dict(images=_digits(224, train=2)[0])
 
 
+def _keras_hub():
+    """A local preset folder as keras-hub writes one (`save_to_preset`): ResNet-18's architecture, random
+    weights, its image converter at 64x64 (the published preset's is 224x224) to keep the test small."""
+    import keras_hub
+
+    hub = keras_hub.models
+    backbone = hub.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128, 256, 512],
+        stackwise_num_blocks=[2, 2, 2, 2],
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type="basic_block",
+    )
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(64, 64),
+        scale=[1 / (255 * s) for s in (0.229, 0.224, 0.225)],
+        offset=[-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225],
+    )
+    preprocessor = hub.ResNetImageClassifierPreprocessor(image_converter=converter)
+    hub.ResNetImageClassifier(backbone=backbone, num_classes=1000, preprocessor=preprocessor).save_to_preset(
+        "resnet_18_imagenet"
+    )
+    x_train, y_train, _, _ = _digits(48, train=32)
+    return dict(x_train=x_train, y_train=y_train)
+
+
 SETUP = {
     "README.md": _readme,
     "docs/attach.md": _attach,
@@ -134,6 +164,7 @@ SETUP = {
     "docs/demo.md": _demo,
     "docs/distribution.md": _distribution,
     "docs/export.md": _classifier_data,
+    "docs/keras_hub.md": _keras_hub,
     "docs/models.md": _models,
     "docs/quantization.md": _classifier_data,
     "docs/tflite.md": _classifier_data,
@@ -190,6 +221,13 @@ def _nested_attach(names):
     assert [layer.name for layer in attention_layers(names["last"])] == ["block_16_project_BN_cbam"]
 
 
+def _hub_resnet18_cbam(names):
+    from keras_attention.backbones import attention_layers
+
+    assert len(attention_layers(names["backbone"])) == 8  # ResNet-18's residual blocks
+    assert names["model"].preprocessor is names["classifier"].preprocessor
+
+
 CHECKS = {  # (page, block index): what the block claims
     ("README.md", 0): _loss_is_of_logits,
     ("README.md", 1): _int8_file("flatbuffer"),
@@ -199,6 +237,8 @@ CHECKS = {  # (page, block index): what the block claims
     ("docs/centermask.md", 0): _mask_targets,
     ("docs/demo.md", 0): _maps_and_cams,
     ("docs/export.md", 0): _both_exports,
+    ("docs/keras_hub.md", 0): _hub_resnet18_cbam,
+    ("docs/keras_hub.md", 1): _int8_file("int8"),
     ("docs/models.md", 0): _headless_backbone,
     ("docs/quantization.md", 0): _int8_file("int8"),
     ("docs/quantization.md", 1): _int8_file("int8"),

@@ -10,6 +10,8 @@ keras_attention import needed). EXPECTED.npz holds the inputs (`in00`, `in01`,
 Exits non-zero on any difference.
 """
 
+import importlib
+import os
 import sys
 
 import numpy as np
@@ -52,6 +54,8 @@ def check(fmt, path, expected_path):
 
 
 if __name__ == "__main__":
+    for module in filter(None, os.environ.get("KA_RELOAD_IMPORTS", "").split(",")):
+        importlib.import_module(module)  # registers that library's layers, as its users import it
     args = sys.argv[1:]
     for start in range(0, len(args), 3):
         check(*args[start : start + 3])

@@ -24,10 +24,12 @@ def save_expected(path, inputs, outputs, **extra):
     return path
 
 
-def reload_elsewhere(*fmt_path_expected):
-    """Runs `_reload_in_fresh_process.py` on (format, path, expected.npz) triples; returns its stdout."""
+def reload_elsewhere(*fmt_path_expected, imports=()):
+    """Runs `_reload_in_fresh_process.py` on (format, path, expected.npz) triples; returns its stdout.
+    `imports`: modules the fresh process imports first (a library whose layers the files hold: keras_hub)."""
     root = os.path.dirname(os.path.dirname(HERE))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["KA_RELOAD_IMPORTS"] = ",".join(imports)
     result = subprocess.run(
         [sys.executable, os.path.join(HERE, "_reload_in_fresh_process.py"), *map(str, fmt_path_expected)],
         capture_output=True,
