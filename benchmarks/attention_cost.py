@@ -93,7 +93,7 @@ def _hub_efficientnet_b0():
 # post-training int8 (calibrated on random images), so both sides of each ratio take the same route.
 HUB_BACKBONES = {
     "hub_resnet18_224": (_hub_resnet18, 224, "residual"),
-    "hub_effb0_224": (_hub_efficientnet_b0, 224, "blocks"),
+    "hub_effb0_224": (_hub_efficientnet_b0, 224, "residual"),
 }
 BACKBONES.update(
     {name: (builder.__doc__.split(" (")[0], size, {}) for name, (builder, size, _) in HUB_BACKBONES.items()}

@@ -3,7 +3,8 @@ classes are recognised by name and module, nothing here imports it).
 
 The families `attach` serves (tests/test_keras_hub.py builds each): ResNet, CSPNet, Xception
 (where="residual"), DenseNet (dense connections count as residual), VGG (where="stages"),
-MobileNet (v3) and EfficientNet, whose blocks are single layers (where="blocks").
+MobileNet (v3) and EfficientNetV2, whose blocks are single layers (where="blocks"); EfficientNet B0-B7 (v1
+blocks) is a plain graph (where="residual").
 """
 
 CNN_FAMILIES = ("ResNetBackbone", "MobileNetBackbone", "EfficientNetBackbone", "CSPNetBackbone", "DenseNetBackbone")

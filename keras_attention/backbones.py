@@ -683,7 +683,7 @@ def attach(model, attention="cbam", where="residual", preserve_outputs=True, max
               backbone's trunk (before each downsampling, and on the last
               feature map), e.g. VGG, which has no residual blocks.
             - "blocks": after every block that is a single layer built of
-              other layers (keras-hub's MobileNet and EfficientNet build each
+              other layers (keras-hub's MobileNet and EfficientNetV2 build each
               inverted-residual block so, the residual sum inside, where
               "residual" cannot reach it): on each block's output.
             - a list of layer names: after exactly those layers; a layer of a

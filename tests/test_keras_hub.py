@@ -116,7 +116,30 @@ FAMILIES = {
         "blocks",  # its blocks are layers: DepthwiseConvBlock, InvertedResidualBlock, ConvBnActBlock
         lambda m: sum(type(layer).__name__.endswith("Block") for layer in m.layers),
     ),
-    "EfficientNetBackbone": (
+    "EfficientNetBackbone_v1": (  # B0-B7: blocks built of plain layers, as in Keras Applications
+        lambda: _hub().EfficientNetBackbone(
+            stackwise_kernel_sizes=[3, 3, 5],
+            stackwise_num_repeats=[1, 2, 2],
+            stackwise_input_filters=[32, 16, 24],
+            stackwise_output_filters=[16, 24, 40],
+            stackwise_expansion_ratios=[1, 6, 6],
+            stackwise_strides=[1, 2, 2],
+            stackwise_squeeze_and_excite_ratios=[0.25] * 3,
+            stackwise_force_input_filters=[0] * 3,
+            stackwise_nores_option=[False] * 3,
+            stackwise_width_coefficients=[1.0] * 3,
+            stackwise_depth_coefficients=[1.0] * 3,
+            stackwise_block_types=["v1"] * 3,
+            min_depth=None,
+            use_depth_divisor_as_min_depth=True,
+            cap_round_filter_decrease=True,
+            num_features=64,
+            input_shape=(SIZE, SIZE, 3),
+        ),
+        "residual",  # on the projection's BatchNorm, before the Dropout
+        lambda m: _count(m, "Add"),
+    ),
+    "EfficientNetBackbone_v2": (  # V2's fused and unfused MBConv blocks are single layers
         lambda: _hub().EfficientNetBackbone(
             stackwise_kernel_sizes=[3, 3, 3],
             stackwise_num_repeats=[1, 2, 2],
@@ -179,12 +202,11 @@ def test_family_takes_attention_and_keeps_its_outputs(family):
     assert np.max(np.abs(_np(changed(x)) - _np(backbone(x)))) > 1e-3
 
 
-# On JAX (and PyTorch's slow tests) a family costs about 25 s of XLA compilation here: one family of each
-# rule that builds its graph differently (Add merges; block layers), every family on TensorFlow.
+# On JAX a family costs about 25 s of XLA compilation here, so JAX and PyTorch train one family of each
+# rule that builds its graph differently (Add merges; block layers); TensorFlow trains every family.
 TRAINED_ELSEWHERE = ("MobileNetBackbone", "ResNetBackbone")
 
 
-@pytest.mark.slow
 def test_every_family_trains_saves_and_reloads_in_a_fresh_process(tmp_path):
     """Nested in a classifier (as in an ImageClassifier): every attention weight gets gradient and a step trains;
     the `.keras` file reloads with safe_mode=True in a new interpreter (after `import keras_hub`)."""

@@ -303,7 +303,7 @@ def _unsupported(model, leave_float):
 
 
 def _blocks_note(model, leave_float):
-    """For unsupported layers built of other layers (keras-hub's MobileNet and EfficientNet blocks): the way out."""
+    """For unsupported layers built of other layers (keras-hub's MobileNet and EfficientNetV2 blocks): the way out."""
     blocks = [
         layer.name
         for layer in _own_layers(model)
