@@ -21,6 +21,11 @@ def _sorted(data, prefix):
     return [data[k] for k in sorted(k for k in data.files if k.startswith(prefix))]
 
 
+def _numpy(x):
+    detach = getattr(x, "detach", None)  # a PyTorch tensor that requires grad (Keras 3 on PyTorch)
+    return np.asarray(detach().cpu() if detach is not None else x)
+
+
 def check(fmt, path, expected_path):
     data = np.load(expected_path)
     inputs, expected = _sorted(data, "in"), _sorted(data, "out")
@@ -42,12 +47,12 @@ def check(fmt, path, expected_path):
     for i, (out, exp) in enumerate(zip(outputs, expected)):
         if fmt in ("savedmodel", "tf_keras_savedmodel"):
             # Served as a graph: TensorFlow's graph rewrites (op fusion) round differently from eager.
-            np.testing.assert_allclose(np.asarray(out), exp, rtol=1e-6, atol=1e-6, err_msg=f"output {i} ({fmt})")
+            np.testing.assert_allclose(_numpy(out), exp, rtol=1e-6, atol=1e-6, err_msg=f"output {i} ({fmt})")
         else:
-            np.testing.assert_array_equal(np.asarray(out), exp, err_msg=f"output {i} ({fmt})")
+            np.testing.assert_array_equal(_numpy(out), exp, err_msg=f"output {i} ({fmt})")
     if "loss" in data.files:
         name = type(model.loss).__name__
-        value = float(np.asarray(model.loss(data["y_true"], outputs[0])))
+        value = float(_numpy(model.loss(data["y_true"], outputs[0])))
         np.testing.assert_allclose(value, float(data["loss"]), rtol=1e-6, err_msg=f"the reloaded {name}")
         print(f"LOSS_OK {name}")
     print(f"RELOAD_OK {fmt} {len(expected)} outputs")
