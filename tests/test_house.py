@@ -19,6 +19,7 @@ RANKS = {
     "_optional": 0,
     "_native_logs": 0,
     "_inputs": 0,
+    "_keras_hub": 0,
     "backend": 1,
     "layers": 2,
     "data": 2,
