@@ -15,7 +15,7 @@ _TRANSFORMER = (
 )
 _ENCODER_DECODER = (
     "it is a {task} model built around an image encoder it takes as `image_encoder`: attach to the encoder "
-    "(e.g. a ResNetBackbone), then build the {name} from the result"
+    "(e.g. a ResNetBackbone; the result keeps its `pyramid_outputs`), then build the {name} from the result"
 )
 _ONE_LAYER_STAGES = (
     "it runs all its stages inside one layer ({inner}), whose `call()` attach cannot rewrite: there is no "

@@ -788,6 +788,11 @@ def _rebuild(model, plan, make_layer, suffix):
         _tree.map_structure(substitute, graph.outputs_struct),
         name=model.name,
     )
+    pyramid = getattr(model, "pyramid_outputs", None)
+    if isinstance(pyramid, dict) and all(graph.tensors.get(id(t), _MISSING) is t for t in pyramid.values()):
+        # keras-hub's backbones name their stage outputs; its detection and segmentation backbones
+        # (RetinaNet, DeepLabV3, BASNet) are built from an encoder's `pyramid_outputs`.
+        new_model.pyramid_outputs = {level: tensor_map[id(t)] for level, t in pyramid.items()}
     # Every copy kept its original's name (_clone) and is the layer the new model calls; a rebuilt
     # nested model copied its own layers' weights.
     for original, copy, copy_weights in clones.values():

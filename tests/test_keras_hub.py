@@ -306,6 +306,34 @@ def test_our_builder_is_an_image_classifier_backbone():
     np.testing.assert_allclose(_np(classifier(x)), features @ _np(dense.kernel) + _np(dense.bias), rtol=1e-4, atol=1e-4)
 
 
+def test_detection_and_segmentation_backbones_build_on_an_attached_encoder():
+    """RetinaNet and DeepLabV3 are refused as such (built around an encoder) and built from an attached
+    encoder instead: attach keeps keras-hub's `pyramid_outputs`, with attention in them."""
+    hub = _hub()
+    encoder, _, blocks = _build("ResNetBackbone")
+    attached = ka.attach(encoder, "cbam")
+    x = _images(2)
+
+    def pyramid(model):
+        return {k: _np(v) for k, v in keras.Model(model.inputs, model.pyramid_outputs)(x).items()}
+
+    assert sorted(attached.pyramid_outputs) == sorted(encoder.pyramid_outputs) == ["P2", "P3", "P4"]
+    for level, value in pyramid(encoder).items():
+        np.testing.assert_allclose(pyramid(attached)[level], value, rtol=1e-5, atol=1e-5)
+    changed = pyramid(ka.attach(encoder, "cbam", preserve_outputs=False))  # control: attention is in them
+    assert np.max(np.abs(changed["P4"] - pyramid(encoder)["P4"])) > 1e-3
+    retinanet = hub.RetinaNetBackbone(image_encoder=attached, min_level=3, max_level=4, use_p5=False)
+    assert len(ka.backbones.attention_layers(retinanet)) == blocks
+    assert {k: tuple(v.shape) for k, v in retinanet(x).items()} == {"P3": (2, 8, 8, 256), "P4": (2, 4, 4, 256)}
+    plain = hub.RetinaNetBackbone(image_encoder=encoder, min_level=3, max_level=4, use_p5=False)
+    with pytest.raises(ValueError, match=r"RetinaNetBackbone.*attach to the encoder.*pyramid_outputs"):
+        ka.attach(plain, "cbam")
+    deeplab = hub.DeepLabV3Backbone(
+        image_encoder=attached, spatial_pyramid_pooling_key="P4", upsampling_size=4, dilation_rates=[1, 2]
+    )
+    assert len(ka.backbones.attention_layers(deeplab)) == blocks
+
+
 # ------------------------------------------------------------------------------ refusals
 
 
