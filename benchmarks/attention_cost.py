@@ -88,16 +88,13 @@ def _hub_efficientnet_b0():
     )
 
 
-# keras-hub backbones (`pip install .[hub]`): name: (builder, input size, attach's `where`). A family whose
-# blocks are single layers (where="blocks") has no Keras 3 QAT form: its files, plain ones too, are
-# post-training int8 (calibrated on random images), so both sides of each ratio take the same route.
+# keras-hub backbones (`pip install .[hub]`), plain graphs that attach's where="residual" serves:
+# name: (builder, input size, label for the table).
 HUB_BACKBONES = {
-    "hub_resnet18_224": (_hub_resnet18, 224, "residual"),
-    "hub_effb0_224": (_hub_efficientnet_b0, 224, "residual"),
+    "hub_resnet18_224": (_hub_resnet18, 224, "keras-hub resnet_18_imagenet"),
+    "hub_effb0_224": (_hub_efficientnet_b0, 224, "keras-hub EfficientNet-B0"),
 }
-BACKBONES.update(
-    {name: (builder.__doc__.split(" (")[0], size, {}) for name, (builder, size, _) in HUB_BACKBONES.items()}
-)
+BACKBONES.update({name: (label, size, {}) for name, (_, size, label) in HUB_BACKBONES.items()})
 # CBAM's parts are not attentions a user picks on their own for a phone model.
 SKIPPED = ("channel", "spatial")
 
@@ -108,31 +105,25 @@ def build(backbone, attention=None, max_size=None):
     from keras_attention.backend import keras
 
     builder, size, kwargs = BACKBONES[backbone]
-    where = "residual"
     if backbone in HUB_BACKBONES:
-        make, size, where = HUB_BACKBONES[backbone]
-        trunk = make()
+        trunk = HUB_BACKBONES[backbone][0]()
         pooled = keras.layers.GlobalAveragePooling2D()(trunk.output)
         base = keras.Model(trunk.input, keras.layers.Dense(1000, name="predictions")(pooled))
     else:
         base = getattr(keras.applications, builder)(input_shape=(size, size, 3), weights=None, **kwargs)
     if attention is not None:
-        base = ka.attach(base, attention, where=where, preserve_outputs=False, max_size=max_size)
+        base = ka.attach(base, attention, preserve_outputs=False, max_size=max_size)
     inputs = keras.Input((size, size, 3), name="image")
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
     return keras.Model(inputs, base(x), name=f"{backbone}_{attention or 'plain'}")
 
 
-def int8_file(model, size, seed=0, post_training=False):
-    """Keras 3 QAT copy, its ranges set by a few training-mode batches, converted to int8; or, with
-    `post_training`, the float model converted with random images as calibration data."""
+def int8_file(model, size, seed=0):
+    """Keras 3 QAT copy, its ranges set by a few training-mode batches, converted to int8."""
     from keras_attention import quantization, tflite
 
-    rng = np.random.default_rng(seed)
-    if post_training:
-        images = rng.uniform(0, 255, (16, size, size, 3)).astype("float32")
-        return tflite.convert(model, "int8", representative_data=images)
     qat = quantization.quantize_model(model)
+    rng = np.random.default_rng(seed)
     for _ in range(4):
         qat(rng.uniform(0, 255, (8, size, size, 3)).astype("float32"), training=True)
     return tflite.convert(qat, "int8")
@@ -148,8 +139,7 @@ def _files(backbone, key, max_size, model, size, cache):
     )
     if paths and all(os.path.exists(p) for p in paths):
         return tuple(tflite.load_flatbuffer(p) for p in paths)
-    post_training = backbone in HUB_BACKBONES and HUB_BACKBONES[backbone][2] == "blocks"
-    files = (int8_file(model, size, post_training=post_training), tflite.convert(model, "float32"))
+    files = (int8_file(model, size), tflite.convert(model, "float32"))
     for path, data in zip(paths, files):
         os.makedirs(cache, exist_ok=True)
         write_bytes(path, data)

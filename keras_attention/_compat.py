@@ -84,6 +84,12 @@ def has_been_called(model):
     return bool(getattr(model, "_called", True))
 
 
+def has_sublayers(layer):
+    """True for a layer built of other layers (its own attributes hold layers), e.g. keras-hub's blocks."""
+    flatten = getattr(layer, "_flatten_layers", None)
+    return flatten is not None and any(True for _ in flatten(include_self=False, recursive=False))
+
+
 def flatten_layers(model):
     """Every layer inside `model`, recursively (sub-layers of custom layers too), or None where Keras
     lacks `_flatten_layers` (what it uses itself to collect them; `model.layers` stops at one level)."""

@@ -271,8 +271,7 @@ def _is_block(op):
     (looked into instead) and not one of our attention layers."""
     if isinstance(op, keras.Model) or type(op).__module__.startswith("keras_attention"):
         return False
-    flatten = getattr(op, "_flatten_layers", None)
-    return flatten is not None and any(True for _ in flatten(include_self=False, recursive=False))
+    return _compat.has_sublayers(op)
 
 
 def _block_anchors(graph):

@@ -181,7 +181,7 @@ def _build(family):
     return backbone, where, count(backbone)
 
 
-def _classifier(backbone, attention_where=None):
+def _classifier(backbone):
     """A head on the backbone's last map (the backbone nested, as in keras-hub's ImageClassifier)."""
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Rescaling(1 / 255.0)(inputs)

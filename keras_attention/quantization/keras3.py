@@ -295,22 +295,12 @@ class _Rewriter:
 
 
 def _unsupported(model, leave_float):
-    return [
-        f"{layer.name} ({type(layer).__name__})"
-        for layer in _own_layers(model)
-        if not supports(layer) and not _is_left_float(layer, leave_float)
-    ]
+    return [layer for layer in _own_layers(model) if not supports(layer) and not _is_left_float(layer, leave_float)]
 
 
-def _blocks_note(model, leave_float):
+def _blocks_note(unsupported):
     """For unsupported layers built of other layers (keras-hub's MobileNet and EfficientNetV2 blocks): the way out."""
-    blocks = [
-        layer.name
-        for layer in _own_layers(model)
-        if not supports(layer)
-        and not _is_left_float(layer, leave_float)
-        and any(True for _ in layer._flatten_layers(include_self=False, recursive=False))
-    ]
+    blocks = [layer.name for layer in unsupported if _compat.has_sublayers(layer)]
     if not blocks:
         return ""
     return (
@@ -365,14 +355,15 @@ def quantize_model(model, leave_float=()):
     leave_float = tuple(leave_float or ())
     unsupported = _unsupported(model, leave_float)
     if unsupported:
+        named = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in unsupported)
         raise UnsupportedLayerError(
             "keras_attention.quantization.quantize_model: no int8 QAT form for "
-            f"{', '.join(unsupported)}. Supported: Conv1D/2D, DepthwiseConv2D, SeparableConv2D, "
+            f"{named}. Supported: Conv1D/2D, DepthwiseConv2D, SeparableConv2D, "
             "Conv2DTranspose, Dense, BatchNormalization, ReLU/ReLU6/Softmax/Activation "
             f"({', '.join(sorted(ACTIVATION_POINTS))}), Add, Subtract, Multiply, Concatenate, Maximum, "
             "Minimum, LeakyReLU, pooling, ZeroPadding, Cropping, UpSampling2D, Rescaling, Normalization, Reshape, "
             "Flatten, Permute, Dropout, keras.ops arithmetic and every keras_attention layer. Pass "
-            "leave_float=[names] to keep those layers in float." + _blocks_note(model, leave_float)
+            "leave_float=[names] to keep those layers in float." + _blocks_note(unsupported)
         )
     if backend.is_mixed_precision(model):
         warnings.warn(
